@@ -1,0 +1,34 @@
+# Two commands set up a fresh machine: `make train` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+CONFIG ?= configs/lenet5_mnist.py
+WORKDIR ?= runs/lenet5_mnist
+# Test workers: two processes on a 2-core machine; override with `make test WORKERS=1`.
+WORKERS ?= 2
+
+.PHONY: venv train test test-slow clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; run with PYTHON=/path/to/python3.11" >&2; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(PY) -m cnn_jax.main --config $(CONFIG) --workdir $(WORKDIR)
+
+test: $(STAMP)
+	$(PY) -m pytest -n $(WORKERS) tests
+
+# Heavier checks, kept runnable by hand (not part of `make test`).
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow tests
+
+clean:
+	rm -rf $(VENV) runs

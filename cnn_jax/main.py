@@ -1,0 +1,91 @@
+"""Entry point: python -m cnn_jax.main --config configs/X.py --workdir DIR [--config.a.b=v]
+
+User errors (unknown model, bad override, missing config file, unwritable workdir, batch not
+divisible by the devices, ...) end with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from cnn_jax.errors import UserError
+
+FLAGS = flags.FLAGS
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file with get_config(); override fields with "
+    "--config.field=value.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
+
+
+def fail(message: str) -> None:
+  """One line on stderr, exit code 2: the contract for every user error."""
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def _one_line(e: BaseException) -> str:
+  # KeyError's str() is the repr of its message (sometimes of a repr, when config_flags
+  # re-raises); unwrap to the message itself.
+  text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+  while len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+    try:
+      text = str(ast.literal_eval(text))
+    except (ValueError, SyntaxError):
+      break
+  lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+  return " ".join(lines) or type(e).__name__
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    fail(_one_line(e))
+  except KeyError as e:  # An override naming a field the config does not have.
+    fail(f"unknown config field in an override: {_one_line(e)}")
+  except (AttributeError, ValueError, TypeError, OSError, SyntaxError) as e:
+    # Raised while loading or overriding the config file.
+    fail(f"bad --config: {_one_line(e)}")
+  raise AssertionError("unreachable")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  config_path = config_flags.get_config_filename(FLAGS["config"])
+  if not config_path:
+    fail("--config is required, e.g. --config configs/lenet5_mnist.py")
+  if not os.path.isfile(config_path):
+    fail(f"config file not found: {config_path}")
+  try:
+    config = _CONFIG.value
+  except OSError as e:  # The file exists but failed to load: show why, in one line.
+    fail(f"bad --config: {_one_line(e.__cause__ or e)}")
+  if not _WORKDIR.value:
+    fail("--workdir is required")
+  if not FLAGS["verbosity"].present:
+    # Orbax logs every save step at INFO; the progress line is what users want to read.
+    logging.set_verbosity(logging.WARNING)
+
+  # Imported after flag parsing: JAX reads XLA_FLAGS and platform flags at import.
+  from cnn_jax import train
+
+  try:
+    final = train.train_and_evaluate(config, _WORKDIR.value)
+  except UserError as e:
+    fail(str(e))
+  if final:
+    print(f"final test accuracy: {final['accuracy']:.4f} (loss {final['loss']:.4f})", flush=True)
+
+
+def run() -> None:
+  app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()

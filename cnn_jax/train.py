@@ -1,0 +1,234 @@
+"""Supervised training: TrainState, train_step, eval_step, train_and_evaluate.
+
+Plain functions. The model is split once into a graph definition (static) and its state
+(arrays); the jitted steps take and return only arrays, sharded over the device mesh, with
+the train state's buffers donated.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from cnn_jax import checkpoint, data, metrics, optim, parallel
+from cnn_jax.errors import UserError
+from cnn_jax.models import create_model
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: nnx.State       # nnx.Param variables: what the optimizer updates.
+  model_state: nnx.State  # Everything else: BatchNorm statistics, RNG streams.
+  opt_state: optax.OptState
+
+
+def build_model(config: ml_collections.ConfigDict) -> nnx.Module:
+  """The model named by `config.model.name`; every other field of `config.model` is a kwarg."""
+  kwargs = {k: v for k, v in config.model.to_dict().items() if k != "name"}
+  rngs = nnx.Rngs(config.seed, params=config.seed, dropout=config.seed + 1)
+  return create_model(config.model.name, rngs=rngs, **kwargs)
+
+
+def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.GraphDef, nnx.State, nnx.State]:
+  """(train graphdef, eval graphdef, params, model_state): modes live in the graphdef."""
+  model.eval()
+  eval_graphdef = nnx.graphdef(model)
+  model.train()
+  train_graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+  return train_graphdef, eval_graphdef, params, model_state
+
+
+def check_input_shape(model: nnx.Module, batch_size: int, image_shape: tuple[int, ...]) -> None:
+  """Fails early, with the model's own reason, on an image size the model cannot take."""
+  graphdef, model_state = nnx.split(model)
+
+  def forward(model_state, images):
+    return nnx.merge(graphdef, model_state)(images)
+
+  try:
+    jax.eval_shape(forward, model_state,
+                   jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.float32))
+  except (ValueError, TypeError) as e:
+    raise UserError(f"the model cannot take images of shape {tuple(image_shape)}: "
+                    f"{str(e).splitlines()[0]}") from None
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
+                  label_smoothing: float = 0.0) -> jax.Array:
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing) \
+      if label_smoothing else jax.nn.one_hot(labels, num_classes)
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.GraphDef,
+               tx: optax.GradientTransformation, schedule: optax.Schedule,
+               label_smoothing: float) -> tuple[TrainState, dict[str, jax.Array]]:
+  def loss_fn(params):
+    model = nnx.merge(graphdef, params, state.model_state)
+    logits = model(batch["image"])
+    loss = cross_entropy(logits, batch["label"], logits.shape[-1], label_smoothing).mean()
+    return loss, (logits, nnx.state(model, nnx.Not(nnx.Param)))
+
+  (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  step_metrics = {
+      "loss": loss,
+      "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+      "learning_rate": schedule(state.step),
+      "grad_norm": optax.global_norm(grads),
+  }
+  new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
+                            opt_state=opt_state)
+  return new_state, step_metrics
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
+              graphdef: nnx.GraphDef) -> dict[str, jax.Array]:
+  """Sums (not means) over the valid rows, so padded batches and many batches add up."""
+  model = nnx.merge(graphdef, state.params, state.model_state)
+  logits = model(batch["image"])
+  mask = batch["mask"]
+  loss = cross_entropy(logits, batch["label"], logits.shape[-1])
+  correct = jnp.argmax(logits, -1) == batch["label"]
+  return {"loss_sum": jnp.sum(loss * mask), "correct": jnp.sum(correct * mask),
+          "count": jnp.sum(mask)}
+
+
+def evaluate(eval_fn, state: TrainState, eval_batches: data.EvalBatches,
+             mesh: jax.sharding.Mesh) -> dict[str, float]:
+  totals = None
+  for batch in eval_batches:
+    out = eval_fn(state, parallel.shard_batch(batch, mesh))
+    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+  totals = jax.device_get(totals)
+  count = float(totals["count"])
+  return {"loss": float(totals["loss_sum"]) / count, "accuracy": float(totals["correct"]) / count}
+
+
+def _prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".write_test")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f"cannot write to workdir {workdir!r}: {e.strerror or e}") from None
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains `config.model` on `config.data`, resuming from `workdir` if it holds a checkpoint.
+
+  Returns the final eval metrics ({"loss", "accuracy"}, on the eval split).
+  """
+  _prepare_workdir(workdir, config)
+  mesh = parallel.create_mesh(config)
+  parallel.check_batch_divisible(config.data.batch_size, mesh, "data.batch_size")
+  parallel.check_batch_divisible(config.data.eval_batch_size, mesh, "data.eval_batch_size")
+  train_batches, eval_batches, info = data.create_datasets(config)
+
+  steps_per_epoch = train_batches.steps_per_epoch
+  total_steps = config.total_steps or config.num_epochs * steps_per_epoch
+  schedule = optim.create_schedule(config, total_steps, steps_per_epoch)
+  tx = optim.create_optimizer(config, schedule)
+
+  model = build_model(config)
+  check_input_shape(model, config.data.batch_size // jax.process_count(), info.image_shape)
+  train_graphdef, eval_graphdef, params, model_state = split_model(model)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+                     opt_state=tx.init(params))
+  state_shardings = parallel.state_sharding(state, mesh)
+  state = jax.device_put(state, state_shardings)
+
+  ckpt = checkpoint.Checkpointer(workdir, config)
+  start_step = ckpt.latest_step() or 0
+  if start_step:
+    state = ckpt.restore(state, start_step)
+    print(f"resumed from {workdir} at step {start_step}", flush=True)
+
+  batch_sharding = parallel.batch_sharding(mesh)
+  replicated = parallel.replicated(mesh)
+  train_fn = jax.jit(
+      functools.partial(train_step, graphdef=train_graphdef, tx=tx, schedule=schedule,
+                        label_smoothing=config.label_smoothing),
+      in_shardings=(state_shardings, batch_sharding),
+      out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+  eval_fn = jax.jit(functools.partial(eval_step, graphdef=eval_graphdef),
+                    in_shardings=(state_shardings, batch_sharding), out_shardings=replicated)
+
+  writer = metrics.MetricWriter(workdir)
+  progress = metrics.Progress(total_steps, start_step)
+  if start_step == 0 and jax.process_index() == 0:
+    n_params = sum(int(p.size) for p in jax.tree.leaves(params))
+    print(f"{config.model.name}: {n_params:,} parameters; {info.num_train} train / "
+          f"{info.num_eval} eval images of {info.image_shape}; {total_steps} steps "
+          f"({steps_per_epoch}/epoch) on {mesh.size} {jax.devices()[0].platform} device(s)",
+          flush=True)
+
+  halt_at = start_step + config.halt_after_steps if config.halt_after_steps else total_steps
+  halt_at = min(halt_at, total_steps)
+  train_iter = train_batches.iterate(start_step)
+  metric_sums, metric_count = None, 0
+  last_log_time, last_log_step = time.perf_counter(), start_step
+  eval_metrics: dict[str, float] = {}
+  step = start_step
+  try:
+    while step < halt_at:
+      batch = parallel.shard_batch(next(train_iter), mesh)
+      state, step_metrics = train_fn(state, batch)
+      step += 1
+      # Accumulated on device: no host round-trip except at logging time.
+      metric_sums = step_metrics if metric_sums is None else jax.tree.map(
+          jnp.add, metric_sums, step_metrics)
+      metric_count += 1
+
+      is_last = step == total_steps
+      if step % config.log_every_steps == 0 or is_last or step == halt_at:
+        scalars = {f"train/{k}": float(v) / metric_count
+                   for k, v in jax.device_get(metric_sums).items()}
+        if not np.isfinite(scalars["train/loss"]):
+          raise FloatingPointError(
+              f"non-finite training loss at step {step}; last good checkpoint is kept in "
+              f"{workdir}/checkpoints")
+        now = time.perf_counter()
+        scalars["train/images_per_sec"] = (
+            (step - last_log_step) * config.data.batch_size / max(now - last_log_time, 1e-9))
+        last_log_time, last_log_step = now, step
+        writer.write_scalars(step, scalars)
+        progress.report(step, {k.split("/")[1]: v for k, v in scalars.items()})
+        metric_sums, metric_count = None, 0
+
+      if step % config.eval_every_steps == 0 or is_last:
+        eval_metrics = evaluate(eval_fn, state, eval_batches, mesh)
+        writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
+        progress.report(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
+
+      ckpt.save(step, state, force=is_last or step == halt_at)
+  finally:
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+
+  if step == total_steps and not eval_metrics:
+    # Resumed at the very end: nothing trained, so evaluate what was restored.
+    eval_metrics = evaluate(eval_fn, state, eval_batches, mesh)
+  if step == total_steps and jax.process_index() == 0:
+    with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
+      json.dump({"step": step, **eval_metrics}, f)
+  return eval_metrics

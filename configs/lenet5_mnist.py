@@ -1,0 +1,32 @@
+"""LeNet-5 (modern, 61,706 params) on the embedded MNIST subset: 4,000 train / 1,000 test.
+
+The `make train` default. AdamW with a one-cycle schedule and +-2 px random shifts, as in
+the calibration run that reached 97.2% in PyTorch.
+"""
+
+import ml_collections
+
+from cnn_jax import config as base
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = base.get_config()
+  config.model = ml_collections.ConfigDict(
+      {"name": "lenet5", "num_classes": 10, "in_channels": 1, "image_size": 32})
+  config.data.name = "mnist_subset"
+  config.data.image_size = 32
+  config.data.num_test = 1000
+  config.data.batch_size = 128
+  config.data.max_shift = 2
+  config.optimizer.name = "adamw"
+  config.optimizer.learning_rate = 3e-3
+  config.optimizer.weight_decay = 1e-4
+  config.schedule.name = "onecycle"
+  config.schedule.warmup_epochs = 6
+  config.schedule.init_lr_fraction = 0.04
+  config.schedule.end_lr_fraction = 1e-4
+  config.num_epochs = 30
+  config.log_every_steps = 62
+  config.eval_every_steps = 155
+  config.checkpoint.every_steps = 155
+  return config

@@ -1,0 +1,35 @@
+"""Small helpers shared by tests: load a repo config, run the CLI."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import ml_collections
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name: str, **overrides) -> ml_collections.ConfigDict:
+  """configs/<name>.py's get_config(), with dotted-key overrides ("data.batch_size": 32)."""
+  path = os.path.join(REPO_ROOT, "configs", f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"test_config_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def run_cli(module: str, *args: str, env: dict[str, str] | None = None,
+            timeout: int = 300) -> subprocess.CompletedProcess:
+  full_env = {**os.environ, **(env or {})}
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=full_env,
+                        capture_output=True, text=True, timeout=timeout)

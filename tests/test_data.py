@@ -1,0 +1,86 @@
+"""Embedded digits: the fixed split, step-indexed batches, per-process shards, eval padding."""
+
+import numpy as np
+import pytest
+
+from cnn_jax import data
+from cnn_jax.data import sources
+from cnn_jax.errors import UserError
+from helpers import load_config
+
+
+@pytest.fixture(scope="module")
+def mnist():
+  return sources.mnist_subset(num_test=1000, split_seed=0, pad_to=32)
+
+
+def test_mnist_subset_split_is_4000_1000_stratified_and_padded(mnist):
+  assert len(mnist.train) == 4000 and len(mnist.test) == 1000
+  assert mnist.image_shape == (32, 32, 1)
+  np.testing.assert_array_equal(np.bincount(mnist.test.labels), [100] * 10)
+  # Padding by 2 px on each side: the border is empty, the digit is inside.
+  assert mnist.train.images[:, :2].max() == 0 and mnist.train.images[:, -2:].max() == 0
+  assert 0.99 < mnist.train.images.max() <= 1.0
+  again = sources.mnist_subset(num_test=1000, split_seed=0, pad_to=32)
+  np.testing.assert_array_equal(again.test.labels, mnist.test.labels)
+  np.testing.assert_array_equal(again.test.images, mnist.test.images)
+  other = sources.mnist_subset(num_test=1000, split_seed=1, pad_to=32)
+  assert not np.array_equal(other.test.images, mnist.test.images)
+
+
+def test_sklearn_digits_upscaled():
+  digits = sources.sklearn_digits(num_test=300, upscale=4)
+  assert len(digits.train) + len(digits.test) == 1797
+  assert digits.image_shape == (32, 32, 1)
+
+
+def test_train_batches_are_a_function_of_the_step(mnist):
+  kw = dict(global_batch_size=100, seed=3, max_shift=2, mean=mnist.mean, std=mnist.std)
+  a = data.TrainBatches(mnist.train, **kw)
+  b = data.TrainBatches(mnist.train, **kw)
+  it = b.iterate(57)
+  np.testing.assert_array_equal(a.batch(57)["image"], next(it)["image"])
+  np.testing.assert_array_equal(a.batch(58)["label"], next(it)["label"])
+  assert not np.array_equal(a.batch(57)["label"], a.batch(58)["label"])
+  # One epoch visits every training image once.
+  labels = np.concatenate([a.batch(s)["label"] for s in range(a.steps_per_epoch)])
+  np.testing.assert_array_equal(np.bincount(labels), np.bincount(mnist.train.labels))
+
+
+def test_random_shift_moves_images_by_at_most_the_max(mnist):
+  kw = dict(global_batch_size=50, seed=0, mean=(0.0,), std=(1.0,))
+  plain = data.TrainBatches(mnist.train, max_shift=0, **kw).batch(0)["image"]
+  shifted = data.TrainBatches(mnist.train, max_shift=2, **kw).batch(0)["image"]
+  assert not np.array_equal(plain, shifted)
+  for p, s in zip(plain, shifted):
+    matches = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+               if np.array_equal(np.roll(p, (dy, dx), axis=(0, 1)), s)]
+    assert matches  # the 2 px empty border makes the shift a pure roll
+
+
+def test_process_shards_are_disjoint_and_make_the_global_batch(mnist):
+  kw = dict(global_batch_size=64, seed=1, max_shift=2, mean=mnist.mean, std=mnist.std)
+  whole = data.TrainBatches(mnist.train, **kw).batch(5)
+  parts = [data.TrainBatches(mnist.train, process_index=i, process_count=4, **kw).batch(5)
+           for i in range(4)]
+  np.testing.assert_array_equal(np.concatenate([p["image"] for p in parts]), whole["image"])
+  np.testing.assert_array_equal(np.concatenate([p["label"] for p in parts]), whole["label"])
+
+
+def test_eval_batches_cover_the_split_once_with_padding_masked(mnist):
+  ev = data.EvalBatches(mnist.test, global_batch_size=384, mean=mnist.mean, std=mnist.std)
+  batches = list(ev)
+  assert len(batches) == 3 and all(b["image"].shape[0] == 384 for b in batches)
+  mask = np.concatenate([b["mask"] for b in batches])
+  assert mask.sum() == 1000 and mask[:1000].all()
+  labels = np.concatenate([b["label"] for b in batches])[:1000]
+  np.testing.assert_array_equal(labels, mnist.test.labels)
+
+
+def test_bad_data_config_is_a_user_error():
+  with pytest.raises(UserError, match="unknown data set"):
+    data.create_datasets(load_config("lenet5_digits", **{"data.name": "cifar11"}))
+  with pytest.raises(UserError, match="multiple of 8"):
+    data.create_datasets(load_config("lenet5_digits", **{"data.image_size": 30}))
+  with pytest.raises(UserError, match="larger than"):
+    data.create_datasets(load_config("lenet5_digits", **{"data.batch_size": 4096}))

@@ -1,0 +1,62 @@
+"""The CLI: a short real run, and one clear line + exit code 2 for each kind of bad input."""
+
+import json
+import os
+
+import pytest
+
+from helpers import run_cli
+
+DIGITS = "configs/lenet5_digits.py"
+
+
+def test_cli_trains_and_prints_final_accuracy(tmp_path):
+  result = run_cli("cnn_jax.main", "--config", DIGITS, "--workdir", str(tmp_path),
+                   "--config.total_steps=30", "--config.optimizer.learning_rate=0.004",
+                   "--config.schedule.warmup_epochs=0.2")
+  assert result.returncode == 0, result.stderr
+  assert "final test accuracy:" in result.stdout
+  assert "eta" in result.stdout  # the progress line
+  config = json.loads((tmp_path / "config.json").read_text())
+  assert config["optimizer"]["learning_rate"] == 0.004
+  # A rerun of a finished workdir resumes at the end and trains nothing more.
+  again = run_cli("cnn_jax.main", "--config", DIGITS, "--workdir", str(tmp_path),
+                  "--config.total_steps=30", "--config.optimizer.learning_rate=0.004",
+                  "--config.schedule.warmup_epochs=0.2")
+  assert again.returncode == 0, again.stderr
+  assert "resumed" in again.stdout
+  assert not any(line.startswith("[") for line in again.stdout.splitlines())
+  accuracy = [line for line in result.stdout.splitlines() if line.startswith("final test")]
+  assert accuracy == [line for line in again.stdout.splitlines() if line.startswith("final test")]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.model.name=resnet5000"], "unknown model 'resnet5000'"),
+    (["--config.optimizr.learning_rate=0.1"], 'unknown config field in an override: \'optimizr\''),
+    (["--config.data.batch_size=60"], "data.batch_size=60 is not divisible by the 8 devices"),
+    (["--config.model.image_size=20"], "LeNet-5 needs image_size 28 or 32"),
+    (["--config.data.image_size=16", "--config.model.image_size=32"],
+     "the model cannot take images of shape (16, 16, 1)"),
+])
+def test_bad_input_gives_one_line_and_exit_2(tmp_path, args, message):
+  result = run_cli("cnn_jax.main", "--config", DIGITS, "--workdir", str(tmp_path), *args)
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+  assert message in lines[0]
+  assert "Traceback" not in result.stderr
+
+
+def test_missing_config_file(tmp_path):
+  result = run_cli("cnn_jax.main", "--config", "configs/no_such.py", "--workdir", str(tmp_path))
+  assert result.returncode == 2
+  assert result.stderr.strip() == "error: config file not found: configs/no_such.py"
+
+
+def test_workdir_that_cannot_be_written(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  result = run_cli("cnn_jax.main", "--config", DIGITS, "--workdir", str(blocker / "run"))
+  assert result.returncode == 2
+  assert result.stderr.strip().startswith(f"error: cannot write to workdir '{blocker}/run'")
+  assert not os.path.exists(blocker / "run")

@@ -1,0 +1,83 @@
+"""The training loop: it learns, 1 device equals 8, and resume equals an uninterrupted run."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from cnn_jax import train
+from cnn_jax.errors import UserError
+from helpers import load_config
+
+
+def read_jsonl(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def final_params(workdir):
+  """The parameters in the newest checkpoint, as a flat {path: array} dict."""
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  step = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+  restored = ocp.PyTreeCheckpointer().restore(os.path.join(ckpt_dir, str(step), "default"))
+  flat = jax.tree_util.tree_flatten_with_path(restored["params"])[0]
+  return step, {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
+
+
+def test_training_learns_on_real_digits(tmp_path):
+  config = load_config("lenet5_digits", num_epochs=4)
+  final = train.train_and_evaluate(config, str(tmp_path))
+  log = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "train/loss" in r]
+  assert log[-1]["train/loss"] < 0.5 * log[0]["train/loss"]
+  assert final["accuracy"] > 0.85  # chance is 0.10
+  assert (tmp_path / "final_metrics.json").exists()
+  assert any(name.startswith("events") for name in os.listdir(tmp_path / "tensorboard"))
+  assert json.loads((tmp_path / "config.json").read_text())["model"]["name"] == "lenet5"
+
+
+def test_one_device_and_eight_devices_give_the_same_losses(tmp_path):
+  assert jax.device_count() == 8, "conftest.py sets 8 fake CPU devices"
+  runs = {}
+  for n in (1, 8):
+    config = load_config("lenet5_digits", total_steps=12, log_every_steps=1,
+                         eval_every_steps=12,
+                         **{"mesh.num_devices": n, "schedule.warmup_epochs": 0.2})
+    workdir = str(tmp_path / f"dev{n}")
+    final = train.train_and_evaluate(config, workdir)
+    losses = [r["train/loss"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+              if "train/loss" in r]
+    runs[n] = (losses, final, final_params(workdir)[1])
+  assert len(runs[1][0]) == 12
+  np.testing.assert_allclose(runs[1][0], runs[8][0], rtol=2e-5, atol=1e-6)
+  assert runs[1][1]["accuracy"] == pytest.approx(runs[8][1]["accuracy"], abs=1 / 300)
+  for key, value in runs[1][2].items():
+    np.testing.assert_allclose(value, runs[8][2][key], rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+def test_stop_and_resume_equals_uninterrupted(tmp_path):
+  overrides = dict(total_steps=20, log_every_steps=5, eval_every_steps=20,
+                   **{"checkpoint.every_steps": 4, "schedule.warmup_epochs": 0.2})
+  train.train_and_evaluate(load_config("lenet5_digits", **overrides), str(tmp_path / "full"))
+
+  resumed = str(tmp_path / "resumed")
+  train.train_and_evaluate(load_config("lenet5_digits", halt_after_steps=7, **overrides), resumed)
+  assert final_params(resumed)[0] == 7  # halted, checkpoint written at the halt
+  assert not os.path.exists(os.path.join(resumed, "final_metrics.json"))
+  final = train.train_and_evaluate(load_config("lenet5_digits", **overrides), resumed)
+
+  step_full, params_full = final_params(str(tmp_path / "full"))
+  step_resumed, params_resumed = final_params(resumed)
+  assert step_full == step_resumed == 20
+  for key, value in params_full.items():
+    np.testing.assert_array_equal(value, params_resumed[key], err_msg=key)
+  full_final = json.loads((tmp_path / "full" / "final_metrics.json").read_text())
+  assert final["loss"] == full_final["loss"]
+
+
+def test_batch_not_divisible_by_devices_is_a_user_error(tmp_path):
+  config = load_config("lenet5_digits", **{"data.batch_size": 60})
+  with pytest.raises(UserError, match="not divisible by the 8 devices"):
+    train.train_and_evaluate(config, str(tmp_path))
