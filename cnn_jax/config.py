@@ -15,13 +15,44 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict({"name": "lenet5"})
 
   config.data = ml_collections.ConfigDict()
-  config.data.name = "mnist_subset"   # mnist_subset | digits
+  # Where the images come from: embedded (digits shipped in pip packages) | tfds | imagefolder
+  # | synthetic. See the README's "Data" section.
+  config.data.source = "embedded"
+  config.data.name = "mnist_subset"   # embedded: mnist_subset | digits; tfds: the TFDS name
+  config.data.data_dir = ""            # tfds: TFDS data_dir; imagefolder: root of split dirs
+  config.data.train_split = "train"    # tfds: split syntax ("train[:90%]"); imagefolder: subdir
+  config.data.eval_split = "test"
   config.data.image_size = 32
-  config.data.num_test = 1000
-  config.data.split_seed = 0           # the fixed train/test split
+  config.data.channels = 3             # tfds/imagefolder/synthetic: 3 (RGB) or 1 (grayscale)
+  config.data.num_test = 1000          # embedded: size of the fixed test split
+  config.data.split_seed = 0           # embedded: the fixed train/test split
   config.data.batch_size = 128         # global, across all devices and processes
   config.data.eval_batch_size = 256
-  config.data.max_shift = 0            # random +-px translation of training images
+  config.data.max_shift = 0            # embedded: random +-px translation of training images
+  # Normalisation (tfds/imagefolder/synthetic; embedded sets use their train-split statistics).
+  config.data.mean = (0.485, 0.456, 0.406)
+  config.data.std = (0.229, 0.224, 0.225)
+  # Train augmentation (tfds/imagefolder/synthetic): "imagenet" = RandomResizedCrop + flip
+  # (+ RandAugment, random erasing); "cifar" = pad + random crop + flip; "none" = eval transform.
+  config.data.augment = "imagenet"
+  config.data.crop_scale = (0.08, 1.0)  # RandomResizedCrop area range (FCMAE: (0.2, 1.0))
+  config.data.crop_ratio = (0.75, 4.0 / 3.0)
+  config.data.hflip_prob = 0.5
+  config.data.randaugment = ""          # timm spec, e.g. "rand-m9-mstd0.5-inc1"; "" = off
+  config.data.random_erasing = 0.0      # probability (ConvNeXt: 0.25), timm "pixel" mode
+  config.data.cifar_pad = 4
+  config.data.interpolation = "bicubic"  # bicubic | bilinear: train crops and eval resize
+  config.data.crop_pct = 0.875          # eval: resize to image_size / crop_pct, centre crop
+  config.data.on_corrupt = "skip"       # skip (counted warning, next image instead) | fail
+  config.data.num_workers = 0           # grain worker processes decoding (0 = threads only)
+  config.data.num_threads = 8           # grain read threads per process
+  config.data.prefetch_batches = 2      # batches buffered per worker process
+  config.data.synthetic = ml_collections.ConfigDict(
+      {"num_train": 1024, "num_eval": 256, "num_classes": 10})
+  # Batch-level mixing on device (timm Mixup semantics); off while both alphas are 0.
+  # Soft targets use the top-level `label_smoothing`.
+  config.data.mixup = ml_collections.ConfigDict(
+      {"mixup_alpha": 0.0, "cutmix_alpha": 0.0, "prob": 1.0, "switch_prob": 0.5})
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adamw"      # adamw | sgd

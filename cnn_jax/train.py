@@ -74,11 +74,23 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.GraphDef,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
-               label_smoothing: float) -> tuple[TrainState, dict[str, jax.Array]]:
+               label_smoothing: float, mixup: ml_collections.ConfigDict | None = None,
+               num_classes: int = 0, seed: int = 0) -> tuple[TrainState, dict[str, jax.Array]]:
+  images, targets = batch["image"], None
+  if mixup is not None:  # Mixup/cutmix on the global batch: soft (smoothed) targets.
+    onehot = jax.nn.one_hot(batch["label"], num_classes)
+    if label_smoothing:
+      onehot = optax.smooth_labels(onehot, label_smoothing)
+    rng = jax.random.fold_in(jax.random.key(seed), state.step)
+    images, targets = data.mixing.mix(images, onehot, rng, mixup)
+
   def loss_fn(params):
     model = nnx.merge(graphdef, params, state.model_state)
-    logits = model(batch["image"])
-    loss = cross_entropy(logits, batch["label"], logits.shape[-1], label_smoothing).mean()
+    logits = model(images)
+    if targets is None:
+      loss = cross_entropy(logits, batch["label"], logits.shape[-1], label_smoothing).mean()
+    else:
+      loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
     return loss, (logits, nnx.state(model, nnx.Not(nnx.Param)))
 
   (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -166,7 +178,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   replicated = parallel.replicated(mesh)
   train_fn = jax.jit(
       functools.partial(train_step, graphdef=train_graphdef, tx=tx, schedule=schedule,
-                        label_smoothing=config.label_smoothing),
+                        label_smoothing=config.label_smoothing,
+                        mixup=(config.data.mixup if data.mixing.is_active(config.data.mixup)
+                               else None), num_classes=info.num_classes, seed=config.seed),
       in_shardings=(state_shardings, batch_sharding),
       out_shardings=(state_shardings, replicated), donate_argnums=(0,))
   eval_fn = jax.jit(functools.partial(eval_step, graphdef=eval_graphdef),

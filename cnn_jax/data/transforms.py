@@ -1,0 +1,333 @@
+"""Per-image transforms on PIL images / numpy arrays, following timm's reference behaviour.
+
+Every random choice comes from an explicit `np.random.Generator`, so an example's
+augmentation is a pure function of the generator's seed (the pipeline seeds it with
+(seed, global position in the stream)). What each function matches:
+
+- `random_resized_crop`: torchvision/timm RandomResizedCrop parameters (10 tries, then the
+  centre crop clamped to the ratio range), resized with PIL.
+- `rand_augment`: timm `rand_augment_transform` ("rand-m9-mstd0.5-inc1" = 2 ops drawn with
+  replacement from the 15 "increasing" ops, each applied with p=0.5, magnitude ~ N(9, 0.5)
+  clipped to [0, 10], fill = the mean colour, the configured interpolation).
+- `random_erasing`: timm RandomErasing(mode="pixel", max_count=1) on the normalised image.
+- `resize_center_crop`: timm's eval transform (shorter side to floor(size / crop_pct),
+  centre crop, torchvision rounding).
+- `pad_random_crop`: the CIFAR pad-4 + random 32x32 crop.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageOps
+
+from cnn_jax.errors import UserError
+
+INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+def interpolation(name: str) -> Image.Resampling:
+  if name not in INTERPOLATIONS:
+    raise UserError(f"data.interpolation={name!r}; known: {', '.join(INTERPOLATIONS)}")
+  return INTERPOLATIONS[name]
+
+
+# ------------------------------------------------------------------------- crops / resizes
+
+
+def random_resized_crop_box(height: int, width: int, scale: tuple[float, float],
+                            ratio: tuple[float, float], rng: np.random.Generator
+                            ) -> tuple[int, int, int, int]:
+  """(top, left, h, w) of a crop with area fraction ~ U(scale), log aspect ~ U(log ratio)."""
+  area = height * width
+  log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+  for _ in range(10):
+    target_area = area * rng.uniform(scale[0], scale[1])
+    aspect = math.exp(rng.uniform(*log_ratio))
+    w = int(round(math.sqrt(target_area * aspect)))
+    h = int(round(math.sqrt(target_area / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      top = int(rng.integers(0, height - h + 1))
+      left = int(rng.integers(0, width - w + 1))
+      return top, left, h, w
+  in_ratio = width / height
+  if in_ratio < min(ratio):
+    w, h = width, int(round(width / min(ratio)))
+  elif in_ratio > max(ratio):
+    h, w = height, int(round(height * max(ratio)))
+  else:
+    w, h = width, height
+  return (height - h) // 2, (width - w) // 2, h, w
+
+
+def random_resized_crop(img: Image.Image, size: int, scale, ratio, resample,
+                        rng: np.random.Generator) -> Image.Image:
+  top, left, h, w = random_resized_crop_box(img.height, img.width, scale, ratio, rng)
+  return img.resize((size, size), resample, box=(left, top, left + w, top + h))
+
+
+def resize_shorter(img: Image.Image, size: int, resample) -> Image.Image:
+  """torchvision Resize(int): the shorter side becomes `size`, the longer is truncated."""
+  w, h = img.size
+  if w <= h:
+    new_w, new_h = size, int(size * h / w)
+  else:
+    new_w, new_h = int(size * w / h), size
+  if (new_w, new_h) == (w, h):
+    return img
+  return img.resize((new_w, new_h), resample)
+
+
+def center_crop(img: Image.Image, size: int) -> Image.Image:
+  w, h = img.size
+  if w < size or h < size:  # torchvision pads with zeros; only for tiny images.
+    canvas = Image.new(img.mode, (max(w, size), max(h, size)))
+    canvas.paste(img, ((max(w, size) - w) // 2, (max(h, size) - h) // 2))
+    img, (w, h) = canvas, canvas.size
+  top = int(round((h - size) / 2.0))
+  left = int(round((w - size) / 2.0))
+  return img.crop((left, top, left + size, top + size))
+
+
+def resize_center_crop(img: Image.Image, size: int, crop_pct: float, resample) -> Image.Image:
+  """timm eval: resize the shorter side to floor(size / crop_pct), centre-crop size x size."""
+  return center_crop(resize_shorter(img, math.floor(size / crop_pct), resample), size)
+
+
+def pad_random_crop(image: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
+  """Zero-pad by `pad` px on every side, then a random crop back to the original size."""
+  h, w = image.shape[:2]
+  padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+  dy, dx = rng.integers(0, 2 * pad + 1, size=2)
+  return padded[dy:dy + h, dx:dx + w]
+
+
+# ---------------------------------------------------------------------------- RandAugment
+
+_LEVEL_DENOM = 10.0
+
+
+def _negate(v: float, rng: np.random.Generator) -> float:
+  return -v if rng.random() > 0.5 else v
+
+
+def _solarize_add(img, add, thresh=128):
+  lut = [min(255, i + add) if i < thresh else i for i in range(256)]
+  return img.point(lut * len(img.getbands()))
+
+
+def _posterize(img, bits):
+  """Keeps the `bits` high bits; 0 bits is black (old PIL did that; PIL >= 11 refuses 0)."""
+  if bits >= 8:
+    return img
+  if bits <= 0:
+    return img.point([0] * 256 * len(img.getbands()))
+  return ImageOps.posterize(img, bits)
+
+
+def _affine(img, matrix, geo):
+  return img.transform(img.size, Image.Transform.AFFINE, matrix, **geo)
+
+
+# name -> (function(img, magnitude, rng, geo) -> img). `geo` carries resample and fill.
+_OPS = {
+    "AutoContrast": lambda img, m, rng, geo: ImageOps.autocontrast(img),
+    "Equalize": lambda img, m, rng, geo: ImageOps.equalize(img),
+    "Invert": lambda img, m, rng, geo: ImageOps.invert(img),
+    "Rotate": lambda img, m, rng, geo: img.rotate(
+        _negate(m / _LEVEL_DENOM * 30.0, rng), resample=geo["resample"],
+        fillcolor=geo["fillcolor"]),
+    "PosterizeIncreasing": lambda img, m, rng, geo: _posterize(img, 4 - int(m / _LEVEL_DENOM * 4)),
+    "SolarizeIncreasing": lambda img, m, rng, geo: ImageOps.solarize(
+        img, 256 - int(m / _LEVEL_DENOM * 256)),
+    "SolarizeAdd": lambda img, m, rng, geo: _solarize_add(img, int(m / _LEVEL_DENOM * 110)),
+    "ColorIncreasing": lambda img, m, rng, geo: ImageEnhance.Color(img).enhance(
+        max(0.1, 1.0 + _negate(m / _LEVEL_DENOM * 0.9, rng))),
+    "ContrastIncreasing": lambda img, m, rng, geo: ImageEnhance.Contrast(img).enhance(
+        max(0.1, 1.0 + _negate(m / _LEVEL_DENOM * 0.9, rng))),
+    "BrightnessIncreasing": lambda img, m, rng, geo: ImageEnhance.Brightness(img).enhance(
+        max(0.1, 1.0 + _negate(m / _LEVEL_DENOM * 0.9, rng))),
+    "SharpnessIncreasing": lambda img, m, rng, geo: ImageEnhance.Sharpness(img).enhance(
+        max(0.1, 1.0 + _negate(m / _LEVEL_DENOM * 0.9, rng))),
+    "ShearX": lambda img, m, rng, geo: _affine(
+        img, (1, _negate(m / _LEVEL_DENOM * 0.3, rng), 0, 0, 1, 0), geo),
+    "ShearY": lambda img, m, rng, geo: _affine(
+        img, (1, 0, 0, _negate(m / _LEVEL_DENOM * 0.3, rng), 1, 0), geo),
+    "TranslateXRel": lambda img, m, rng, geo: _affine(
+        img, (1, 0, _negate(m / _LEVEL_DENOM * 0.45, rng) * img.size[0], 0, 1, 0), geo),
+    "TranslateYRel": lambda img, m, rng, geo: _affine(
+        img, (1, 0, 0, 0, 1, _negate(m / _LEVEL_DENOM * 0.45, rng) * img.size[1]), geo),
+}
+# The non-increasing variants of timm's _RAND_TRANSFORMS (used when inc0).
+_OPS.update({
+    "Posterize": lambda img, m, rng, geo: _posterize(img, int(m / _LEVEL_DENOM * 4)),
+    "Solarize": lambda img, m, rng, geo: ImageOps.solarize(img, int(m / _LEVEL_DENOM * 256)),
+    "Color": lambda img, m, rng, geo: ImageEnhance.Color(img).enhance(m / _LEVEL_DENOM * 1.8 + .1),
+    "Contrast": lambda img, m, rng, geo: ImageEnhance.Contrast(img).enhance(
+        m / _LEVEL_DENOM * 1.8 + .1),
+    "Brightness": lambda img, m, rng, geo: ImageEnhance.Brightness(img).enhance(
+        m / _LEVEL_DENOM * 1.8 + .1),
+    "Sharpness": lambda img, m, rng, geo: ImageEnhance.Sharpness(img).enhance(
+        m / _LEVEL_DENOM * 1.8 + .1),
+})
+
+RAND_INCREASING_OPS = (
+    "AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing",
+    "SolarizeAdd", "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing",
+    "SharpnessIncreasing", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+RAND_OPS = (
+    "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd",
+    "Color", "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel",
+    "TranslateYRel")
+
+
+class RandAugment:
+  """timm's RandAugment from a spec like "rand-m9-mstd0.5-inc1" (keys m, n, mstd, mmax, inc)."""
+
+  def __init__(self, spec: str, *, fill: tuple[int, ...], resample):
+    parts = spec.split("-")
+    if parts[0] != "rand":
+      raise UserError(f"data.randaugment={spec!r} must start with 'rand-'")
+    self.magnitude, self.num_layers, self.magnitude_std, self.magnitude_max = 10.0, 2, 0.0, 10.0
+    self.ops = RAND_OPS
+    for part in parts[1:]:
+      match = re.fullmatch(r"([a-z]+)(\d.*)", part)
+      if not match or match.group(1) not in ("m", "n", "mstd", "mmax", "inc"):
+        raise UserError(f"data.randaugment={spec!r}: unknown section {part!r} "
+                        "(known: m, n, mstd, mmax, inc)")
+      key, value = match.groups()
+      try:
+        if key == "m":
+          self.magnitude = float(int(value))
+        elif key == "n":
+          self.num_layers = int(value)
+        elif key == "mstd":
+          self.magnitude_std = float(value)
+          if self.magnitude_std > 100:
+            self.magnitude_std = float("inf")
+        elif key == "mmax":
+          self.magnitude_max = float(int(value))
+        elif key == "inc" and int(value):
+          self.ops = RAND_INCREASING_OPS
+      except ValueError:
+        raise UserError(f"data.randaugment={spec!r}: bad value in {part!r}") from None
+    self.prob = 0.5
+    self.geo = {"resample": resample, "fillcolor": fill}
+
+  def __call__(self, img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    for index in rng.integers(0, len(self.ops), size=self.num_layers):  # with replacement
+      if rng.random() > self.prob:
+        continue
+      m = self.magnitude
+      if self.magnitude_std == float("inf"):
+        m = rng.uniform(0, m)
+      elif self.magnitude_std > 0:
+        m = rng.normal(m, self.magnitude_std)
+      m = max(0.0, min(m, self.magnitude_max))
+      img = _OPS[self.ops[index]](img, m, rng, self.geo)
+    return img
+
+
+# ------------------------------------------------------------------------- random erasing
+
+
+def random_erasing(image: np.ndarray, prob: float, rng: np.random.Generator, *,
+                   min_area: float = 0.02, max_area: float = 1 / 3,
+                   min_aspect: float = 0.3) -> np.ndarray:
+  """timm RandomErasing(mode="pixel"): one box of N(0, 1) noise on the normalised HWC image."""
+  if rng.random() > prob:
+    return image
+  h_img, w_img, chans = image.shape
+  area = h_img * w_img
+  log_aspect = (math.log(min_aspect), math.log(1 / min_aspect))
+  for _ in range(10):
+    target_area = rng.uniform(min_area, max_area) * area
+    aspect = math.exp(rng.uniform(*log_aspect))
+    h = int(round(math.sqrt(target_area * aspect)))
+    w = int(round(math.sqrt(target_area / aspect)))
+    if w < w_img and h < h_img:
+      top = int(rng.integers(0, h_img - h + 1))
+      left = int(rng.integers(0, w_img - w + 1))
+      image = image.copy()
+      image[top:top + h, left:left + w] = rng.standard_normal((h, w, chans), np.float32)
+      break
+  return image
+
+
+# ------------------------------------------------------------------------------- chains
+
+
+class TrainTransform:
+  """Decoded PIL image + generator -> normalised float32 HWC array, per `config.data`."""
+
+  def __init__(self, data_config):
+    self.kind = data_config.augment
+    if self.kind not in ("imagenet", "cifar", "none"):
+      raise UserError(f"data.augment={self.kind!r}; known: imagenet, cifar, none")
+    self.size = data_config.image_size
+    self.scale = tuple(data_config.crop_scale)
+    self.ratio = tuple(data_config.crop_ratio)
+    if not (0 < self.scale[0] <= self.scale[1] <= 1) or not (0 < self.ratio[0] <= self.ratio[1]):
+      raise UserError(f"data.crop_scale={self.scale} / data.crop_ratio={self.ratio} out of range")
+    self.hflip = data_config.hflip_prob
+    self.pad = data_config.cifar_pad
+    self.erasing = data_config.random_erasing
+    self.crop_pct = data_config.crop_pct
+    self.resample = interpolation(data_config.interpolation)
+    self.mean, self.std = normalisation(data_config)
+    fill = tuple(min(255, round(255 * m)) for m in self.mean)
+    self.randaugment = (RandAugment(data_config.randaugment, fill=fill if len(fill) > 1
+                                    else fill[0], resample=self.resample)
+                        if data_config.randaugment else None)
+
+  def __call__(self, img: Image.Image, rng: np.random.Generator) -> np.ndarray:
+    if self.kind == "imagenet":
+      img = random_resized_crop(img, self.size, self.scale, self.ratio, self.resample, rng)
+    elif self.kind == "cifar":
+      if img.size != (self.size, self.size):
+        img = resize_center_crop(img, self.size, 1.0, self.resample)
+    else:
+      img = resize_center_crop(img, self.size, self.crop_pct, self.resample)
+    if self.kind != "none" and rng.random() < self.hflip:
+      img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if self.randaugment is not None:
+      img = self.randaugment(img, rng)
+    image = to_array(img)
+    if self.kind == "cifar" and self.pad:
+      image = pad_random_crop(image, self.pad, rng)
+    image = (image.astype(np.float32) / 255.0 - self.mean) / self.std
+    if self.erasing:
+      image = random_erasing(image, self.erasing, rng)
+    return image
+
+
+class EvalTransform:
+  def __init__(self, data_config):
+    self.size = data_config.image_size
+    self.crop_pct = data_config.crop_pct
+    if not 0 < self.crop_pct <= 1:
+      raise UserError(f"data.crop_pct={self.crop_pct} must be in (0, 1]")
+    self.resample = interpolation(data_config.interpolation)
+    self.mean, self.std = normalisation(data_config)
+
+  def __call__(self, img: Image.Image) -> np.ndarray:
+    img = resize_center_crop(img, self.size, self.crop_pct, self.resample)
+    return (to_array(img).astype(np.float32) / 255.0 - self.mean) / self.std
+
+
+def to_array(img: Image.Image) -> np.ndarray:
+  image = np.asarray(img)
+  return image[..., None] if image.ndim == 2 else image
+
+
+def normalisation(data_config) -> tuple[np.ndarray, np.ndarray]:
+  mean = np.asarray(data_config.mean, np.float32)
+  std = np.asarray(data_config.std, np.float32)
+  if mean.shape != (data_config.channels,) or std.shape != (data_config.channels,):
+    raise UserError(f"data.mean/data.std need {data_config.channels} values (data.channels), "
+                    f"got {tuple(mean)} / {tuple(std)}")
+  if (std <= 0).any():
+    raise UserError(f"data.std={tuple(std)} must be positive")
+  return mean, std
