@@ -173,7 +173,7 @@ def test_imagenet_output_shape_at_224(name):
 @pytest.mark.parametrize("name,channels", [("resnet18", 512), ("resnet50", 2048)])
 def test_forward_features_and_children(name, channels):
   model = abstract(name)
-  assert model.num_features == channels
+  assert model.num_features == channels and model.default_image_size == 224
   feats = abstract_apply(model, (2, 224, 224, 3), method="forward_features")
   assert feats.shape == (2, 7, 7, channels)
   children = {child for child, _ in nnx.iter_children(model)}
@@ -182,7 +182,7 @@ def test_forward_features_and_children(name, channels):
 
 def test_cifar_forward_features():
   model = abstract("resnet56")
-  assert model.num_features == 64
+  assert model.num_features == 64 and model.default_image_size == 32
   assert abstract_apply(model, (2, 32, 32, 3), method="forward_features").shape == (2, 8, 8, 64)
   assert abstract_apply(model, (2, 32, 32, 3)).shape == (2, 10)
   assert {child for child, _ in nnx.iter_children(model)} == {
@@ -201,7 +201,7 @@ def test_cifar_real_forward(name, kwargs):
 
 def test_small_stem_for_mnist_sized_inputs():
   model = abstract("resnet18", small_stem=True, in_channels=1, num_classes=10)
-  assert model.stem.kind == "small" and model.min_size == 8
+  assert model.stem.kind == "small" and model.min_size == 8 and model.default_image_size == 32
   assert abstract_apply(model, (2, 28, 28, 1), method="forward_features").shape == (2, 4, 4, 512)
   assert abstract_apply(model, (2, 28, 28, 1)).shape == (2, 10)
   # Same parameter count as resnet18 except the 3x3x1 stem conv (vs 7x7x3) and the fc.

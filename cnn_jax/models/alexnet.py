@@ -89,6 +89,7 @@ class AlexNet(nnx.Module):
     self.activation: Callable[[jax.Array], jax.Array] = ACTIVATIONS[activation]
     self.in_channels = in_channels
     self.num_features = 256 * 6 * 6
+    self.default_image_size = 224  # read by cnn_jax.summary
 
     def conv(cin: int, cout: int, k: int, stride: int, pad: int) -> nnx.Conv:
       return nnx.Conv(cin, cout, (k, k), strides=(stride, stride),

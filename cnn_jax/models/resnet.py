@@ -268,6 +268,8 @@ class ResNet(nnx.Module):
     self.remat = remat
     self.size_multiple = size_multiple
     self.num_stages = len(depths)
+    # The resolution the design targets (read by cnn_jax.summary): ImageNet crops or CIFAR.
+    self.default_image_size = 224 if stem == "imagenet" else 32
     self.stem = Stem(in_channels, stem_width, stem, activation=act, **kw)
     # Total stride: the stem's, then x2 per stage after the first.
     self.min_size = self.stem.stride * 2 ** (len(depths) - 1)
