@@ -65,20 +65,28 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.momentum = 0.9
   config.optimizer.nesterov = False
   config.optimizer.grad_clip_norm = 0.0  # 0 = off
+  config.optimizer.scale_lr_by_batch_over = 0  # e.g. 256: lr = learning_rate * batch / 256
+  config.optimizer.layer_decay = 1.0     # < 1: layer-wise lr decay (ConvNeXt, ViT)
+  config.optimizer.grad_accum_steps = 1  # > 1: one update every k steps (optax.MultiSteps)
 
   config.schedule = ml_collections.ConfigDict()
   config.schedule.name = "warmup_cosine"  # constant | warmup_cosine | onecycle
   config.schedule.warmup_epochs = 0.0
   config.schedule.init_lr_fraction = 0.0
   config.schedule.end_lr_fraction = 0.0
+  config.schedule.decay_steps = ()       # 'step' schedule: multiply by decay_factor here
+  config.schedule.decay_factor = 0.1
 
   config.label_smoothing = 0.0
+  config.ema_decay = 0.0               # > 0: keep an EMA of the parameters, evaluate both
   config.num_epochs = 1
   config.total_steps = 0               # > 0 overrides num_epochs
   config.halt_after_steps = 0          # > 0: stop this invocation early (a rerun resumes)
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.num_devices = -1         # -1 = all visible devices
+  config.mesh.strategy = "data_parallel"  # data_parallel | fsdp
+  config.mesh.fsdp_min_size = 2 ** 14  # fsdp: smaller arrays stay replicated
 
   config.log_every_steps = 50
   config.eval_every_steps = 500

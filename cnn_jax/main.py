@@ -20,6 +20,11 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file with get_config(); override fields with "
     "--config.field=value.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for multi-process runs "
+    "(default: $JAX_COORDINATOR_ADDRESS; unset = single process).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..N-1.")
 
 
 def fail(message: str) -> None:
@@ -73,12 +78,16 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
 
   # Imported after flag parsing: JAX reads XLA_FLAGS and platform flags at import.
-  from cnn_jax import train
+  from cnn_jax import parallel, train
 
   try:
+    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     final = train.train_and_evaluate(config, _WORKDIR.value)
   except UserError as e:
     fail(str(e))
+  except FloatingPointError as e:  # Diverged: say so in one line, keep the exit non-zero.
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(1)
   if final:
     print(f"final test accuracy: {final['accuracy']:.4f} (loss {final['loss']:.4f})", flush=True)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -32,6 +34,7 @@ class TrainState:
   params: nnx.State       # nnx.Param variables: what the optimizer updates.
   model_state: nnx.State  # Everything else: BatchNorm statistics, RNG streams.
   opt_state: optax.OptState
+  ema_params: nnx.State | None = None  # Present when config.ema_decay > 0.
 
 
 def build_model(config: ml_collections.ConfigDict) -> nnx.Module:
@@ -75,7 +78,8 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.GraphDef,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
                label_smoothing: float, mixup: ml_collections.ConfigDict | None = None,
-               num_classes: int = 0, seed: int = 0) -> tuple[TrainState, dict[str, jax.Array]]:
+               num_classes: int = 0, seed: int = 0, ema_decay: float = 0.0, grad_accum_steps: int = 1
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
   images, targets = batch["image"], None
   if mixup is not None:  # Mixup/cutmix on the global batch: soft (smoothed) targets.
     onehot = jax.nn.one_hot(batch["label"], num_classes)
@@ -99,24 +103,35 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.
   step_metrics = {
       "loss": loss,
       "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-      "learning_rate": schedule(state.step),
+      "learning_rate": schedule(state.step // grad_accum_steps),
       "grad_norm": optax.global_norm(grads),
   }
+  ema_params = state.ema_params
+  if ema_params is not None:
+    ema_params = optax.incremental_update(params, ema_params, step_size=1.0 - ema_decay)
   new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
-                            opt_state=opt_state)
+                            opt_state=opt_state, ema_params=ema_params)
   return new_state, step_metrics
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
               graphdef: nnx.GraphDef) -> dict[str, jax.Array]:
-  """Sums (not means) over the valid rows, so padded batches and many batches add up."""
-  model = nnx.merge(graphdef, state.params, state.model_state)
-  logits = model(batch["image"])
-  mask = batch["mask"]
-  loss = cross_entropy(logits, batch["label"], logits.shape[-1])
-  correct = jnp.argmax(logits, -1) == batch["label"]
-  return {"loss_sum": jnp.sum(loss * mask), "correct": jnp.sum(correct * mask),
-          "count": jnp.sum(mask)}
+  """Sums (not means) over the valid rows, so padded batches and many batches add up.
+
+  With an EMA, the EMA parameters are evaluated too (keys prefixed `ema_`)."""
+  def sums(params):
+    model = nnx.merge(graphdef, params, state.model_state)
+    logits = model(batch["image"])
+    mask = batch["mask"]
+    loss = cross_entropy(logits, batch["label"], logits.shape[-1])
+    correct = jnp.argmax(logits, -1) == batch["label"]
+    return {"loss_sum": jnp.sum(loss * mask), "correct": jnp.sum(correct * mask),
+            "count": jnp.sum(mask)}
+
+  out = sums(state.params)
+  if state.ema_params is not None:
+    out.update({f"ema_{k}": v for k, v in sums(state.ema_params).items()})
+  return out
 
 
 def evaluate(eval_fn, state: TrainState, eval_batches: data.EvalBatches,
@@ -126,8 +141,13 @@ def evaluate(eval_fn, state: TrainState, eval_batches: data.EvalBatches,
     out = eval_fn(state, parallel.shard_batch(batch, mesh))
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
   totals = jax.device_get(totals)
-  count = float(totals["count"])
-  return {"loss": float(totals["loss_sum"]) / count, "accuracy": float(totals["correct"]) / count}
+  results = {}
+  for prefix in ("", "ema_"):
+    if f"{prefix}count" in totals:
+      count = float(totals[f"{prefix}count"])
+      results[f"{prefix}loss"] = float(totals[f"{prefix}loss_sum"]) / count
+      results[f"{prefix}accuracy"] = float(totals[f"{prefix}correct"]) / count
+  return results
 
 
 def _prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -144,6 +164,30 @@ def _prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
+class _TerminationSignal:
+  """Turns SIGTERM (preemption) and SIGINT into a flag the loop checks once per step, so the
+  run saves a checkpoint and exits cleanly instead of dying mid-step."""
+
+  def __init__(self):
+    self.received: str | None = None
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    self.received = signal.Signals(signum).name
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    return False
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains `config.model` on `config.data`, resuming from `workdir` if it holds a checkpoint.
 
@@ -157,15 +201,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   steps_per_epoch = train_batches.steps_per_epoch
   total_steps = config.total_steps or config.num_epochs * steps_per_epoch
-  schedule = optim.create_schedule(config, total_steps, steps_per_epoch)
-  tx = optim.create_optimizer(config, schedule)
+  accum = config.optimizer.grad_accum_steps
+  # The schedule counts optimizer updates, one per `accum` steps.
+  schedule = optim.create_schedule(config, total_steps // accum, steps_per_epoch // accum)
 
   model = build_model(config)
   check_input_shape(model, config.data.batch_size // jax.process_count(), info.image_shape)
   train_graphdef, eval_graphdef, params, model_state = split_model(model)
+  tx = optim.create_optimizer(config, schedule, params=params,
+                              layer_id=getattr(model, "lr_layer_id", None),
+                              num_layers=getattr(model, "lr_num_layers", None))
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
-                     opt_state=tx.init(params))
-  state_shardings = parallel.state_sharding(state, mesh)
+                     opt_state=tx.init(params),
+                     ema_params=jax.tree.map(jnp.copy, params) if config.ema_decay else None)
+  state_shardings = parallel.state_sharding(state, mesh, config.mesh.strategy,
+                                            config.mesh.fsdp_min_size)
   state = jax.device_put(state, state_shardings)
 
   ckpt = checkpoint.Checkpointer(workdir, config)
@@ -180,7 +230,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       functools.partial(train_step, graphdef=train_graphdef, tx=tx, schedule=schedule,
                         label_smoothing=config.label_smoothing,
                         mixup=(config.data.mixup if data.mixing.is_active(config.data.mixup)
-                               else None), num_classes=info.num_classes, seed=config.seed),
+                               else None), num_classes=info.num_classes, seed=config.seed,
+                        ema_decay=config.ema_decay,
+                        grad_accum_steps=accum),
       in_shardings=(state_shardings, batch_sharding),
       out_shardings=(state_shardings, replicated), donate_argnums=(0,))
   eval_fn = jax.jit(functools.partial(eval_step, graphdef=eval_graphdef),
@@ -202,42 +254,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   last_log_time, last_log_step = time.perf_counter(), start_step
   eval_metrics: dict[str, float] = {}
   step = start_step
-  try:
-    while step < halt_at:
-      batch = parallel.shard_batch(next(train_iter), mesh)
-      state, step_metrics = train_fn(state, batch)
-      step += 1
-      # Accumulated on device: no host round-trip except at logging time.
-      metric_sums = step_metrics if metric_sums is None else jax.tree.map(
-          jnp.add, metric_sums, step_metrics)
-      metric_count += 1
+  with _TerminationSignal() as terminated:
+    try:
+      while step < halt_at:
+        batch = parallel.shard_batch(next(train_iter), mesh)
+        state, step_metrics = train_fn(state, batch)
+        step += 1
+        # Accumulated on device: no host round-trip except at logging time.
+        metric_sums = step_metrics if metric_sums is None else jax.tree.map(
+            jnp.add, metric_sums, step_metrics)
+        metric_count += 1
 
-      is_last = step == total_steps
-      if step % config.log_every_steps == 0 or is_last or step == halt_at:
-        scalars = {f"train/{k}": float(v) / metric_count
-                   for k, v in jax.device_get(metric_sums).items()}
-        if not np.isfinite(scalars["train/loss"]):
-          raise FloatingPointError(
-              f"non-finite training loss at step {step}; last good checkpoint is kept in "
-              f"{workdir}/checkpoints")
-        now = time.perf_counter()
-        scalars["train/images_per_sec"] = (
-            (step - last_log_step) * config.data.batch_size / max(now - last_log_time, 1e-9))
-        last_log_time, last_log_step = now, step
-        writer.write_scalars(step, scalars)
-        progress.report(step, {k.split("/")[1]: v for k, v in scalars.items()})
-        metric_sums, metric_count = None, 0
+        is_last = step == total_steps
+        # Read the signal flag once per step: the handler may fire at any moment, and the
+        # save decision and the exit below must agree.
+        signal_name = terminated.received
+        stop_now = step == halt_at or signal_name is not None
+        if step % config.log_every_steps == 0 or is_last or stop_now:
+          scalars = {f"train/{k}": float(v) / metric_count
+                     for k, v in jax.device_get(metric_sums).items()}
+          now = time.perf_counter()
+          scalars["train/images_per_sec"] = (
+              (step - last_log_step) * config.data.batch_size / max(now - last_log_time, 1e-9))
+          last_log_time, last_log_step = now, step
+          writer.write_scalars(step, scalars)
+          progress.report(step, {k.split("/")[1]: v for k, v in scalars.items()})
+          metric_sums, metric_count = None, 0
 
-      if step % config.eval_every_steps == 0 or is_last:
-        eval_metrics = evaluate(eval_fn, state, eval_batches, mesh)
-        writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
-        progress.report(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
+        if step % config.eval_every_steps == 0 or is_last:
+          eval_metrics = evaluate(eval_fn, state, eval_batches, mesh)
+          writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
+          progress.report(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
 
-      ckpt.save(step, state, force=is_last or step == halt_at)
-  finally:
-    ckpt.wait()
-    ckpt.close()
-    writer.close()
+        force = is_last or stop_now
+        if force or ckpt.manager.should_save(step):
+          # Never checkpoint a diverged state: the last good checkpoint must survive.
+          if not np.isfinite(float(step_metrics["loss"])):
+            raise FloatingPointError(
+                f"non-finite training loss at step {step}; stopped, the last good "
+                f"checkpoint (step {ckpt.latest_step()}) is kept in {workdir}/checkpoints")
+          ckpt.save(step, state, force=force)
+        if signal_name is not None:
+          print(f"received {signal_name}: checkpoint saved at step {step}; "
+                "rerun the same command to resume", flush=True)
+          break
+    finally:
+      ckpt.wait()
+      ckpt.close()
+      writer.close()
 
   if step == total_steps and not eval_metrics:
     # Resumed at the very end: nothing trained, so evaluate what was restored.

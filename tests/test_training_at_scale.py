@@ -1,0 +1,221 @@
+"""Training at scale: FSDP, multi-process, EMA, schedules, decay masks, layer decay,
+no recompilation, preemption (SIGTERM), kill -9 resume, non-finite loss."""
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from cnn_jax import optim, parallel, train
+from helpers import REPO_ROOT, load_config, run_cli
+from test_train import final_params, read_jsonl
+
+DIGITS = "configs/lenet5_digits.py"
+SHORT = dict(log_every_steps=1, **{"schedule.warmup_epochs": 0.2})
+
+
+def losses(workdir):
+  return [r["train/loss"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+          if "train/loss" in r]
+
+
+def test_fsdp_shards_parameters_and_matches_data_parallel(tmp_path):
+  config = load_config("lenet5_digits", total_steps=10, eval_every_steps=10, **SHORT)
+  train.train_and_evaluate(config, str(tmp_path / "dp"))
+  config.mesh.strategy = "fsdp"
+  config.mesh.fsdp_min_size = 1000
+  train.train_and_evaluate(config, str(tmp_path / "fsdp"))
+  np.testing.assert_allclose(losses(tmp_path / "dp"), losses(tmp_path / "fsdp"), rtol=1e-5)
+  # The rule itself: the largest divisible dimension is split, small arrays stay whole.
+  assert parallel.fsdp_spec((400, 120), 8, 1000) == jax.sharding.PartitionSpec("data", None)
+  assert parallel.fsdp_spec((5, 5, 6, 16), 8, 1000) == jax.sharding.PartitionSpec(
+      None, None, None, "data")
+  assert parallel.fsdp_spec((120,), 8, 1000) == jax.sharding.PartitionSpec()
+  assert parallel.fsdp_spec((5, 5, 1, 6), 8, 100) == jax.sharding.PartitionSpec()
+  assert parallel.fsdp_spec((84, 120), 8, 1000) == jax.sharding.PartitionSpec(None, "data")
+
+
+def test_fsdp_state_is_really_sharded():
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
+  params = {"w": jnp.zeros((400, 120)), "b": jnp.zeros((120,))}
+  shardings = parallel.state_sharding(params, mesh, "fsdp", 1000)
+  placed = jax.device_put(params, shardings)
+  assert placed["w"].addressable_shards[0].data.shape == (50, 120)
+  assert placed["b"].addressable_shards[0].data.shape == (120,)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
+  args = ["--config", DIGITS, "--config.total_steps=6", "--config.log_every_steps=1",
+          "--config.eval_every_steps=6", "--config.schedule.warmup_epochs=0.1"]
+  port = _free_port()
+  env2 = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "cnn_jax.main", *args, "--workdir", str(tmp_path / "two"),
+       f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+      cwd=REPO_ROOT, env=env2, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  one = run_cli("cnn_jax.main", *args, "--workdir", str(tmp_path / "one"),
+                env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+  outs = [p.communicate(timeout=300) for p in procs]
+  assert one.returncode == 0, one.stderr
+  assert all(p.returncode == 0 for p in procs), outs
+  assert "on 4 cpu device(s)" in outs[0][0]
+  np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-5)
+  assert len(losses(tmp_path / "one")) == 6
+
+
+def test_no_recompilation_after_the_first_step(tmp_path, caplog):
+  config = load_config("lenet5_digits", total_steps=8, eval_every_steps=4, **SHORT)
+  with jax.log_compiles(True), caplog.at_level(logging.WARNING):
+    train.train_and_evaluate(config, str(tmp_path))
+  compiled = [r.getMessage() for r in caplog.records if "Finished XLA compilation" in
+              r.getMessage() or "Compiling" in r.getMessage()]
+  train_compiles = [m for m in compiled if "train_step" in m and "Compiling" in m]
+  eval_compiles = [m for m in compiled if "eval_step" in m and "Compiling" in m]
+  assert len(train_compiles) == 1, train_compiles
+  assert len(eval_compiles) == 1, eval_compiles
+
+
+def test_ema_follows_the_parameters(tmp_path):
+  config = load_config("lenet5_digits", total_steps=10, eval_every_steps=10, ema_decay=0.5,
+                       **SHORT)
+  final = train.train_and_evaluate(config, str(tmp_path))
+  assert {"accuracy", "ema_accuracy", "loss", "ema_loss"} <= set(final)
+  # One step by hand: ema = d * ema + (1 - d) * new params.
+  params = {"w": jnp.ones((2,))}
+  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state={},
+                           opt_state=(), ema_params={"w": jnp.zeros((2,))})
+  new = optax.incremental_update(state.params, state.ema_params, step_size=1 - 0.9)
+  np.testing.assert_allclose(new["w"], [0.1, 0.1], rtol=1e-6)
+
+
+def test_step_schedule_and_lr_scaling():
+  config = load_config("lenet5_digits", **{
+      "schedule.name": "step", "schedule.warmup_epochs": 0, "schedule.decay_steps": (32, 48),
+      "optimizer.learning_rate": 0.1, "optimizer.scale_lr_by_batch_over": 128,
+      "data.batch_size": 64})
+  schedule = optim.create_schedule(config, total_steps=64, steps_per_epoch=10)
+  assert schedule(0) == pytest.approx(0.05)  # 0.1 * 64 / 128
+  assert schedule(31) == pytest.approx(0.05)
+  assert schedule(32) == pytest.approx(0.005)
+  assert schedule(48) == pytest.approx(0.0005)
+
+
+def test_weight_decay_mask_spares_biases_norms_and_embeddings():
+  params = {"conv": {"kernel": jnp.ones((3, 3, 4, 8)), "bias": jnp.ones((8,))},
+            "norm": {"scale": jnp.ones((8,))}, "pos_embed": jnp.ones((1, 5, 8)),
+            "cls_token": jnp.ones((1, 1, 8)), "grn": {"gamma": jnp.ones((8,))}}
+  mask = optim.weight_decay_mask("kernels")(params)
+  assert mask == {"conv": {"kernel": True, "bias": False}, "norm": {"scale": False},
+                  "pos_embed": False, "cls_token": False, "grn": {"gamma": False}}
+
+
+def test_layer_decay_scales_updates_per_layer():
+  params = {"stem": jnp.ones(()), "blocks": {"0": jnp.ones(()), "1": jnp.ones(())},
+            "head": jnp.ones(())}
+
+  def layer_id(path):
+    if path[0] == "blocks":
+      return int(path[1]) + 1
+    return {"stem": 0, "head": 3}[path[0]]
+
+  config = load_config("lenet5_digits", **{
+      "optimizer.name": "sgd", "optimizer.momentum": 0.0, "optimizer.layer_decay": 0.5})
+  tx = optim.create_optimizer(config, optax.constant_schedule(1.0), params=params,
+                              layer_id=layer_id, num_layers=2)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  assert float(updates["head"]) == -1.0
+  assert float(updates["blocks"]["1"]) == -0.5
+  assert float(updates["blocks"]["0"]) == -0.25
+  assert float(updates["stem"]) == -0.125
+
+
+def test_gradient_accumulation_updates_every_k_steps():
+  config = load_config("lenet5_digits", **{"optimizer.grad_accum_steps": 2,
+                                           "optimizer.name": "sgd"})
+  tx = optim.create_optimizer(config, optax.constant_schedule(1.0))
+  params = {"w": jnp.zeros(())}
+  state = tx.init(params)
+  u1, state = tx.update({"w": jnp.ones(())}, state, params)
+  u2, state = tx.update({"w": 3 * jnp.ones(())}, state, params)
+  assert float(u1["w"]) == 0.0 and float(u2["w"]) == pytest.approx(-2.0)
+
+
+def _wait_for_step(proc, min_step, timeout=120):
+  """Reads the progress lines until one reports step >= min_step."""
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    line = proc.stdout.readline()
+    if line.startswith("[") and int(line[1:].split("/")[0]) >= min_step:
+      return
+  raise AssertionError("training did not reach the step in time")
+
+
+def _spawn(workdir, *extra):
+  return subprocess.Popen(
+      [sys.executable, "-u", "-m", "cnn_jax.main", "--config", DIGITS, "--workdir", workdir,
+       "--config.log_every_steps=1", "--config.checkpoint.every_steps=5", *extra],
+      cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(tmp_path):
+  workdir = str(tmp_path)
+  proc = _spawn(workdir, "--config.num_epochs=50")
+  _wait_for_step(proc, 3)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err
+  assert "received SIGTERM: checkpoint saved at step" in out
+  saved = int(out.split("checkpoint saved at step ")[1].split(";")[0])
+  assert final_params(workdir)[0] == saved
+  rerun = run_cli("cnn_jax.main", "--config", DIGITS, "--workdir", workdir,
+                  "--config.num_epochs=50", f"--config.halt_after_steps=2")
+  assert f"resumed from {workdir} at step {saved}" in rerun.stdout
+
+
+def test_kill_9_then_rerun_matches_an_uninterrupted_run_bit_for_bit(tmp_path):
+  extra = ["--config.total_steps=40", "--config.schedule.warmup_epochs=0.2"]
+  killed = str(tmp_path / "killed")
+  proc = _spawn(killed, *extra)
+  _wait_for_step(proc, int(np.random.default_rng().integers(12, 30)))
+  proc.kill()
+  proc.communicate(timeout=60)
+  assert 5 <= final_params(killed)[0] < 40
+  assert _spawn(killed, *extra).wait(timeout=300) == 0
+  assert _spawn(str(tmp_path / "full"), *extra).wait(timeout=300) == 0
+  step_a, params_a = final_params(killed)
+  step_b, params_b = final_params(str(tmp_path / "full"))
+  assert step_a == step_b == 40
+  for key in params_b:
+    np.testing.assert_array_equal(params_a[key], params_b[key], err_msg=key)
+
+
+def test_non_finite_loss_stops_with_a_clear_message_and_keeps_good_checkpoints(tmp_path):
+  result = run_cli("cnn_jax.main", "--config", DIGITS, "--workdir", str(tmp_path),
+                   "--config.optimizer.name=sgd", "--config.optimizer.learning_rate=1e6",
+                   "--config.schedule.name=constant", "--config.checkpoint.every_steps=1",
+                   "--config.total_steps=40")
+  assert result.returncode == 1
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and "non-finite training loss at step" in lines[0], result.stderr
+  if os.path.exists(tmp_path / "checkpoints"):
+    _, params = final_params(str(tmp_path))
+    assert all(np.isfinite(v).all() for v in params.values())
