@@ -301,3 +301,16 @@ def test_main_cli_with_a_bad_tfds_name_is_one_line_and_exit_2(tmp_path):
   assert result.returncode == 2
   lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert len(lines) == 1 and "no_such_dataset_xyz" in lines[0], result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name", ["imagenet_bench", "cifar10_tfds", "imagenet_tfds_convnext",
+                                  "imagefolder"])
+def test_example_data_configs_use_only_known_fields(name):
+  from helpers import load_config
+
+  config = load_config(f"data_examples/{name}")
+  known = base.get_config().data
+  assert set(config.data.keys()) == set(known.keys())
+  assert set(config.data.mixup.keys()) == set(known.mixup.keys())
+  transforms.TrainTransform(config.data)  # The augmentation settings are valid.
+  transforms.EvalTransform(config.data)
