@@ -65,8 +65,9 @@ def main(argv: list[str]) -> None:
   config_path = config_flags.get_config_filename(FLAGS["config"])
   if not config_path:
     fail("--config is required, e.g. --config configs/lenet5_mnist.py")
-  if not os.path.isfile(config_path):
-    fail(f"config file not found: {config_path}")
+  # "path.py:arg" passes arg to get_config (config_flags splits at the first colon).
+  if not os.path.isfile(config_path.split(":", 1)[0]):
+    fail(f"config file not found: {config_path.split(':', 1)[0]}")
   try:
     config = _CONFIG.value
   except OSError as e:  # The file exists but failed to load: show why, in one line.
@@ -82,14 +83,22 @@ def main(argv: list[str]) -> None:
 
   try:
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    final = train.train_and_evaluate(config, _WORKDIR.value)
+    if config.task == "fcmae":
+      from cnn_jax import fcmae
+      final = fcmae.pretrain(config, _WORKDIR.value)
+    elif config.task == "classification":
+      final = train.train_and_evaluate(config, _WORKDIR.value)
+    else:
+      raise UserError(f"unknown task {config.task!r}; choose classification or fcmae")
   except UserError as e:
     fail(str(e))
   except FloatingPointError as e:  # Diverged: say so in one line, keep the exit non-zero.
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
-  if final:
+  if final and "accuracy" in final:
     print(f"final test accuracy: {final['accuracy']:.4f} (loss {final['loss']:.4f})", flush=True)
+  elif final:
+    print(f"final eval loss: {final['loss']:.4f}", flush=True)
 
 
 def run() -> None:

@@ -81,3 +81,20 @@ def test_batch_not_divisible_by_devices_is_a_user_error(tmp_path):
   config = load_config("lenet5_digits", **{"data.batch_size": 60})
   with pytest.raises(UserError, match="not divisible by the 8 devices"):
     train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_batchnorm_model_trains_and_updates_its_statistics(tmp_path):
+  # A regression guard: merging a model inside the grad trace must let BatchNorm write its
+  # running statistics (flax refuses to mutate Variables created outside the trace).
+  config = load_config("resnet_cifar_digits", total_steps=2, log_every_steps=1,
+                       eval_every_steps=2, **{"data.batch_size": 16, "data.eval_batch_size": 200,
+                                              "checkpoint.every_steps": 2,
+                                              "schedule.warmup_epochs": 0.0})
+  final = train.train_and_evaluate(config, str(tmp_path))
+  assert np.isfinite(final["loss"])
+  ckpt = os.path.join(str(tmp_path), "checkpoints", "2", "default")
+  model_state = ocp.PyTreeCheckpointer().restore(ckpt)["model_state"]
+  flat = jax.tree_util.tree_flatten_with_path(model_state)[0]
+  stem_means = [np.asarray(v) for k, v in flat
+                if "stem" in jax.tree_util.keystr(k) and "mean" in jax.tree_util.keystr(k)]
+  assert stem_means and np.abs(stem_means[0]).max() > 0  # moved from their zero init
