@@ -1,0 +1,119 @@
+"""cnn_jax.bench: the CLI runs on a tiny model and its JSON has every field; user errors are one
+line with exit code 2. Nothing here asserts a timing."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+import pytest
+
+from cnn_jax import bench
+from cnn_jax.errors import UserError
+from tests.helpers import run_cli
+
+JAX_FIELDS = {
+    "framework", "model", "mode", "batch_size", "image_size", "in_channels", "num_classes",
+    "dtype", "with_data", "steps", "warmup", "images_per_sec", "step_time_s", "step_times_s",
+    "warmup_times_s", "lower_time_s", "compile_time_s", "model_flops_per_step",
+    "forward_flops_per_step", "xla_flops_per_step", "peak_flops", "peak_flops_source", "mfu",
+    "platform", "device_kind", "num_devices", "host_peak_rss_bytes", "jax_version",
+    "backend_env", "peak_device_bytes", "peak_device_source", "xla_estimate_bytes"}
+STAT_FIELDS = {"median", "mean", "min", "max", "p10", "p90", "stdev", "spread_pct"}
+HAS_TORCH = all(importlib.util.find_spec(m) for m in ("torch", "timm"))
+
+
+def _check_jax_result(r: dict, mode: str, steps: int) -> None:
+  assert JAX_FIELDS <= set(r), JAX_FIELDS - set(r)
+  assert set(r["step_time_s"]) == STAT_FIELDS
+  assert r["mode"] == mode and r["framework"] == "jax"
+  assert len(r["step_times_s"]) == steps
+  assert r["images_per_sec"] > 0 and r["compile_time_s"] > 0
+  assert r["step_time_s"]["min"] <= r["step_time_s"]["median"] <= r["step_time_s"]["max"]
+  # LeNet-5 on 32x32: 0.416 MMACs per image (conv + dense), so 0.832 MFLOPs forward.
+  forward = r["forward_flops_per_step"]
+  assert forward == pytest.approx(r["batch_size"] * 2 * 416_520, rel=0.05)
+  assert r["model_flops_per_step"] == (3 * forward if mode == "train" else forward)
+  assert r["peak_flops"] > 0 and 0 < r["mfu"]
+  assert r["peak_device_bytes"] is None or r["peak_device_bytes"] > 0
+
+
+def test_cli_json_train_has_every_field():
+  result = run_cli("cnn_jax.bench", "--model=lenet5", "--batch_size=8", "--steps=2",
+                   "--warmup=1", "--json")
+  assert result.returncode == 0, result.stderr
+  report = json.loads(result.stdout)
+  assert set(report) == {"jax", "torch", "ratio_vs_torch", "host"}
+  assert report["torch"] is None and report["ratio_vs_torch"] is None
+  [r] = report["jax"]
+  _check_jax_result(r, "train", 2)
+  assert r["num_devices"] == 8 and r["image_size"] == 32 and r["num_classes"] == 10
+  assert "images/s" in bench.format_report(report)
+
+
+def test_infer_with_data_in_process():
+  r = bench.benchmark_jax("lenet5", mode="infer", batch_size=8, steps=2, warmup=1,
+                          with_data=True, num_devices=1)
+  _check_jax_result(r, "infer", 2)
+  assert r["with_data"] and r["num_devices"] == 1
+
+
+def test_cli_table_bfloat16():
+  result = run_cli("cnn_jax.bench", "--model=lenet5", "--batch_size=8", "--steps=1",
+                   "--warmup=0", "--mode=infer", "--dtype=bfloat16", "--num_devices=1")
+  assert result.returncode == 0, result.stderr
+  for words in ("images/s", "step time", "compile time", "peak memory", "MFU", "bfloat16"):
+    assert words in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--model=resnet_5o",), "unknown model"),
+    (("--model=lenet5", "--mode=sideways"), "mode"),
+    (("--model=lenet5", "--batch_size=7"), "not divisible"),
+    (("--model=lenet5", "--steps=0"), "steps"),
+    (("--model=lenet5", "--vs_torch", "--torch_python=/nonexistent/python"), "cannot be run"),
+    (("--model=lenet5", "--vs_torch", "--mode=fcmae"), "--vs_torch"),
+    ((), "--model is required"),
+])
+def test_user_errors_are_one_line(args, message):
+  extra = () if "--steps=0" in args else ("--steps=1",)
+  result = run_cli("cnn_jax.bench", *args, *extra)
+  assert result.returncode == 2, result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
+@pytest.mark.skipif(HAS_TORCH, reason="this Python has torch: no install hint to show")
+def test_vs_torch_without_torch_says_how_to_install():
+  result = run_cli("cnn_jax.bench", "--model=lenet5", "--vs_torch",
+                   f"--torch_python={sys.executable}")
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      f"error: --vs_torch needs PyTorch and timm in {sys.executable} (an optional extra: "
+      f"{bench.TORCH_INSTALL}, or pass --torch_python=A_PYTHON_WITH_TORCH)"]
+
+
+def test_fcmae_mode_needs_the_fcmae_module():
+  if importlib.util.find_spec("cnn_jax.fcmae") is not None:
+    pytest.skip("cnn_jax.fcmae exists")
+  with pytest.raises(UserError, match="fcmae"):
+    bench.benchmark_jax("convnextv2_atto", mode="fcmae", batch_size=8, steps=1)
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch and timm are an optional extra")
+def test_vs_torch_ratios():
+  report = bench.run("resnet18", vs_torch=True, batch_size=8, image_size=32, steps=1, warmup=0,
+                     num_devices=1)
+  assert set(report["ratio_vs_torch"]) == {"train", "infer"}
+  assert all(v > 0 for v in report["ratio_vs_torch"].values())
+
+
+def test_peak_table_and_stats():
+  assert bench.table_peak_flops("NVIDIA H100 PCIe", "bfloat16") == 756e12
+  assert bench.table_peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
+  assert bench.table_peak_flops("TPU v4", "float32") == 275e12
+  assert bench.table_peak_flops("cpu", "float32") is None
+  stats = bench.step_time_stats([3.0, 1.0, 2.0, 4.0, 5.0])
+  assert stats["median"] == 3.0 and stats["min"] == 1.0 and stats["max"] == 5.0
+  assert stats["p10"] == pytest.approx(1.4) and stats["p90"] == pytest.approx(4.6)
