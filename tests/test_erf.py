@@ -1,0 +1,98 @@
+"""cnn_jax.erf: the ERF of known conv stacks, the area ratios, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from cnn_jax import erf
+from cnn_jax.errors import UserError
+from helpers import run_cli
+
+
+class ConvStack(nnx.Module):
+  """`depth` 3x3 stride-1 convs with ReLUs; positive weights and inputs, so no gradient cancels
+  by chance and the ERF's support is exactly the theoretical receptive field."""
+
+  def __init__(self, depth: int, width: int = 2, *, positive: bool = True, seed: int = 0):
+    init = (nnx.initializers.uniform(0.5) if positive
+            else nnx.initializers.variance_scaling(2.0, "fan_in", "normal"))
+    rngs = nnx.Rngs(seed)
+    self.convs = nnx.List([nnx.Conv(1 if i == 0 else width, width, (3, 3), padding="SAME",
+                                    use_bias=False, kernel_init=init, rngs=rngs)
+                           for i in range(depth)])
+
+  def forward_features(self, x):
+    for conv in self.convs:
+      x = nnx.relu(conv(x))
+    return x
+
+
+@pytest.mark.parametrize("depth", [1, 2, 5])
+def test_erf_support_of_a_3x3_stack_is_the_theoretical_receptive_field(depth):
+  images = np.abs(np.random.default_rng(0).standard_normal((3, 21, 21, 1))).astype(np.float32)
+  erf_map = erf.erf_map(ConvStack(depth), images, batch_size=2)
+  assert erf.support_side(erf_map) == 2 * depth + 1
+  nonzero = erf_map > 0
+  c, r = 10, depth
+  assert nonzero[c - r:c + r + 1, c - r:c + r + 1].all()  # the whole square, not just its rim
+  assert nonzero.sum() == (2 * depth + 1) ** 2
+
+
+def test_area_ratios_are_monotone_and_exact_on_a_known_map():
+  log_map = np.zeros((11, 11))
+  log_map[5, 5] = 1.0            # 1/9 of the total at the centre
+  log_map[4:7, 4:7] += 1.0       # 3x3 square: 10/18 with the centre
+  log_map[0, 0] = 8.0            # a far corner: only the whole image reaches 100 %
+  ratios = erf.area_ratios(log_map / log_map.max(), (0.05, 0.3, 0.5, 0.99))
+  assert ratios == {"0.05": pytest.approx(1 / 121), "0.3": pytest.approx(9 / 121),
+                    "0.5": pytest.approx(9 / 121), "0.99": 1.0}
+
+
+def test_ratios_of_a_random_deep_stack_grow_with_the_threshold():
+  images = np.random.default_rng(1).standard_normal((4, 33, 33, 1)).astype(np.float32)
+  log_map = erf.normalised_log_map(erf.erf_map(ConvStack(6, 4, positive=False), images))
+  assert log_map.max() == pytest.approx(1.0)
+  ratios = list(erf.area_ratios(log_map).values())
+  assert all(a <= b for a, b in zip(ratios, ratios[1:]))
+  assert ratios[0] < ratios[-1] <= (13 / 33) ** 2 + 1e-12  # inside the 13x13 theoretical RF
+
+
+def test_vit_tokens_are_laid_out_on_their_grid():
+  class Tokens(nnx.Module):
+    def forward_features(self, x):  # (N, 4, 4, 2) -> class token + 16 patch tokens
+      tokens = x.reshape(x.shape[0], 16, 2)
+      return jnp.concatenate([jnp.zeros_like(tokens[:, :1]), tokens], axis=1)
+
+  features = erf.feature_map(Tokens(), jnp.arange(64.0).reshape(2, 4, 4, 2))
+  np.testing.assert_array_equal(features, jnp.arange(64.0).reshape(2, 4, 4, 2))
+
+
+def test_model_without_forward_features_is_a_user_error():
+  with pytest.raises(UserError, match="forward_features"):
+    erf.erf_map(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), np.zeros((1, 4, 4, 1), np.float32))
+
+
+def test_cli_writes_png_json_and_ratios(tmp_path):
+  out = str(tmp_path / "erf")
+  result = run_cli("cnn_jax.erf", "--model=resnet20", "--image_size=32", "--num_images=2",
+                   "--in_channels=1", f"--out={out}", env={"XLA_FLAGS": ""})
+  assert result.returncode == 0, result.stderr
+  assert "area ratio" in result.stdout
+  summary = json.load(open(os.path.join(out, "erf.json")))
+  ratios = list(summary["area_ratios"].values())
+  assert len(ratios) == 4 and all(0 < a <= b <= 1 for a, b in zip(ratios, ratios[1:]))
+  assert open(os.path.join(out, "erf.png"), "rb").read(4) == b"\x89PNG"
+  assert np.load(os.path.join(out, "erf.npy")).shape == (32, 32)
+
+
+def test_cli_unknown_model_is_one_line_and_exit_2(tmp_path):
+  result = run_cli("cnn_jax.erf", "--model=resnet21", f"--out={tmp_path}")
+  assert result.returncode == 2
+  assert result.stderr.startswith("error: unknown model 'resnet21'")
+  assert result.stderr.strip().count("\n") == 0

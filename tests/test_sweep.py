@@ -1,0 +1,174 @@
+"""cnn_jax.sweep: grid expansion, validation before anything runs, skip/resume, outputs, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import textwrap
+
+import ml_collections
+import pytest
+
+from cnn_jax import sweep
+from cnn_jax.errors import UserError
+from helpers import REPO_ROOT, run_cli
+
+# Tiny runs of LeNet-5 on the 8x8 digits: a few steps each, checkpoint every 2 steps.
+_TINY = [("total_steps", 4), ("log_every_steps", 1), ("eval_every_steps", 4),
+         ("checkpoint.every_steps", 2), ("schedule.warmup_epochs", 0.0),
+         ("data.batch_size", 32), ("data.eval_batch_size", 304), ("data.num_test", 300),
+         ("mesh.num_devices", 1)]
+
+
+def make_sweep(**fields) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.name = "test sweep"
+  config.base_config = "configs/lenet5_digits.py"
+  config.base_config_arg = ""
+  config.workdir = "unused"
+  config.overrides = list(_TINY)
+  config.points = []
+  config.grid = [("optimizer.learning_rate", (0.003, 0.01))]
+  config.plot_metrics = ("train/loss", "eval/error")
+  config.summarize = True
+  for key, value in fields.items():
+    config[key] = value
+  return config
+
+
+def test_grid_is_the_cartesian_product_crossed_with_the_points():
+  points = sweep.expand_grid([{"seed": 0}, {"seed": 1}],
+                             [("model.name", ("a", "b", "c")), ("num_epochs", (1, 2))])
+  assert len(points) == 2 * 3 * 2
+  assert points[0] == {"seed": 0, "model.name": "a", "num_epochs": 1}
+  assert points[-1] == {"seed": 1, "model.name": "c", "num_epochs": 2}
+  assert len({json.dumps(p, sort_keys=True) for p in points}) == 12
+  assert sweep.expand_grid([{"seed": 3}], []) == [{"seed": 3}]
+
+
+def test_build_points_applies_shared_and_point_overrides_and_names_dirs():
+  points = sweep.build_points(make_sweep(grid=[("optimizer.learning_rate", (0.003, 0.01)),
+                                               ("seed", (0, 1))]))
+  assert [p.name for p in points] == [
+      "optimizer.learning_rate-0.003_seed-0", "optimizer.learning_rate-0.003_seed-1",
+      "optimizer.learning_rate-0.01_seed-0", "optimizer.learning_rate-0.01_seed-1"]
+  assert points[3].config.optimizer.learning_rate == 0.01 and points[3].config.seed == 1
+  assert points[0].config.total_steps == 4  # shared override
+  assert points[0].config.model.name == "lenet5"  # untouched base field
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(grid=[("optimizer.learning_rte", (0.1,))]), "unknown config field"),
+    (dict(grid=[("optimiser.learning_rate", (0.1,))]), "optimiser does not exist"),
+    (dict(overrides=[("num_epochz", 1)]), "unknown config field"),
+    (dict(points=[{"data.batch_size": "big"}], grid=[]), "bad value 'big'"),
+    (dict(grid=[("model.name", ("lenet5", "lenet6"))]), "unknown model 'lenet6'"),
+    (dict(grid=[("seed", ())]), "non-empty list"),
+    (dict(grid=[], points=[]), "the sweep is empty"),
+    (dict(base_config="configs/nope.py"), "base config not found"),
+])
+def test_bad_sweeps_fail_before_anything_runs(tmp_path, fields, message):
+  with pytest.raises(UserError, match=message):
+    sweep.run_sweep(make_sweep(**fields), str(tmp_path / "sweep"))
+  assert not os.path.exists(tmp_path / "sweep")  # not even the workdir was created
+
+
+def test_sweep_trains_skips_finished_resumes_interrupted_and_writes_outputs(tmp_path):
+  workdir = str(tmp_path / "sweep")
+  config = make_sweep()
+  # First pass: halt every point after 2 of its 4 steps (an interrupted sweep).
+  config.overrides = [*_TINY, ("halt_after_steps", 2)]
+  rows = sweep.run_sweep(config, workdir)
+  assert [r["status"] for r in rows] == ["partial", "partial"]
+  names = [r["point"] for r in rows]
+  for name in names:
+    assert not os.path.exists(os.path.join(workdir, name, "final_metrics.json"))
+
+  # Second pass: both resume from step 2 (their checkpoints) and finish.
+  config.overrides = list(_TINY)
+  rows = sweep.run_sweep(config, workdir)
+  assert [r["status"] for r in rows] == ["finished", "finished"]
+  for name in names:
+    steps = [json.loads(line)["step"]
+             for line in open(os.path.join(workdir, name, "metrics.jsonl"))]
+    assert sorted(set(steps)) == [1, 2, 3, 4]  # steps 1-2 from pass one, 3-4 resumed
+    assert steps.count(1) == 1  # nothing was retrained from scratch
+  finished_mtime = os.path.getmtime(os.path.join(workdir, names[0], "final_metrics.json"))
+
+  # Third pass: everything finished, so nothing trains and the outputs are rebuilt.
+  rows = sweep.run_sweep(config, workdir)
+  assert os.path.getmtime(os.path.join(workdir, names[0], "final_metrics.json")) == finished_mtime
+  assert all(r["params"] == 61_706 for r in rows)  # LeNet-5, via cnn_jax.summary
+  assert all(0.0 <= r["test_error"] <= 1.0 and r["wall_s"] > 0 for r in rows)
+
+  table = open(os.path.join(workdir, "results.md")).read()
+  assert "optimizer.learning_rate-0.003" in table and "test error %" in table
+  with open(os.path.join(workdir, "results.csv")) as f:
+    csv_rows = list(csv.DictReader(f))
+  assert [r["point"] for r in csv_rows] == names
+  assert float(csv_rows[1]["optimizer.learning_rate"]) == 0.01
+  png = os.path.join(workdir, "curves.png")
+  assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def _write_sweep_file(tmp_path, grid: str) -> str:
+  path = tmp_path / "my_sweep.py"
+  path.write_text(textwrap.dedent(f"""
+      import ml_collections
+
+      def get_config():
+        config = ml_collections.ConfigDict()
+        config.name = "cli sweep"
+        config.base_config = "configs/lenet5_digits.py"
+        config.base_config_arg = ""
+        config.workdir = {str(tmp_path / 'default_workdir')!r}
+        config.overrides = [("num_epochs", 1), ("data.max_shift", 1)]
+        config.points = [{{"model.name": "lenet5"}}]
+        config.grid = {grid}
+        config.plot_metrics = ("train/loss",)
+        config.summarize = False
+        return config
+      """))
+  return str(path)
+
+
+def test_print_commands_writes_one_main_command_per_point(tmp_path):
+  path = _write_sweep_file(tmp_path, '[("optimizer.learning_rate", (0.001, 0.01))]')
+  workdir = str(tmp_path / "w")
+  result = run_cli("cnn_jax.sweep", f"--config={path}", f"--workdir={workdir}",
+                   "--print_commands")
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.strip().splitlines()
+  assert len(lines) == 2
+  assert lines == open(os.path.join(workdir, "commands.sh")).read().strip().splitlines()[2:]
+  first = lines[0]
+  assert first.startswith("python -m cnn_jax.main --config=configs/lenet5_digits.py ")
+  assert f"--workdir={workdir}/model.name-lenet5_optimizer.learning_rate-0.001" in first
+  assert "--config.num_epochs=1 --config.data.max_shift=1" in first
+  assert "--config.model.name=lenet5 --config.optimizer.learning_rate=0.001" in first
+  assert not os.path.exists(os.path.join(workdir, lines[0].split("/")[-1]))  # nothing trained
+
+
+def test_printed_tuple_values_are_quoted_for_the_shell(tmp_path):
+  path = _write_sweep_file(tmp_path, '[("data.mean", ((0.5, 0.5, 0.5),))]')
+  result = run_cli("cnn_jax.sweep", f"--config={path}", "--print_commands")
+  assert result.returncode == 0, result.stderr
+  assert "'--config.data.mean=(0.5, 0.5, 0.5)'" in result.stdout
+
+
+def test_cli_bad_override_is_one_line_and_exit_2(tmp_path):
+  path = _write_sweep_file(tmp_path, '[("optimizer.lr", (0.1,))]')
+  result = run_cli("cnn_jax.sweep", f"--config={path}", f"--workdir={tmp_path / 'w'}")
+  assert result.returncode == 2
+  assert result.stderr.strip().count("\n") == 0
+  assert result.stderr.startswith("error: unknown config field in sweep override 'optimizer.lr'")
+  assert not os.path.exists(tmp_path / "w")
+
+
+def test_repository_sweep_configs_validate():
+  sweeps_dir = os.path.join(REPO_ROOT, "configs", "sweeps")
+  for name in sorted(os.listdir(sweeps_dir)):
+    if name.endswith(".py"):
+      config = sweep.load_config_file(os.path.join(sweeps_dir, name))
+      assert sweep.build_points(config), name
