@@ -112,6 +112,17 @@ class TfdsSource:
     if not self.num_classes:
       raise UserError(f"TFDS data set {name!r}: {self.label_key!r} is not a class label")
     try:
+      num_examples = info.splits[split].num_examples
+    except (ValueError, KeyError, AssertionError) as e:
+      raise UserError(f"TFDS {name!r} split {split!r}: {str(e).splitlines()[0]}") from None
+    if num_examples == 0:
+      raise UserError(f"TFDS {name!r} split {split!r} is empty")
+    if info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
+      raise UserError(
+          f"TFDS {name!r} in {data_dir!r} is stored as {info.file_format.value}; random access "
+          f"needs array_record: tfds convert_format --root_data_dir={data_dir} "
+          "--out_file_format=array_record (or rebuild with --file_format=array_record)")
+    try:
       self._source = builder.as_data_source(
           split=split, decoders={self.image_key: tfds.decode.SkipDecoding()})
     except (ValueError, KeyError, AssertionError) as e:
