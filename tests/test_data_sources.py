@@ -352,3 +352,25 @@ def test_training_on_an_image_folder_resumes_to_the_same_parameters(image_folder
   assert full["loss"] == resumed["loss"] and np.isfinite(full["loss"])
   for a, b in zip(params(tmp_path / "full"), params(tmp_path / "resumed")):
     np.testing.assert_array_equal(a, b)
+
+
+def test_prefetch_to_device_keeps_order_and_puts_batches_ahead():
+  import jax
+
+  from cnn_jax import parallel
+
+  mesh = parallel.create_mesh(make_config())
+  issued = []
+
+  def put(batch):
+    issued.append(int(batch["label"][0]))
+    return parallel.shard_batch(batch, mesh)
+
+  source = ({"image": np.full((8, 2, 2, 3), s, np.float32), "label": np.full((8,), s, np.int32)}
+            for s in range(5))
+  out = data.prefetch_to_device(source, put, size=2)
+  first = next(out)
+  assert issued == [0, 1, 2]  # Two batches on their way while the first is used.
+  assert isinstance(first["image"], jax.Array) and len(first["image"].sharding.device_set) == 8
+  rest = [int(b["label"][0]) for b in out]
+  assert [int(first["label"][0])] + rest == [0, 1, 2, 3, 4]

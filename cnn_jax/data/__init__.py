@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from cnn_jax.data import image_sources, mixing, pipeline, transforms
+from cnn_jax.data.pipeline import prefetch_to_device
 from cnn_jax.data.sources import SOURCES, ArrayDataset, ArraySplit
 from cnn_jax.errors import UserError
 

@@ -200,3 +200,20 @@ class RecordEvalBatches:
   def __iter__(self) -> Iterator[Batch]:
     return _iterate(self.dataset, num_workers=self.num_workers, num_threads=self.num_threads,
                     prefetch_batches=self.prefetch_batches)
+
+
+def prefetch_to_device(batches: Iterator[Batch], put, size: int = 2) -> Iterator:
+  """Yields `put(batch)` (e.g. `lambda b: parallel.shard_batch(b, mesh)`) `size` batches ahead.
+
+  Host-to-device copies are asynchronous in JAX, so issuing them early overlaps the transfer
+  of the next batches with the current step's compute.
+  """
+  import collections
+
+  queue = collections.deque()
+  for batch in batches:
+    queue.append(put(batch))
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
