@@ -77,6 +77,20 @@ def get_config() -> ml_collections.ConfigDict:
   config.schedule.decay_steps = ()       # 'step' schedule: multiply by decay_factor here
   config.schedule.decay_factor = 0.1
 
+  # What a run optimises: "classification" (train.py) or "fcmae" (ConvNeXt V2 masked-autoencoder
+  # pre-training, cnn_jax/fcmae.py, configured by `fcmae`; the paper's defaults below).
+  config.task = "classification"
+  config.fcmae = ml_collections.ConfigDict({
+      "mask_ratio": 0.6,          # fraction of patches hidden per image
+      "patch_size": 32,           # mask patch = the encoder's total stride
+      "decoder_dim": 512,
+      "decoder_depth": 1,         # ConvNeXt V2 blocks in the decoder
+      "norm_pix_loss": True,      # targets normalised per patch
+      "sparse": True,             # False: the paper's dense-encoder ablation
+      "reconstruction_every_steps": 1000,  # PNG + TensorBoard image; 0 = only at the end
+      "num_reconstructions": 8,   # images (rows) in that grid
+  })
+
   config.label_smoothing = 0.0
   config.ema_decay = 0.0               # > 0: keep an EMA of the parameters, evaluate both
   config.num_epochs = 1

@@ -83,14 +83,22 @@ def main(argv: list[str]) -> None:
 
   try:
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    final = train.train_and_evaluate(config, _WORKDIR.value)
+    if config.task == "fcmae":
+      from cnn_jax import fcmae
+      final = fcmae.pretrain(config, _WORKDIR.value)
+    elif config.task == "classification":
+      final = train.train_and_evaluate(config, _WORKDIR.value)
+    else:
+      raise UserError(f"unknown task {config.task!r}; choose classification or fcmae")
   except UserError as e:
     fail(str(e))
   except FloatingPointError as e:  # Diverged: say so in one line, keep the exit non-zero.
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
-  if final:
+  if final and "accuracy" in final:
     print(f"final test accuracy: {final['accuracy']:.4f} (loss {final['loss']:.4f})", flush=True)
+  elif final:
+    print(f"final eval loss: {final['loss']:.4f}", flush=True)
 
 
 def run() -> None:

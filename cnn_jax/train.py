@@ -7,12 +7,14 @@ the train state's buffers donated.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -100,20 +102,25 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.
     return loss, (logits, nnx.state(model, nnx.Not(nnx.Param)))
 
   (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
   step_metrics = {
       "loss": loss,
       "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
       "learning_rate": schedule(state.step // grad_accum_steps),
       "grad_norm": optax.global_norm(grads),
   }
+  return apply_gradients(state, grads, model_state, tx=tx, ema_decay=ema_decay), step_metrics
+
+
+def apply_gradients(state: TrainState, grads: nnx.State, model_state: nnx.State, *,
+                    tx: optax.GradientTransformation, ema_decay: float) -> TrainState:
+  """One optimizer update (and EMA update): the part every task's train step shares."""
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
   ema_params = state.ema_params
   if ema_params is not None:
     ema_params = optax.incremental_update(params, ema_params, step_size=1.0 - ema_decay)
-  new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
-                            opt_state=opt_state, ema_params=ema_params)
-  return new_state, step_metrics
+  return state.replace(step=state.step + 1, params=params, model_state=model_state,
+                       opt_state=opt_state, ema_params=ema_params)
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
@@ -137,12 +144,19 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
 
 
 def evaluate(eval_fn, state: TrainState, eval_batches: data.EvalBatches,
-             mesh: jax.sharding.Mesh) -> dict[str, float]:
+             mesh: jax.sharding.Mesh,
+             summarize: Callable[[dict[str, Any]], dict[str, float]] | None = None
+             ) -> dict[str, float]:
+  """Sums `eval_fn`'s outputs over the eval split, then `summarize`s them (default:
+  classification loss and accuracy)."""
   totals = None
   for batch in eval_batches:
     out = eval_fn(state, parallel.shard_batch(batch, mesh))
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-  totals = jax.device_get(totals)
+  return (summarize or classification_metrics)(jax.device_get(totals))
+
+
+def classification_metrics(totals: dict[str, Any]) -> dict[str, float]:
   results = {}
   for prefix in ("", "ema_"):
     if f"{prefix}count" in totals:
@@ -150,6 +164,38 @@ def evaluate(eval_fn, state: TrainState, eval_batches: data.EvalBatches,
       results[f"{prefix}loss"] = float(totals[f"{prefix}loss_sum"]) / count
       results[f"{prefix}accuracy"] = float(totals[f"{prefix}correct"]) / count
   return results
+
+
+def classification_step_options(config: ml_collections.ConfigDict,
+                                info: data.DatasetInfo) -> dict[str, Any]:
+  mixup = config.data.mixup if data.mixing.is_active(config.data.mixup) else None
+  return dict(label_smoothing=config.label_smoothing, mixup=mixup,
+              num_classes=info.num_classes, seed=config.seed, ema_decay=config.ema_decay,
+              grad_accum_steps=config.optimizer.grad_accum_steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """What a run optimises; `train_and_evaluate` supplies the loop (mesh, data, optimizer,
+  checkpoints, logging) around it.
+
+  train_step(state, batch, *, graphdef, tx, schedule, **step_options(config, info)) and
+  eval_step(state, batch, *, graphdef) -> sums over the batch's valid rows, which
+  summarize_eval turns into metrics. make_step_hook, if set, is called once with keyword
+  arguments (config, workdir, mesh, eval_graphdef, eval_batches, writer) and returns
+  hook(step, state, force), run after every step (FCMAE writes reconstructions with it).
+  """
+  build_model: Callable[[ml_collections.ConfigDict], nnx.Module]
+  train_step: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
+  step_options: Callable[[ml_collections.ConfigDict, data.DatasetInfo], dict[str, Any]]
+  eval_step: Callable[..., dict[str, jax.Array]]
+  summarize_eval: Callable[[dict[str, Any]], dict[str, float]]
+  make_step_hook: Callable[..., Callable[[int, TrainState, bool], None]] | None = None
+
+
+CLASSIFICATION = Task(build_model=build_model, train_step=train_step,
+                      step_options=classification_step_options, eval_step=eval_step,
+                      summarize_eval=classification_metrics)
 
 
 def _prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -190,10 +236,11 @@ class _TerminationSignal:
     return False
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       task: Task = CLASSIFICATION) -> dict[str, float]:
   """Trains `config.model` on `config.data`, resuming from `workdir` if it holds a checkpoint.
 
-  Returns the final eval metrics ({"loss", "accuracy"}, on the eval split).
+  Returns the final eval metrics (classification: {"loss", "accuracy"}, on the eval split).
   """
   _prepare_workdir(workdir, config)
   mesh = parallel.create_mesh(config)
@@ -207,7 +254,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # The schedule counts optimizer updates, one per `accum` steps.
   schedule = optim.create_schedule(config, total_steps // accum, steps_per_epoch // accum)
 
-  model = build_model(config)
+  model = task.build_model(config)
   check_input_shape(model, config.data.batch_size // jax.process_count(), info.image_shape)
   train_graphdef, eval_graphdef, params, model_state = split_model(model)
   tx = optim.create_optimizer(config, schedule, params=params,
@@ -229,18 +276,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   batch_sharding = parallel.batch_sharding(mesh)
   replicated = parallel.replicated(mesh)
   train_fn = jax.jit(
-      functools.partial(train_step, graphdef=train_graphdef, tx=tx, schedule=schedule,
-                        label_smoothing=config.label_smoothing,
-                        mixup=(config.data.mixup if data.mixing.is_active(config.data.mixup)
-                               else None), num_classes=info.num_classes, seed=config.seed,
-                        ema_decay=config.ema_decay,
-                        grad_accum_steps=accum),
+      functools.partial(task.train_step, graphdef=train_graphdef, tx=tx, schedule=schedule,
+                        **task.step_options(config, info)),
       in_shardings=(state_shardings, batch_sharding),
       out_shardings=(state_shardings, replicated), donate_argnums=(0,))
-  eval_fn = jax.jit(functools.partial(eval_step, graphdef=eval_graphdef),
+  eval_fn = jax.jit(functools.partial(task.eval_step, graphdef=eval_graphdef),
                     in_shardings=(state_shardings, batch_sharding), out_shardings=replicated)
 
   writer = metrics.MetricWriter(workdir)
+  step_hook = task.make_step_hook(
+      config=config, workdir=workdir, mesh=mesh, eval_graphdef=eval_graphdef,
+      eval_batches=eval_batches, writer=writer) if task.make_step_hook else None
   progress = metrics.Progress(total_steps, start_step)
   if start_step == 0 and jax.process_index() == 0:
     n_params = sum(int(p.size) for p in jax.tree.leaves(params))
@@ -284,11 +330,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           metric_sums, metric_count = None, 0
 
         if step % config.eval_every_steps == 0 or is_last:
-          eval_metrics = evaluate(eval_fn, state, eval_batches, mesh)
+          eval_metrics = evaluate(eval_fn, state, eval_batches, mesh, task.summarize_eval)
           writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
           progress.report(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
 
         force = is_last or stop_now
+        if step_hook is not None:
+          step_hook(step, state, force)
         if force or ckpt.manager.should_save(step):
           # Never checkpoint a diverged state: the last good checkpoint must survive.
           if not np.isfinite(float(step_metrics["loss"])):
@@ -307,7 +355,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   if step == total_steps and not eval_metrics:
     # Resumed at the very end: nothing trained, so evaluate what was restored.
-    eval_metrics = evaluate(eval_fn, state, eval_batches, mesh)
+    eval_metrics = evaluate(eval_fn, state, eval_batches, mesh, task.summarize_eval)
   if step == total_steps and jax.process_index() == 0:
     with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
       json.dump({"step": step, **eval_metrics}, f)
