@@ -35,6 +35,7 @@ drift; ratios from one run are the figure to compare.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -44,7 +45,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from absl import app, flags, logging
@@ -133,8 +134,7 @@ def step_time_stats(times: Sequence[float]) -> dict[str, float]:
 # ----------------------------------------------------------------------------- JAX side
 
 def _bench_config(model_name: str, batch_size: int, image_size: int, in_channels: int,
-                  num_classes: int, model_kwargs: dict[str, Any], num_devices: int,
-                  steps: int) -> Any:
+                  num_classes: int, model_kwargs: dict[str, Any], num_devices: int) -> Any:
   from cnn_jax import config as base_config
 
   config = base_config.get_config()
@@ -148,7 +148,7 @@ def _bench_config(model_name: str, batch_size: int, image_size: int, in_channels
   config.data.batch_size = batch_size
   config.data.eval_batch_size = batch_size
   config.data.synthetic.num_classes = num_classes
-  config.data.synthetic.num_train = batch_size * max(steps, 1)
+  config.data.synthetic.num_train = batch_size * 4  # the pipeline wraps around
   config.data.synthetic.num_eval = batch_size
   config.mesh.num_devices = num_devices
   # AdamW with a constant rate: the step every config here trains with, and the one the
@@ -217,6 +217,22 @@ def _memory_figures(compiled: Any, devices: Sequence[Any]) -> dict[str, Any]:
   return out
 
 
+def _forward_flops(graphdef: Any, params: Any, model_state: Any,
+                   input_shape: tuple[int, ...]) -> int:
+  """2 x the conv/matmul MACs of one forward of a model that is not in the registry (FCMAE)."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from cnn_jax import summary
+
+  closed = jax.make_jaxpr(lambda p, s, x: nnx.merge(graphdef, p, s)(x))(
+      params, model_state, jax.ShapeDtypeStruct(input_shape, jnp.float32))
+  stats: dict[str, Any] = {}
+  summary.walk_jaxpr(closed.jaxpr, stats, set())
+  return 2 * sum(s.macs for s in stats.values())
+
+
 def _time_steps(run_step, num_steps: int) -> list[float]:
   import jax
 
@@ -237,12 +253,37 @@ def _fcmae_module():
   return fcmae
 
 
-def benchmark_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
-                  image_size: int | None = None, dtype: str = "float32", steps: int = 20,
-                  warmup: int = 3, with_data: bool = False, num_devices: int = -1,
-                  num_classes: int | None = None, peak_flops: float | None = None,
-                  model_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
-  """Times `mode` for one model in JAX; returns every figure as a JSON-serialisable dict."""
+def benchmark_jax(model_name: str, *, steps: int = 20, warmup: int = 3,
+                  **kwargs: Any) -> dict[str, Any]:
+  """Times `mode` for one model in JAX; returns every figure as a JSON-serialisable dict.
+
+  kwargs: those of `prepare_jax`."""
+  if steps < 1 or warmup < 0:
+    raise UserError(f"need steps >= 1 and warmup >= 0 (got {steps}, {warmup})")
+  prepared = prepare_jax(model_name, **kwargs)
+  warm_times = _time_steps(prepared.run_step, warmup)
+  return prepared.finish(warm_times, _time_steps(prepared.run_step, steps))
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedStep:
+  """A compiled step: run_step() runs one and returns its (not yet ready) outputs;
+  finish(warm_times, times) turns measured times into `benchmark_jax`'s result dict."""
+  run_step: Callable[[], Any]
+  finish: Callable[[list[float], list[float]], dict[str, Any]]
+  batch_size: int
+  image_size: int
+  in_channels: int
+  num_classes: int
+  dtype: str
+
+
+def prepare_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
+                image_size: int | None = None, dtype: str = "float32",
+                with_data: bool = False, num_devices: int = -1, num_classes: int | None = None,
+                peak_flops: float | None = None, model_kwargs: dict[str, Any] | None = None
+                ) -> PreparedStep:
+  """Builds and compiles the step of `mode` on synthetic data (or the pipeline's)."""
   import jax
   import jax.numpy as jnp
   import optax
@@ -254,9 +295,8 @@ def benchmark_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
     raise UserError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
   if dtype not in DTYPES:
     raise UserError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
-  if steps < 1 or warmup < 0 or batch_size < 1:
-    raise UserError(f"need steps >= 1, warmup >= 0 and batch_size >= 1 "
-                    f"(got {steps}, {warmup}, {batch_size})")
+  if batch_size < 1:
+    raise UserError(f"need batch_size >= 1 (got {batch_size})")
   if mode == "fcmae":
     _fcmae_module()
   model_kwargs = dict(model_kwargs or {})
@@ -274,7 +314,7 @@ def benchmark_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
   model_flops = 3 * forward_flops if mode in ("train", "fcmae") else forward_flops
 
   config = _bench_config(model_name, batch_size, image_size, in_channels, num_classes,
-                         model_kwargs, num_devices, warmup + steps)
+                         model_kwargs, num_devices)
   mesh = parallel.create_mesh(config)
   parallel.check_batch_divisible(batch_size, mesh, "--batch_size")
   model = _build_model(config, image_size)
@@ -304,7 +344,25 @@ def benchmark_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
         out_shardings=(state_shardings, replicated), donate_argnums=(0,))
   else:
     fcmae = _fcmae_module()
-    state, step_fn = fcmae.benchmark_step(config, model, mesh)
+    if "fcmae" not in config or not hasattr(fcmae, "build_model"):
+      raise UserError("cnn_jax.fcmae in this checkout has no build_model/config.fcmae yet")
+    # The mask patch is the encoder's total stride: one patch per final feature position.
+    config.fcmae.patch_size = getattr(model, "total_stride", config.fcmae.patch_size)
+    fcmae_model = fcmae.build_model(config)
+    train_graphdef, eval_graphdef, params, model_state = train.split_model(fcmae_model)
+    forward_flops = _forward_flops(eval_graphdef, params, model_state,
+                                   (batch_size, image_size, image_size, in_channels))
+    model_flops = 3 * forward_flops
+    tx = optim.create_optimizer(config, schedule, params=params)
+    state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                             model_state=model_state, opt_state=tx.init(params))
+    state_shardings = parallel.state_sharding(state, mesh)
+    state = jax.device_put(state, state_shardings)
+    step_fn = jax.jit(
+        functools.partial(fcmae.train_step, graphdef=train_graphdef, tx=tx, schedule=schedule,
+                          **fcmae.step_options(config, None)),
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, replicated), donate_argnums=(0,))
 
   if with_data:
     config.data.augment = "imagenet"
@@ -338,11 +396,24 @@ def benchmark_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
     holder["state"], out = compiled(holder["state"], batch)
     return out
 
-  warm_times = _time_steps(run_step, warmup)
-  times = _time_steps(run_step, steps)
-  stats = step_time_stats(times)
+  finish = functools.partial(
+      _finish_jax, model_name=model_name, mode=mode, batch_size=batch_size,
+      image_size=image_size, in_channels=in_channels, num_classes=num_classes, dtype=dtype,
+      with_data=with_data, lower_s=lower_s, compile_s=compile_s, compiled=compiled,
+      devices=list(mesh.devices.flat), model_flops=model_flops, forward_flops=forward_flops,
+      peak_flops=peak_flops)
+  return PreparedStep(run_step, finish, batch_size, image_size, in_channels, num_classes, dtype)
 
-  devices = list(mesh.devices.flat)
+
+def _finish_jax(warm_times: list[float], times: list[float], *, model_name: str, mode: str,
+                batch_size: int, image_size: int, in_channels: int, num_classes: int,
+                dtype: str, with_data: bool, lower_s: float, compile_s: float, compiled: Any,
+                devices: list[Any], model_flops: int, forward_flops: int,
+                peak_flops: float | None) -> dict[str, Any]:
+  import jax
+
+  stats = step_time_stats(times)
+  steps, warmup = len(times), len(warm_times)
   platform_name = devices[0].platform
   device_kind = devices[0].device_kind
   if peak_flops:
@@ -408,27 +479,68 @@ def check_torch(torch_python: str | None) -> str:
   return python
 
 
-def benchmark_torch(model_name: str, *, modes: Sequence[str], batch_size: int, image_size: int,
-                    in_channels: int, num_classes: int, dtype: str, steps: int, warmup: int,
-                    torch_python: str | None = None, timeout_s: float = 3600
-                    ) -> dict[str, dict[str, Any]]:
-  """Runs cnn_jax/bench_torch.py under `torch_python`; {mode: figures} for each mode.
+class TorchWorker:
+  """cnn_jax/bench_torch.py --serve in a second process: times PyTorch steps on request."""
 
-  A Python without torch/timm gives a UserError that says how to install them."""
-  python = check_torch(torch_python)
-  cmd = [python, TORCH_WORKER, "--model", model_name, "--modes", ",".join(modes),
-         "--batch_size", str(batch_size), "--image_size", str(image_size),
-         "--in_channels", str(in_channels), "--num_classes", str(num_classes),
-         "--dtype", dtype, "--steps", str(steps), "--warmup", str(warmup)]
-  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-  lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-  if not lines:
-    last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    raise RuntimeError(f"the PyTorch benchmark failed (exit {proc.returncode}): {last}")
-  out = json.loads(lines[-1])
-  if "error" in out:
-    raise UserError(f"PyTorch side: {out['error']}")
-  return out["results"]
+  def __init__(self, python: str, model_name: str, *, batch_size: int, image_size: int,
+               in_channels: int, num_classes: int, dtype: str):
+    import tempfile
+
+    self._stderr = tempfile.TemporaryFile(mode="w+")
+    self._proc = subprocess.Popen(
+        [python, TORCH_WORKER, "--serve", "--model", model_name, "--batch_size",
+         str(batch_size), "--image_size", str(image_size), "--in_channels", str(in_channels),
+         "--num_classes", str(num_classes), "--dtype", dtype],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
+        bufsize=1)
+    self.meta = self._reply()["ready"]
+
+  def _reply(self) -> dict[str, Any]:
+    for line in self._proc.stdout:
+      if line.startswith("{"):
+        out = json.loads(line)
+        if "error" in out:
+          self.close()
+          raise UserError(f"PyTorch side: {out['error']}")
+        return out
+    self._stderr.seek(0)
+    last = (self._stderr.read().strip().splitlines() or ["no output"])[-1]
+    self.close()
+    raise RuntimeError(f"the PyTorch benchmark process failed: {last}")
+
+  def run_steps(self, mode: str, count: int) -> list[float]:
+    self._proc.stdin.write(f"{mode} {count}\n")
+    self._proc.stdin.flush()
+    return self._reply()["times"]
+
+  def close(self) -> None:
+    if self._proc.poll() is None:
+      try:
+        self._proc.stdin.write("quit\n")
+        self._proc.stdin.flush()
+        self._proc.wait(timeout=60)
+      except (OSError, subprocess.TimeoutExpired):
+        self._proc.kill()
+    self._stderr.close()
+
+
+# Idle time before each timed step once the other framework has run: their thread pools spin
+# for a moment after their work ends, and that must not land in the next step's time.
+_SETTLE_S = 0.2
+
+
+def _paired_times(jax_step: Callable[[], Any], worker: TorchWorker, mode: str, steps: int,
+                  warmup: int) -> tuple[list[float], list[float], list[float], list[float]]:
+  """Alternates single steps of the two frameworks: (jax warm-up, jax, torch warm-up, torch)."""
+  jax_warm = _time_steps(jax_step, warmup)
+  torch_warm = worker.run_steps(mode, warmup) if warmup else []
+  jax_times, torch_times = [], []
+  for _ in range(steps):
+    time.sleep(_SETTLE_S)
+    jax_times += _time_steps(jax_step, 1)
+    time.sleep(_SETTLE_S)
+    torch_times += worker.run_steps(mode, 1)
+  return jax_warm, jax_times, torch_warm, torch_times
 
 
 # ----------------------------------------------------------------------------- report
@@ -438,7 +550,9 @@ def _fmt_bytes(n: int | None) -> str:
 
 
 def format_report(report: dict[str, Any]) -> str:
-  lines = []
+  host = report["host"]
+  lines = [f"host: {host['cpus']} CPUs, load average {host['load_avg_1m_start']:.1f} at the "
+           f"start, {host['load_avg_1m_end']:.1f} at the end"]
   for r in report["jax"]:
     t = r["step_time_s"]
     lines += [
@@ -468,37 +582,54 @@ def format_report(report: dict[str, Any]) -> str:
                  f"{t['p10'] * 1e3:.1f}, p90 {t['p90'] * 1e3:.1f}), {r['images_per_sec']:.1f} "
                  f"images/s; torch {r['torch_version']}, {r['threads']} threads")
   for mode, ratio in (report.get("ratio_vs_torch") or {}).items():
-    lines.append(f"ratio {mode}: {ratio:.2f}x  (PyTorch step time / cnn_jax step time; "
-                 "> 1 = cnn_jax faster)")
+    pairs = report["ratio_vs_torch_per_pair"][mode]
+    lines.append(f"ratio {mode}: {ratio:.2f}x  (PyTorch median step time / cnn_jax median step "
+                 f"time, > 1 = cnn_jax faster; per alternating pair p10 {pairs['p10']:.2f}, "
+                 f"median {pairs['median']:.2f}, p90 {pairs['p90']:.2f})")
   return "\n".join(lines)
 
 
 def run(model_name: str, *, mode: str = "train", vs_torch: bool = False,
-        torch_python: str | None = None, **kwargs: Any) -> dict[str, Any]:
-  """The whole benchmark: the JAX mode, or with `vs_torch` train and infer on both sides."""
-  if vs_torch and mode == "fcmae":
+        torch_python: str | None = None, steps: int = 20, warmup: int = 3,
+        **kwargs: Any) -> dict[str, Any]:
+  """The whole benchmark: `mode` in JAX; with `vs_torch`, train and infer in both frameworks,
+  one step of each in turn, so that a change in the machine's load hits both alike."""
+  host = {"machine": platform.machine(), "cpus": os.cpu_count(),
+          "load_avg_1m_start": os.getloadavg()[0]}
+  if not vs_torch:
+    result = benchmark_jax(model_name, mode=mode, steps=steps, warmup=warmup, **kwargs)
+    host["load_avg_1m_end"] = os.getloadavg()[0]
+    return {"jax": [result], "torch": None, "ratio_vs_torch": None,
+            "ratio_vs_torch_per_pair": None, "host": host}
+  if mode == "fcmae":
     raise UserError("--vs_torch compares the supervised train step and inference; "
                     "use --mode train or infer")
-  if vs_torch:
-    check_torch(torch_python)  # Fail before the slow JAX half when PyTorch cannot run.
-  modes = ("train", "infer") if vs_torch else (mode,)
-  results = [benchmark_jax(model_name, mode=m, **kwargs) for m in modes]
-  report: dict[str, Any] = {"jax": results, "torch": None, "ratio_vs_torch": None,
-                            "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
-                                     "load_avg_1m": os.getloadavg()[0]}}
-  if vs_torch:
-    first = results[0]
-    torch_results = benchmark_torch(
-        model_name, modes=modes, batch_size=first["batch_size"], image_size=first["image_size"],
-        in_channels=first["in_channels"], num_classes=first["num_classes"],
-        dtype=first["dtype"], steps=first["steps"], warmup=first["warmup"],
-        torch_python=torch_python)
-    report["torch"] = torch_results
-    report["ratio_vs_torch"] = {
-        r["mode"]: torch_results[r["mode"]]["step_time_s"]["median"] / r["step_time_s"]["median"]
-        for r in results}
-  report["host"]["load_avg_1m_end"] = os.getloadavg()[0]
-  return report
+  if steps < 1 or warmup < 0:
+    raise UserError(f"need steps >= 1 and warmup >= 0 (got {steps}, {warmup})")
+  python = check_torch(torch_python)  # Before the slow JAX half.
+  prepared = {m: prepare_jax(model_name, mode=m, **kwargs) for m in ("train", "infer")}
+  first = prepared["train"]
+  worker = TorchWorker(python, model_name, batch_size=first.batch_size,
+                       image_size=first.image_size, in_channels=first.in_channels,
+                       num_classes=first.num_classes, dtype=first.dtype)
+  results, torch_results, ratios, pair_ratios = [], {}, {}, {}
+  try:
+    for m, step in prepared.items():
+      jax_warm, jax_times, torch_warm, torch_times = _paired_times(
+          step.run_step, worker, m, steps, warmup)
+      results.append(step.finish(jax_warm, jax_times))
+      stats = step_time_stats(torch_times)
+      torch_results[m] = {**worker.meta, "mode": m, "steps": steps, "warmup": warmup,
+                          "images_per_sec": first.batch_size / stats["median"],
+                          "step_time_s": stats, "step_times_s": torch_times,
+                          "warmup_times_s": torch_warm}
+      ratios[m] = stats["median"] / results[-1]["step_time_s"]["median"]
+      pair_ratios[m] = step_time_stats([t / j for t, j in zip(torch_times, jax_times)])
+  finally:
+    worker.close()
+  host["load_avg_1m_end"] = os.getloadavg()[0]
+  return {"jax": results, "torch": torch_results, "ratio_vs_torch": ratios,
+          "ratio_vs_torch_per_pair": pair_ratios, "host": host}
 
 
 # ----------------------------------------------------------------------------- CLI

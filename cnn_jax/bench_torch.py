@@ -3,7 +3,9 @@
 Started by cnn_jax/bench.py as `PYTHON cnn_jax/bench_torch.py --model ... --modes train,infer`
 with the Python of `--torch_python`, so it imports nothing from cnn_jax or JAX: only the
 standard library, torch and timm (torchvision for the names timm lacks). It prints one JSON
-line: {"results": {mode: figures}} or {"error": "..."}.
+line: {"results": {mode: figures}} or {"error": "..."}. With `--serve` it builds the model,
+prints {"ready": ...} and then times steps on request ("train 1" on stdin -> {"times": [...]}),
+which lets the JAX side alternate single steps of the two frameworks.
 
 The train step is what cnn_jax's `train.train_step` does: forward, cross-entropy, backward and
 an AdamW update (weight decay 0, as the benchmark's config); inference is an eval-mode forward
@@ -69,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--serve", action="store_true",
+                      help="Answer 'MODE COUNT' lines on stdin with the times of COUNT steps.")
   args = parser.parse_args(argv)
   try:
     import torch
@@ -109,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     if device == "cuda":
       torch.cuda.synchronize()
 
-  results = {}
-  for mode in args.modes.split(","):
+  def run_steps(mode: str, count: int) -> list[float]:
     if mode == "train":
       model.train()
       step = train_step
@@ -118,21 +121,45 @@ def main(argv: list[str] | None = None) -> int:
       model.eval()
       step = infer_step
     else:
-      print(json.dumps({"error": f"unknown mode {mode!r}"}), flush=True)
-      return 3
+      raise ValueError(f"unknown mode {mode!r}")
     times = []
-    for i in range(args.warmup + args.steps):
+    for _ in range(count):
       start = time.perf_counter()
       step()
       sync()
-      if i >= args.warmup:
-        times.append(time.perf_counter() - start)
+      times.append(time.perf_counter() - start)
+    return times
+
+  meta = {"framework": "torch", "source": source, "model": args.model,
+          "batch_size": args.batch_size, "image_size": args.image_size, "dtype": args.dtype,
+          "device": device, "torch_version": torch.__version__,
+          "threads": torch.get_num_threads()}
+  if args.serve:
+    # One request per line, "MODE COUNT"; one JSON reply per line. The caller alternates
+    # these with its own steps, so both frameworks see the same machine load.
+    print(json.dumps({"ready": meta}), flush=True)
+    for line in sys.stdin:
+      words = line.split()
+      if not words or words[0] == "quit":
+        break
+      try:
+        reply = {"times": run_steps(words[0], int(words[1]))}
+      except (ValueError, IndexError) as e:
+        reply = {"error": f"bad request {line.strip()!r}: {e}"}
+      print(json.dumps(reply), flush=True)
+    return 0
+
+  results = {}
+  for mode in args.modes.split(","):
+    try:
+      run_steps(mode, args.warmup)
+      times = run_steps(mode, args.steps)
+    except ValueError as e:
+      print(json.dumps({"error": str(e)}), flush=True)
+      return 3
     stats = _stats(times)
     results[mode] = {
-        "framework": "torch", "source": source, "model": args.model, "mode": mode,
-        "batch_size": args.batch_size, "image_size": args.image_size, "dtype": args.dtype,
-        "device": device, "torch_version": torch.__version__,
-        "threads": torch.get_num_threads(), "images_per_sec": args.batch_size / stats["median"],
+        **meta, "mode": mode, "images_per_sec": args.batch_size / stats["median"],
         "step_time_s": stats, "step_times_s": times,
         "host_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "peak_device_bytes": (torch.cuda.max_memory_allocated() if device == "cuda" else None),

@@ -44,7 +44,7 @@ def test_cli_json_train_has_every_field():
                    "--warmup=1", "--json")
   assert result.returncode == 0, result.stderr
   report = json.loads(result.stdout)
-  assert set(report) == {"jax", "torch", "ratio_vs_torch", "host"}
+  assert set(report) == {"jax", "torch", "ratio_vs_torch", "ratio_vs_torch_per_pair", "host"}
   assert report["torch"] is None and report["ratio_vs_torch"] is None
   [r] = report["jax"]
   _check_jax_result(r, "train", 2)
@@ -107,6 +107,25 @@ def test_vs_torch_ratios():
                      num_devices=1)
   assert set(report["ratio_vs_torch"]) == {"train", "infer"}
   assert all(v > 0 for v in report["ratio_vs_torch"].values())
+  assert set(report["torch"]["train"]["step_time_s"]) == STAT_FIELDS
+
+
+def test_paired_times_alternate_the_frameworks(monkeypatch):
+  monkeypatch.setattr(bench, "_SETTLE_S", 0.0)
+  calls = []
+
+  class FakeWorker:
+    def run_steps(self, mode, count):
+      calls.extend(["torch"] * count)
+      return [0.5] * count
+
+  def jax_step():
+    calls.append("jax")
+
+  jax_warm, jax_times, torch_warm, torch_times = bench._paired_times(
+      jax_step, FakeWorker(), "train", steps=3, warmup=1)
+  assert calls == ["jax", "torch"] * 4
+  assert len(jax_warm) == len(torch_warm) == 1 and len(jax_times) == len(torch_times) == 3
 
 
 def test_peak_table_and_stats():
@@ -117,3 +136,14 @@ def test_peak_table_and_stats():
   stats = bench.step_time_stats([3.0, 1.0, 2.0, 4.0, 5.0])
   assert stats["median"] == 3.0 and stats["min"] == 1.0 and stats["max"] == 5.0
   assert stats["p10"] == pytest.approx(1.4) and stats["p90"] == pytest.approx(4.6)
+
+
+def test_fcmae_mode_on_a_tiny_encoder():
+  fcmae = pytest.importorskip("cnn_jax.fcmae")
+  if not hasattr(fcmae, "build_model"):
+    pytest.skip("cnn_jax.fcmae has no build_model yet")
+  r = bench.benchmark_jax("convnextv2_atto", mode="fcmae", batch_size=8, image_size=64, steps=1,
+                          warmup=0, num_devices=1,
+                          model_kwargs={"depths": (1, 1, 1, 1), "dims": (8, 16, 32, 64)})
+  assert r["mode"] == "fcmae" and r["images_per_sec"] > 0
+  assert r["model_flops_per_step"] == 3 * r["forward_flops_per_step"] > 0
