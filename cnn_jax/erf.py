@@ -145,8 +145,9 @@ def plot_erf(log_map: np.ndarray, path: str, title: str, ratios: dict[str, float
 
 # ----------------------------------------------------------------------------- CLI
 
-def _load_from_checkpoint(workdir: str) -> tuple[Any, Any]:
-  """(model with the checkpoint's weights, config) from a training workdir."""
+def load_trained_model(workdir: str) -> tuple[Any, Any]:
+  """(model with the latest checkpoint's weights and BatchNorm statistics, config) from a
+  training workdir."""
   import ml_collections
   import orbax.checkpoint as ocp
   from flax import nnx
@@ -163,20 +164,20 @@ def _load_from_checkpoint(workdir: str) -> tuple[Any, Any]:
   with open(config_path) as f:
     config = ml_collections.ConfigDict(json.load(f))
   model = train.build_model(config)
-  restored = ocp.PyTreeCheckpointer().restore(os.path.join(ckpt_dir, str(steps[-1]), "default"))
+  restored = ocp.PyTreeCheckpointer().restore(
+      os.path.abspath(os.path.join(ckpt_dir, str(steps[-1]), "default")))
   for kind, key in ((nnx.Param, "params"), (nnx.BatchStat, "model_state")):
     state = nnx.state(model, kind)
-    saved = restored[key]
-    if kind is nnx.BatchStat:  # model_state also holds RNG streams: keep the statistics only.
-      state_dict = state.to_pure_dict()
-      saved = _select(saved, state_dict)
-    nnx.replace_by_pure_dict(state, saved)
+    # model_state also holds RNG streams: keep what `state` has (the statistics) only.
+    nnx.replace_by_pure_dict(state, _select(restored[key], state.to_pure_dict()))
     nnx.update(model, state)
   return model, config
 
 
 def _select(saved: Any, like: Any) -> Any:
   """The part of the restored nested dict `saved` whose keys `like` has (keys as strings)."""
+  if isinstance(saved, dict) and set(saved) == {"value"}:  # a Variable saved as {"value": x}
+    saved = saved["value"]
   if not isinstance(like, dict):
     return saved
   by_text = {str(k): v for k, v in saved.items()}
@@ -220,7 +221,7 @@ def main(argv: Sequence[str]) -> None:
 
   try:
     if _CHECKPOINT.value:
-      model, config = _load_from_checkpoint(_CHECKPOINT.value)
+      model, config = load_trained_model(_CHECKPOINT.value)
       name = config.model.name
     else:
       config, name = None, _MODEL.value

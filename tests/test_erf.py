@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -96,3 +97,31 @@ def test_cli_unknown_model_is_one_line_and_exit_2(tmp_path):
   assert result.returncode == 2
   assert result.stderr.startswith("error: unknown model 'resnet21'")
   assert result.stderr.strip().count("\n") == 0
+
+
+def test_load_trained_model_restores_the_checkpoint_weights(tmp_path):
+  from cnn_jax import train
+  from helpers import load_config
+
+  config = load_config("lenet5_digits", total_steps=3, log_every_steps=1, eval_every_steps=3,
+                       **{"checkpoint.every_steps": 3, "schedule.warmup_epochs": 0.0,
+                          "mesh.num_devices": 1, "optimizer.learning_rate": 0.05})
+  train.train_and_evaluate(config, str(tmp_path))
+  trained, loaded_config = erf.load_trained_model(str(tmp_path))
+  assert loaded_config.model.name == "lenet5"
+  initial = nnx.state(train.build_model(config), nnx.Param).to_pure_dict()
+  restored = nnx.state(trained, nnx.Param).to_pure_dict()
+  changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(initial),
+                                                   jax.tree.leaves(restored))]
+  assert all(changed)  # every parameter moved in 3 steps at lr 0.05, and the load kept that
+  import orbax.checkpoint as ocp
+  saved = ocp.PyTreeCheckpointer().restore(str(tmp_path / "checkpoints" / "3" / "default"))
+  saved_leaves = jax.tree.leaves(saved["params"])
+  assert len(saved_leaves) == len(jax.tree.leaves(restored))
+  for leaf in jax.tree.leaves(restored):  # each restored array is one of the saved ones
+    assert any(np.array_equal(leaf, s) for s in saved_leaves if np.shape(s) == np.shape(leaf))
+
+
+def test_checkpoint_that_is_not_a_workdir_is_a_user_error(tmp_path):
+  with pytest.raises(UserError, match="not a training workdir"):
+    erf.load_trained_model(str(tmp_path))

@@ -1,0 +1,61 @@
+"""CIFAR ResNets and plain nets on CIFAR-10 via TFDS: He et al. 2016 section 4.2, full scale.
+
+  python -m cnn_jax.main --config configs/resnet_cifar10.py:plain56 --workdir runs/c10_plain56
+  python -m cnn_jax.sweep --config configs/sweeps/degradation_cifar10.py --print_commands
+
+The config arg names the model (resnet20/32/44/56/110, plain20/32/44/56/110; default resnet20).
+The paper's recipe: 45k/5k train/val split, SGD momentum 0.9, weight decay 1e-4 on every
+parameter (torch SGD), batch 128, lr 0.1 divided by 10 at 32k and 48k iterations, 64k
+iterations, pad 4 + random 32x32 crop + flip. Two departures: per-channel mean/std
+normalisation instead of per-pixel mean subtraction, and no 400-iteration lr warm-up at 0.01
+for ResNet-110 (add --config.schedule.warmup_epochs=1.1 --config.schedule.init_lr_fraction=0.1).
+Needs the TFDS cifar10 build (see configs/data_examples/cifar10_tfds.py) and an accelerator:
+not run on this project's CPU machine.
+"""
+
+import os
+
+import ml_collections
+
+from cnn_jax import config as base
+
+
+def get_config(model_name: str | None = None) -> ml_collections.ConfigDict:
+  config = base.get_config()
+  config.model = ml_collections.ConfigDict(
+      {"name": model_name or "resnet20", "num_classes": 10, "in_channels": 3})
+  config.data.source = "tfds"
+  config.data.name = "cifar10"
+  config.data.data_dir = os.path.expanduser("~/tensorflow_datasets")
+  config.data.train_split = "train[:90%]"
+  config.data.eval_split = "train[90%:]"
+  config.data.image_size = 32
+  config.data.channels = 3
+  config.data.mean = (0.4914, 0.4822, 0.4465)
+  config.data.std = (0.2470, 0.2435, 0.2616)
+  config.data.augment = "cifar"
+  config.data.cifar_pad = 4
+  config.data.hflip_prob = 0.5
+  config.data.crop_pct = 1.0
+  config.data.batch_size = 128
+  config.data.eval_batch_size = 500
+  config.data.num_workers = 0
+  config.data.num_threads = 4
+  config.optimizer.name = "sgd"
+  config.optimizer.learning_rate = 0.1
+  config.optimizer.momentum = 0.9
+  config.optimizer.nesterov = False
+  config.optimizer.weight_decay = 1e-4
+  config.optimizer.weight_decay_on = "all"
+  config.schedule.name = "step"
+  config.schedule.warmup_epochs = 0.0
+  config.schedule.init_lr_fraction = 0.0
+  config.schedule.decay_steps = (32000, 48000)
+  config.schedule.decay_factor = 0.1
+  config.num_epochs = 0
+  config.total_steps = 64000
+  config.log_every_steps = 100
+  config.eval_every_steps = 2000
+  config.checkpoint.every_steps = 2000
+  config.checkpoint.keep = 2
+  return config
