@@ -1,4 +1,5 @@
-"""Orbax checkpointing: periodic async saves, keep-last-K, big_vision-style auto-resume.
+"""Orbax checkpointing: periodic async saves, keep-last-K, big_vision-style auto-resume, and
+pretrained weights (`config.init_from`, written by `python -m cnn_jax.convert`).
 
 The saved item is the whole TrainState (step, parameters, model state such as BatchNorm
 statistics and RNG streams, optimizer state). Typed PRNG keys are stored as their raw
@@ -7,12 +8,17 @@ uint32 data, which every Orbax version reads back.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+from flax import nnx
+
+from cnn_jax.errors import UserError
 
 
 def _is_typed_key(x: Any) -> bool:
@@ -73,3 +79,115 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.close()
+
+
+# ----------------------------------------------------------------------------------------
+# Pretrained weights (`config.init_from`), as written by `python -m cnn_jax.convert`.
+
+PRETRAINED_JSON = "pretrained.json"
+PRETRAINED_WEIGHTS = "weights"
+INIT_HEAD_CHOICES = ("keep", "drop")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      flat.update(_flatten(value, name + "."))
+    else:
+      flat[name] = value
+  return flat
+
+
+def _path_name(path: tuple[Any, ...]) -> str:
+  """'layer1.0.bn1.mean' for the key path of a Variable's value inside an nnx.State."""
+  parts = []
+  for entry in path:
+    if isinstance(entry, jax.tree_util.DictKey):
+      parts.append(str(entry.key))
+    elif isinstance(entry, jax.tree_util.SequenceKey):
+      parts.append(str(entry.idx))
+  return ".".join(parts)
+
+
+def read_pretrained(directory: str) -> tuple[dict[str, Any], dict[str, np.ndarray],
+                                              dict[str, np.ndarray]]:
+  """(metadata, flat params, flat BatchNorm statistics) of a converted checkpoint."""
+  meta_path = os.path.join(directory, PRETRAINED_JSON)
+  if not os.path.isfile(meta_path):
+    raise UserError(f"init_from={directory!r} is not a converted checkpoint (no "
+                    f"{PRETRAINED_JSON}); create one with python -m cnn_jax.convert")
+  with open(meta_path) as f:
+    meta = json.load(f)
+  weights = os.path.abspath(os.path.join(directory, PRETRAINED_WEIGHTS))
+  checkpointer = ocp.StandardCheckpointer()
+  try:
+    saved = checkpointer.metadata(weights)
+    saved = getattr(saved, "item_metadata", saved)
+    # Onto this process's first device: the caller shards the state afterwards.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    tree = checkpointer.restore(weights, jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved))
+  finally:
+    checkpointer.close()
+  tree = jax.tree.map(np.asarray, tree)
+  return meta, _flatten(tree.get("params", {})), _flatten(tree.get("batch_stats", {}))
+
+
+def load_pretrained(params: Any, model_state: Any, directory: str, init_head: str = "keep"
+                    ) -> tuple[Any, Any]:
+  """`params` and `model_state` (nnx.State) with the weights of a converted checkpoint.
+
+  init_head "keep": every parameter, the classifier included, comes from the checkpoint, so
+  the shapes (number of classes) must agree. "drop": the classifier (the paths listed under
+  "head" in pretrained.json) keeps its fresh initialisation, for another number of classes or
+  an encoder-only (FCMAE) checkpoint. Any other missing, unused or misshapen weight is a
+  UserError naming it.
+  """
+  if init_head not in INIT_HEAD_CHOICES:
+    raise UserError(f"init_head={init_head!r}; choose from {', '.join(INIT_HEAD_CHOICES)}")
+  meta, saved_params, saved_stats = read_pretrained(directory)
+  heads = tuple(meta.get("head", ()))
+  source = f"{directory} ({meta.get('model', '?')})"
+
+  def is_head(name: str) -> bool:
+    return any(name == h or name.startswith(h + ".") for h in heads)
+
+  def fill(tree: Any, saved: dict[str, np.ndarray], only: set[str] | None) -> Any:
+    used = set()
+
+    def replace(path, value):
+      name = _path_name(path)
+      if only is not None and name not in only:
+        return value
+      if is_head(name) and init_head == "drop":
+        return value
+      if name not in saved:
+        if is_head(name):
+          raise UserError(f"{source} has no classifier weights ({name}); set "
+                          "--config.init_head=drop to train a new head")
+        raise UserError(f"{source} has no weight for {name}: was it converted for another "
+                        "model?")
+      if tuple(saved[name].shape) != tuple(value.shape):
+        hint = (f"; set --config.model.num_classes={meta.get('num_classes')} or "
+                "--config.init_head=drop" if is_head(name) else "")
+        raise UserError(f"{name} has shape {tuple(saved[name].shape)} in {source} but "
+                        f"{tuple(value.shape)} in the model{hint}")
+      used.add(name)
+      return jax.numpy.asarray(saved[name], dtype=value.dtype)
+
+    tree = jax.tree_util.tree_map_with_path(replace, tree)
+    unused = sorted(k for k in saved if k not in used and not (is_head(k) and init_head == "drop"))
+    if unused:
+      raise UserError(f"{source} holds {len(unused)} weight(s) the model lacks, e.g. "
+                      f"{unused[0]} {tuple(saved[unused[0]].shape)}: was it converted for "
+                      "another model?")
+    return tree
+
+  params = fill(params, saved_params, None)
+  stat_names = {".".join(str(p) for p in path)
+                for path, variable in model_state.flat_state()
+                if isinstance(variable, nnx.BatchStat)}
+  model_state = fill(model_state, saved_stats, stat_names)
+  return params, model_state

@@ -109,4 +109,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint.every_steps = 500
   config.checkpoint.keep = 3
   config.checkpoint.use_async = True
+
+  # Start from converted pretrained weights: a directory written by python -m cnn_jax.convert
+  # ("" = random init). init_head: "keep" the checkpoint's classifier (same classes) or "drop"
+  # it for a freshly initialised one (another number of classes; FCMAE encoder checkpoints).
+  config.init_from = ""
+  config.init_head = "keep"
   return config

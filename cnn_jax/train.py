@@ -134,7 +134,10 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
     mask = batch["mask"]
     loss = cross_entropy(logits, batch["label"], logits.shape[-1])
     correct = jnp.argmax(logits, -1) == batch["label"]
+    top_k = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+    correct_top5 = jnp.any(top_k == batch["label"][:, None], axis=-1)
     return {"loss_sum": jnp.sum(loss * mask), "correct": jnp.sum(correct * mask),
+            "correct_top5": jnp.sum(correct_top5 * mask),
             "count": jnp.sum(mask)}
 
   out = sums(state.params)
@@ -163,6 +166,8 @@ def classification_metrics(totals: dict[str, Any]) -> dict[str, float]:
       count = float(totals[f"{prefix}count"])
       results[f"{prefix}loss"] = float(totals[f"{prefix}loss_sum"]) / count
       results[f"{prefix}accuracy"] = float(totals[f"{prefix}correct"]) / count
+      if f"{prefix}correct_top5" in totals:
+        results[f"{prefix}top5_accuracy"] = float(totals[f"{prefix}correct_top5"]) / count
   return results
 
 
@@ -257,6 +262,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   model = task.build_model(config)
   check_input_shape(model, config.data.batch_size // jax.process_count(), info.image_shape)
   train_graphdef, eval_graphdef, params, model_state = split_model(model)
+  if config.init_from:  # Pretrained weights (python -m cnn_jax.convert); a resume overrides them.
+    params, model_state = checkpoint.load_pretrained(params, model_state, config.init_from,
+                                                     config.init_head)
   tx = optim.create_optimizer(config, schedule, params=params,
                               layer_id=getattr(model, "lr_layer_id", None),
                               num_layers=getattr(model, "lr_num_layers", None))

@@ -13,7 +13,7 @@ Submodule names follow the paper's layer numbering (conv1..conv5, fc6, fc7, fc8)
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -72,6 +72,9 @@ def adaptive_avg_pool(x: jax.Array, output_size: tuple[int, int]) -> jax.Array:
 class AlexNet(nnx.Module):
   """torchvision AlexNet (single tower, 64-192-384-256-256, 4096-4096), NHWC in, logits out.
 
+  `widths` (the five convs) and `hidden` (fc6/fc7) default to torchvision's; narrower nets
+  serve as small test fixtures.
+
   Accepts any input of at least 63x63 (the smallest size for which the three 3x3/2 max pools
   still have a full window); the adaptive pool maps the last feature map to 6x6 (the identity
   at 224 px).
@@ -80,7 +83,8 @@ class AlexNet(nnx.Module):
   MIN_SIZE = 63
 
   def __init__(self, *, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5,
-               activation: str = "relu", dtype: Dtype | None = None,
+               activation: str = "relu", widths: Sequence[int] = (64, 192, 384, 256, 256),
+               hidden: int = 4096, dtype: Dtype | None = None,
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
     if activation not in ACTIVATIONS:
       raise ValueError(f"unknown activation {activation!r}; choose from {sorted(ACTIVATIONS)}")
@@ -88,7 +92,9 @@ class AlexNet(nnx.Module):
       raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     self.activation: Callable[[jax.Array], jax.Array] = ACTIVATIONS[activation]
     self.in_channels = in_channels
-    self.num_features = 256 * 6 * 6
+    if len(widths) != 5:
+      raise ValueError(f"AlexNet has 5 convs; got widths {tuple(widths)}")
+    self.num_features = widths[-1] * 6 * 6
     self.default_image_size = 224  # read by cnn_jax.summary
 
     def conv(cin: int, cout: int, k: int, stride: int, pad: int) -> nnx.Conv:
@@ -97,17 +103,18 @@ class AlexNet(nnx.Module):
                       bias_init=torch_default_bias_init(cin * k * k), dtype=dtype,
                       param_dtype=param_dtype, rngs=rngs)
 
-    self.conv1 = conv(in_channels, 64, 11, 4, 2)
-    self.conv2 = conv(64, 192, 5, 1, 2)
-    self.conv3 = conv(192, 384, 3, 1, 1)
-    self.conv4 = conv(384, 256, 3, 1, 1)
-    self.conv5 = conv(256, 256, 3, 1, 1)
+    w1, w2, w3, w4, w5 = widths
+    self.conv1 = conv(in_channels, w1, 11, 4, 2)
+    self.conv2 = conv(w1, w2, 5, 1, 2)
+    self.conv3 = conv(w2, w3, 3, 1, 1)
+    self.conv4 = conv(w3, w4, 3, 1, 1)
+    self.conv5 = conv(w4, w5, 3, 1, 1)
     lin = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.drop6 = nnx.Dropout(dropout, rngs=rngs)
-    self.fc6 = torch_linear(self.num_features, 4096, **lin)
+    self.fc6 = torch_linear(self.num_features, hidden, **lin)
     self.drop7 = nnx.Dropout(dropout, rngs=rngs)
-    self.fc7 = torch_linear(4096, 4096, **lin)
-    self.fc8 = torch_linear(4096, num_classes, **lin)
+    self.fc7 = torch_linear(hidden, hidden, **lin)
+    self.fc8 = torch_linear(hidden, num_classes, **lin)
 
   def _check_input(self, x: jax.Array) -> None:
     if x.ndim != 4 or x.shape[-1] != self.in_channels:
