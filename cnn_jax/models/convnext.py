@@ -408,6 +408,7 @@ class ConvNeXt(nnx.Module):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.block_config = cfg
     self.depths = tuple(depths)
+    self.lr_num_layers = sum(self.depths)  # layer-wise lr decay: see lr_layer_id
     self.dims = tuple(dims)
     self.pad_input = pad_input
     self.num_classes = num_classes
@@ -427,6 +428,19 @@ class ConvNeXt(nnx.Module):
     self.stages = nnx.List(stages)
     self.head = Head(self.num_features, num_classes, use_norm=head_norm, norm=norm,
                      drop_rate=drop_rate, init_scale=head_init_scale, **kw)
+
+  def lr_layer_id(self, names: tuple[str, ...]) -> int:
+    """Layer of a parameter path for layer-wise lr decay, as the official ConvNeXt V2
+    fine-tuning ('single' variant): the stem and stage i's downsampling share the id of the
+    stage's first block, block j of stage i is sum(depths[:i]) + j + 1, the head
+    lr_num_layers + 1."""
+    if names[0] == "stem":
+      return 1
+    if names[0] == "stages":
+      stage = int(names[1])
+      block = int(names[3]) if names[2] == "blocks" else 0
+      return sum(self.depths[:stage]) + block + 1
+    return self.lr_num_layers + 1
 
   def forward_features(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """x: (N, H, W, C) images -> (N, H/s, W/s, num_features), s = total_stride.
