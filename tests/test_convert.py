@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 
 import jax
@@ -327,3 +328,42 @@ def test_eval_preprocessing_matches_timm(name, cases, golden):
     reference = golden[f"preprocess/{name}/image{i}"].transpose(1, 2, 0)
     assert ours.shape == reference.shape
     np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-5)
+
+
+def test_official_convnext_v1_names(tmp_path):
+  """facebookresearch/ConvNeXt names (LayerScale `gamma`), from the timm V1 golden weights."""
+  arrays = np.load(os.path.join(FIXTURES, "convnext_timm_golden.npz"))
+  official = {}
+  for key, value in _timm_state(arrays, "v1/").items():
+    key = key.replace("stem.", "downsample_layers.0.")
+    key = re.sub(r"stages\.(\d+)\.downsample\.", r"downsample_layers.\1.", key)
+    key = re.sub(r"stages\.(\d+)\.blocks\.(\d+)", r"stages.\1.\2", key)
+    key = key.replace("conv_dw", "dwconv").replace("mlp.fc", "pwconv")
+    official[key.replace("head.norm.", "norm.").replace("head.fc.", "head.")] = value
+  path = str(tmp_path / "convnext_v1_official.safetensors")
+  save_file({"module." + k: v for k, v in official.items()}, path)  # DataParallel prefix too
+  model = convnext.ConvNeXt(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32), num_classes=5,
+                            rngs=nnx.Rngs(0))
+  converted = convert.convert_state_dict(model, convert.read_state_dict(path))
+  assert converted.source == "official ConvNeXt"
+  logits = load_into(model, converted)(nhwc(arrays["input_nchw"]))
+  np.testing.assert_allclose(np.asarray(logits), arrays["v1/logits"], rtol=0, atol=TOLERANCE)
+
+
+def test_fcmae_checkpoint_needs_init_head_drop(tmp_path, cases):
+  spec = cases["convnextv2_fcmae"]
+  state = convert.read_state_dict(os.path.join(PRETRAINED, "convnextv2_fcmae.safetensors"))
+  converted = convert.convert_state_dict(build(spec), state)
+  out = str(tmp_path / "fcmae")
+  convert.save_pretrained(out, converted, model_name="tiny", checkpoint_path="fcmae.safetensors")
+  model = build(spec)
+  params, rest = nnx.state(model, nnx.Param), nnx.state(model, nnx.Not(nnx.Param))
+  with pytest.raises(UserError, match=r"no classifier weights.*init_head=drop"):
+    checkpoint.load_pretrained(params, rest, out, "keep")
+  loaded, _ = checkpoint.load_pretrained(params, rest, out, "drop")
+  np.testing.assert_array_equal(loaded["head"]["norm"]["scale"][...],
+                                params["head"]["norm"]["scale"][...])
+  np.testing.assert_array_equal(loaded["stem"]["conv"]["kernel"][...],
+                                converted.params[("stem", "conv", "kernel")])
+  with pytest.raises(UserError, match=r"already exists and is not empty"):
+    convert.save_pretrained(out, converted, model_name="tiny", checkpoint_path="x")
