@@ -339,3 +339,24 @@ def test_convnext_layer_ids_follow_the_official_single_layer_decay():
   assert model.lr_layer_id(("stages", "2", "blocks", "5", "grn", "gamma")) == 10
   assert model.lr_layer_id(("stages", "3", "blocks", "1", "fc2", "bias")) == 12
   assert model.lr_layer_id(("head", "fc", "kernel")) == 13
+
+
+def test_bad_fcmae_settings_are_user_errors():
+  from cnn_jax.errors import UserError
+  small = {"model.dims": (8, 8, 8, 8), "model.depths": (1, 1, 1, 1)}
+  with pytest.raises(UserError, match="must equal the encoder's total stride 8"):
+    fcmae.build_model(load_config("fcmae_convnextv2_digits", **small, **{"fcmae.patch_size": 4}))
+  with pytest.raises(UserError, match="mask_ratio"):
+    fcmae.build_model(load_config("fcmae_convnextv2_digits", **small,
+                                  **{"fcmae.mask_ratio": 1.0}))
+  with pytest.raises(UserError, match="needs a ConvNeXt encoder"):
+    fcmae.build_model(load_config("lenet5_digits", **{"fcmae.patch_size": 8}))
+
+
+def test_cli_rejects_an_unknown_task(tmp_path):
+  from tests.helpers import run_cli
+  result = run_cli("cnn_jax.main", "--config", "configs/fcmae_convnextv2_digits.py",
+                   "--workdir", str(tmp_path), "--config.task=regression")
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      "error: unknown task 'regression'; choose classification or fcmae"]
