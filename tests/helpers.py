@@ -12,13 +12,13 @@ import ml_collections
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_config(name: str, **overrides) -> ml_collections.ConfigDict:
-  """configs/<name>.py's get_config(), with dotted-key overrides ("data.batch_size": 32)."""
+def load_config(name: str, arg: str | None = None, **overrides) -> ml_collections.ConfigDict:
+  """configs/<name>.py's get_config(arg), with dotted-key overrides ("data.batch_size": 32)."""
   path = os.path.join(REPO_ROOT, "configs", f"{name}.py")
   spec = importlib.util.spec_from_file_location(f"test_config_{name}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config()
+  config = module.get_config(arg) if arg is not None else module.get_config()
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split(".")
