@@ -33,18 +33,23 @@ from cnn_jax.errors import UserError
 
 RATIO_THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
 
-_MODEL = flags.DEFINE_string("model", None, "Registered model name (ignored with --checkpoint, "
-                             "which names its own).")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Input side in pixels.")
-_NUM_IMAGES = flags.DEFINE_integer("num_images", 8, "Images to average the ERF over.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 4, "Images per gradient computation.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A training workdir: use its config's model "
-                                  "and its latest checkpoint's weights (default: random init).")
-_INPUTS = flags.DEFINE_enum("inputs", "noise", ["noise", "data"], "What the images are.")
-_IN_CHANNELS = flags.DEFINE_integer("in_channels", None, "Model input channels (default: the "
-                                    "model's own).")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the initialisation and of the noise images.")
-_OUT = flags.DEFINE_string("out", None, "Output directory (default: runs/erf/MODEL_SIZE).")
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """Only when run as a program: cnn_jax.summary defines --model and friends at import, and a
+  process that imports both (tests, notebooks) must not see them defined twice."""
+  flags.DEFINE_string("model", None, "Registered model name (ignored with --checkpoint, which "
+                      "names its own).")
+  flags.DEFINE_integer("image_size", 224, "Input side in pixels.")
+  flags.DEFINE_integer("num_images", 8, "Images to average the ERF over.")
+  flags.DEFINE_integer("batch_size", 4, "Images per gradient computation.")
+  flags.DEFINE_string("checkpoint", None, "A training workdir: use its config's model and its "
+                      "latest checkpoint's weights (default: random init).")
+  flags.DEFINE_enum("inputs", "noise", ["noise", "data"], "What the images are.")
+  flags.DEFINE_integer("in_channels", None, "Model input channels (default: the model's own).")
+  flags.DEFINE_integer("seed", 0, "Seed of the initialisation and of the noise images.")
+  flags.DEFINE_string("out", None, "Output directory (default: runs/erf/MODEL_SIZE).")
 
 
 def feature_map(model: Any, images: Any) -> Any:
@@ -209,54 +214,54 @@ def _images(num: int, size: int, channels: int, seed: int, config: Any | None) -
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  if _NUM_IMAGES.value < 1 or _BATCH_SIZE.value < 1 or _IMAGE_SIZE.value < 1:
+  if FLAGS.num_images < 1 or FLAGS.batch_size < 1 or FLAGS.image_size < 1:
     _fail("--num_images, --batch_size and --image_size must be >= 1")
-  if _INPUTS.value == "data" and not _CHECKPOINT.value:
+  if FLAGS.inputs == "data" and not FLAGS.checkpoint:
     _fail("--inputs=data needs --checkpoint (the data comes from its config)")
-  if not _CHECKPOINT.value and not _MODEL.value:
+  if not FLAGS.checkpoint and not FLAGS.model:
     _fail("give --model NAME or --checkpoint WORKDIR")
   from flax import nnx
 
   from cnn_jax.models import create_model
 
   try:
-    if _CHECKPOINT.value:
-      model, config = load_trained_model(_CHECKPOINT.value)
+    if FLAGS.checkpoint:
+      model, config = load_trained_model(FLAGS.checkpoint)
       name = config.model.name
     else:
-      config, name = None, _MODEL.value
-      kwargs = {} if _IN_CHANNELS.value is None else {"in_channels": _IN_CHANNELS.value}
+      config, name = None, FLAGS.model
+      kwargs = {} if FLAGS.in_channels is None else {"in_channels": FLAGS.in_channels}
       try:
-        model = create_model(name, rngs=nnx.Rngs(_SEED.value), image_size=_IMAGE_SIZE.value,
+        model = create_model(name, rngs=nnx.Rngs(FLAGS.seed), image_size=FLAGS.image_size,
                              **kwargs)
       except UserError as e:
         if "image_size" not in str(e):
           raise
-        model = create_model(name, rngs=nnx.Rngs(_SEED.value), **kwargs)
-    channels = _IN_CHANNELS.value or getattr(model, "in_channels", None) or 3
-    images = _images(_NUM_IMAGES.value, _IMAGE_SIZE.value, channels, _SEED.value,
-                     config if _INPUTS.value == "data" else None)
+        model = create_model(name, rngs=nnx.Rngs(FLAGS.seed), **kwargs)
+    channels = FLAGS.in_channels or getattr(model, "in_channels", None) or 3
+    images = _images(FLAGS.num_images, FLAGS.image_size, channels, FLAGS.seed,
+                     config if FLAGS.inputs == "data" else None)
     try:
-      erf = erf_map(model, images, _BATCH_SIZE.value)
+      erf = erf_map(model, images, FLAGS.batch_size)
     except (ValueError, TypeError) as e:
       raise UserError(f"{name} cannot take {images.shape[1]}x{images.shape[2]}x"
                       f"{images.shape[3]} inputs: {str(e).splitlines()[0]}") from None
     log_map = normalised_log_map(erf)
     ratios = area_ratios(log_map)
-    out = _OUT.value or os.path.join("runs", "erf", f"{name}_{_IMAGE_SIZE.value}")
+    out = FLAGS.out or os.path.join("runs", "erf", f"{name}_{FLAGS.image_size}")
     try:
       os.makedirs(out, exist_ok=True)
     except OSError as e:
       raise UserError(f"cannot create {out}: {e.strerror or e}") from None
   except UserError as e:
     _fail(str(e))
-  weights = f"checkpoint {_CHECKPOINT.value}" if _CHECKPOINT.value else "random init"
-  title = (f"ERF {name} @{_IMAGE_SIZE.value}, {weights}, "
-           f"{_NUM_IMAGES.value} {_INPUTS.value} images")
+  weights = f"checkpoint {FLAGS.checkpoint}" if FLAGS.checkpoint else "random init"
+  title = (f"ERF {name} @{FLAGS.image_size}, {weights}, "
+           f"{FLAGS.num_images} {FLAGS.inputs} images")
   plot_erf(log_map, os.path.join(out, "erf.png"), title, ratios)
   np.save(os.path.join(out, "erf.npy"), erf)
-  result = {"model": name, "image_size": _IMAGE_SIZE.value, "num_images": _NUM_IMAGES.value,
-            "inputs": _INPUTS.value, "weights": weights, "area_ratios": ratios,
+  result = {"model": name, "image_size": FLAGS.image_size, "num_images": FLAGS.num_images,
+            "inputs": FLAGS.inputs, "weights": weights, "area_ratios": ratios,
             "support_side": support_side(erf)}
   with open(os.path.join(out, "erf.json"), "w") as f:
     json.dump(result, f, indent=2)
@@ -271,6 +276,7 @@ def _fail(message: str) -> None:
 
 
 def run() -> None:
+  _define_flags()
   app.run(main)
 
 

@@ -46,14 +46,21 @@ from ml_collections import config_flags
 from cnn_jax.errors import UserError
 
 FLAGS = flags.FLAGS
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a sweep config (configs/sweeps/*.py).", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Sweep workdir (default: the config's workdir).")
-_PRINT_COMMANDS = flags.DEFINE_bool(
-    "print_commands", False, "Write one `python -m cnn_jax.main ...` command per point to "
-    "WORKDIR/commands.sh and stdout instead of training.")
-_COLLECT_ONLY = flags.DEFINE_bool(
-    "collect_only", False, "Train nothing: build the table and plots from the points' workdirs.")
+
+
+def _define_flags() -> None:
+  """Only when run as a program: cnn_jax.main defines --config and --workdir too, and a process
+  that imports both must not see them defined twice."""
+  config_flags.DEFINE_config_file(
+      "config", None, "Path to a sweep config (configs/sweeps/*.py).", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Sweep workdir (default: the config's workdir).")
+  flags.DEFINE_bool(
+      "print_commands", False, "Write one `python -m cnn_jax.main ...` command per point to "
+      "WORKDIR/commands.sh and stdout instead of training.")
+  flags.DEFINE_bool(
+      "collect_only", False, "Train nothing: build the table and plots from the points' "
+      "workdirs.")
+
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FINAL_METRICS = "final_metrics.json"
@@ -457,24 +464,25 @@ def main(argv: list[str]) -> None:
   if not os.path.isfile(config_path.split(":", 1)[0]):
     fail(f"sweep config file not found: {config_path.split(':', 1)[0]}")
   try:
-    sweep = _CONFIG.value
+    sweep = FLAGS.config
   except OSError as e:
     fail(f"bad --config: {_one_line(e.__cause__ or e)}")
   missing = [f for f in _SWEEP_FIELDS if f not in sweep]
   if missing:
     fail(f"the sweep config lacks the fields {', '.join(missing)} (see cnn_jax/sweep.py)")
-  if _PRINT_COMMANDS.value and _COLLECT_ONLY.value:
+  if FLAGS.print_commands and FLAGS.collect_only:
     fail("--print_commands and --collect_only exclude each other")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   try:
-    run_sweep(sweep, _WORKDIR.value or sweep.workdir, print_commands=_PRINT_COMMANDS.value,
-              collect_only=_COLLECT_ONLY.value)
+    run_sweep(sweep, FLAGS.workdir or sweep.workdir, print_commands=FLAGS.print_commands,
+              collect_only=FLAGS.collect_only)
   except UserError as e:
     fail(str(e))
 
 
 def run() -> None:
+  _define_flags()
   app.run(main, flags_parser=parse_flags)
 
 

@@ -79,6 +79,7 @@ def test_model_without_forward_features_is_a_user_error():
     erf.erf_map(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), np.zeros((1, 4, 4, 1), np.float32))
 
 
+@pytest.mark.slow  # a subprocess that imports JAX and compiles ResNet-20's gradient
 def test_cli_writes_png_json_and_ratios(tmp_path):
   out = str(tmp_path / "erf")
   result = run_cli("cnn_jax.erf", "--model=resnet20", "--image_size=32", "--num_images=2",
@@ -125,3 +126,10 @@ def test_load_trained_model_restores_the_checkpoint_weights(tmp_path):
 def test_checkpoint_that_is_not_a_workdir_is_a_user_error(tmp_path):
   with pytest.raises(UserError, match="not a training workdir"):
     erf.load_trained_model(str(tmp_path))
+
+
+def test_the_command_line_tools_import_together():
+  # Flags are defined when a tool runs, not at import: one process may import them all.
+  import importlib
+  for name in ("cnn_jax.summary", "cnn_jax.main", "cnn_jax.sweep", "cnn_jax.erf"):
+    importlib.import_module(name)

@@ -14,7 +14,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.name = "degradation: plain vs residual, 20 vs 56 layers, MNIST subset"
+  config.name = "degradation: plain vs residual, 20 vs 56 layers, 8x8 digits at 16x16"
   config.base_config = "configs/resnet_cifar_digits.py"
   config.base_config_arg = ""
   config.workdir = "runs/sweeps/degradation_digits"
