@@ -62,9 +62,9 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  config_path = config_flags.get_config_filename(FLAGS["config"])
-  if not config_path:
+  if not FLAGS["config"].present:  # get_config_filename raises on an unparsed flag
     fail("--config is required, e.g. --config configs/lenet5_mnist.py")
+  config_path = config_flags.get_config_filename(FLAGS["config"])
   # "path.py:arg" passes arg to get_config (config_flags splits at the first colon).
   if not os.path.isfile(config_path.split(":", 1)[0]):
     fail(f"config file not found: {config_path.split(':', 1)[0]}")

@@ -458,9 +458,9 @@ _SWEEP_FIELDS = ("name", "base_config", "base_config_arg", "workdir", "overrides
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  config_path = config_flags.get_config_filename(FLAGS["config"])
-  if not config_path:
+  if not FLAGS["config"].present:
     fail("--config is required, e.g. --config configs/sweeps/degradation_digits.py")
+  config_path = config_flags.get_config_filename(FLAGS["config"])
   if not os.path.isfile(config_path.split(":", 1)[0]):
     fail(f"sweep config file not found: {config_path.split(':', 1)[0]}")
   try:
