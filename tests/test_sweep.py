@@ -172,3 +172,13 @@ def test_repository_sweep_configs_validate():
     if name.endswith(".py"):
       config = sweep.load_config_file(os.path.join(sweeps_dir, name))
       assert sweep.build_points(config), name
+
+
+@pytest.mark.parametrize("args, message", [
+    ((), "error: --config is required"),
+    (("--config=configs/sweeps/nope.py",), "error: sweep config file not found"),
+])
+def test_cli_missing_config_is_one_line_and_exit_2(args, message):
+  result = run_cli("cnn_jax.sweep", *args)
+  assert result.returncode == 2
+  assert result.stderr.startswith(message) and result.stderr.strip().count("\n") == 0
