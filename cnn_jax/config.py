@@ -18,7 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Where the images come from: embedded (digits shipped in pip packages) | tfds | imagefolder
   # | synthetic. See the README's "Data" section.
   config.data.source = "embedded"
-  config.data.name = "mnist_subset"   # embedded: mnist_subset | digits; tfds: the TFDS name
+  config.data.name = "mnist_subset"   # embedded: mnist_subset|digits|long_range; tfds: TFDS name
   config.data.data_dir = ""            # tfds: TFDS data_dir; imagefolder: root of split dirs
   config.data.train_split = "train"    # tfds: split syntax ("train[:90%]"); imagefolder: subdir
   config.data.eval_split = "test"
@@ -49,6 +49,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.prefetch_batches = 2      # batches buffered per worker process
   config.data.synthetic = ml_collections.ConfigDict(
       {"num_train": 1024, "num_eval": 256, "num_classes": 10})
+  # embedded name "long_range": two digits `distance` px apart (centre to centre) on an
+  # image_size canvas, label = a relation between them (cnn_jax/data/long_range.py).
+  config.data.long_range = ml_collections.ConfigDict(
+      {"task": "same", "distance": 28, "digit_size": 14, "digit_classes": 10,
+       "num_train": 8000, "num_eval": 2000, "seed": 0})
   # Batch-level mixing on device (timm Mixup semantics); off while both alphas are 0.
   # Soft targets use the top-level `label_smoothing`.
   config.data.mixup = ml_collections.ConfigDict(

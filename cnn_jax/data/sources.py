@@ -95,4 +95,11 @@ SOURCES = {
         num_test=cfg.num_test, split_seed=cfg.split_seed, pad_to=cfg.image_size),
     "digits": lambda cfg: sklearn_digits(
         num_test=cfg.num_test, split_seed=cfg.split_seed, upscale=cfg.image_size // 8),
+    "long_range": lambda cfg: _long_range(cfg),
 }
+
+
+def _long_range(cfg) -> ArrayDataset:
+  # Imported on use: long_range builds on this module.
+  from cnn_jax.data.long_range import long_range_dataset
+  return long_range_dataset(cfg)

@@ -7,5 +7,6 @@ from cnn_jax.models import lenet  # noqa: F401,E402
 from cnn_jax.models import convnext  # noqa: F401,E402
 from cnn_jax.models import alexnet, resnet  # noqa: F401,E402
 from cnn_jax.models import vit  # noqa: F401,E402
+from cnn_jax.models import hybrid  # noqa: F401,E402
 
 __all__ = ["create_model", "get_constructor", "list_models", "register_model"]

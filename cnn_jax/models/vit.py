@@ -213,3 +213,11 @@ def vit_tiny_patch4_32(*, rngs: nnx.Rngs, image_size: int = 32, **kwargs) -> Vis
 def vit_small_patch4_32(*, rngs: nnx.Rngs, image_size: int = 32, **kwargs) -> VisionTransformer:
   return _vit(rngs, patch_size=4, embed_dim=384, depth=12, num_heads=6,
               image_size=image_size, **kwargs)
+
+
+# CPU-scale variant for the 64 px long-range task (experiments/long_range): patch 8 gives an
+# 8x8 grid, 65 tokens; ~0.57M params, matched to hybrid_micro and a 16-wide ConvNeXt V2.
+@register_model
+def vit_micro_patch8_64(*, rngs: nnx.Rngs, image_size: int = 64, **kwargs) -> VisionTransformer:
+  return _vit(rngs, patch_size=8, embed_dim=96, depth=5, num_heads=3, image_size=image_size,
+              **kwargs)
