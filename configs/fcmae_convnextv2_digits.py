@@ -1,7 +1,8 @@
 """FCMAE pre-training of ConvNeXt V2-Atto on scikit-learn's 8x8 digits upscaled to 32x32: the
-CPU smoke run of the FCMAE recipe (real data, no download; about 0.5 GFLOPs per image per step,
-so 20 epochs of the 1,497 training images are ~15 TFLOPs: minutes on an idle CPU, far less on
-an accelerator). tests/test_fcmae.py runs a narrower copy (dims 16-32, one block per stage).
+CPU smoke run of the FCMAE recipe (real data, no download; 0.18 GMACs forward, about 1 GFLOP
+per image per training step, so 20 epochs of the 1,497 training images are ~30 TFLOPs: tens of
+minutes on a 2-core CPU, far less on an accelerator).
+tests/test_fcmae.py runs a narrower copy (dims 16-32, one block per stage).
 
 The stem is 1x1 (patch_size=1), so the stages run at 32/16/8/4 px and the mask is a 4x4 grid of
 8x8 patches, 60% of them (10 of 16) hidden per image. The encoder is exported to
