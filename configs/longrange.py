@@ -6,10 +6,10 @@ The config argument is "MODEL[,DISTANCE]": MODEL is one of the CPU-scale models 
 0.5M parameters each at 64 px, 1 channel, 2 classes), DISTANCE the centre-to-centre pixel
 distance of the two digits (default 28). The task is "same digit?" on a 64 px canvas with
 14 px digits drawn from the numbers 0 and 1 only (`digit_classes=2`: an XOR of two local
-features, which these models learn in CPU minutes; with all ten numbers they stayed at chance
-for the 3 epochs we could afford); 8,000 training canvases from the MNIST subset's train
-digits, 2,000 test canvases from its unseen test digits. Distance 14 (the digits side by side) is the local
-control; 48 is about as far apart as two 14 px digits fit on the axis of a 64 px canvas.
+features, which the ResNet learns in CPU minutes; with all ten numbers it stayed at chance for
+the 3 epochs we could afford); 8,000 training canvases from the MNIST subset's train digits,
+2,000 test canvases from its unseen test digits. Distance 14 (the digits side by side) is the
+local control; 48 is about as far apart as two 14 px digits fit on the axis of a 64 px canvas.
 
 Any other registered model name works too (`--config.model.*` overrides its options).
 """
