@@ -607,24 +607,28 @@ def run(model_name: str, *, mode: str = "train", vs_torch: bool = False,
   if steps < 1 or warmup < 0:
     raise UserError(f"need steps >= 1 and warmup >= 0 (got {steps}, {warmup})")
   python = check_torch(torch_python)  # Before the slow JAX half.
-  prepared = {m: prepare_jax(model_name, mode=m, **kwargs) for m in ("train", "infer")}
-  first = prepared["train"]
+  # One mode at a time, so that only one model state and program occupy memory.
+  first = prepare_jax(model_name, mode="train", **kwargs)
   worker = TorchWorker(python, model_name, batch_size=first.batch_size,
                        image_size=first.image_size, in_channels=first.in_channels,
                        num_classes=first.num_classes, dtype=first.dtype)
+  batch_size = first.batch_size
   results, torch_results, ratios, pair_ratios = [], {}, {}, {}
   try:
-    for m, step in prepared.items():
+    for m in ("train", "infer"):
+      step = first if m == "train" else prepare_jax(model_name, mode=m, **kwargs)
       jax_warm, jax_times, torch_warm, torch_times = _paired_times(
           step.run_step, worker, m, steps, warmup)
       results.append(step.finish(jax_warm, jax_times))
       stats = step_time_stats(torch_times)
       torch_results[m] = {**worker.meta, "mode": m, "steps": steps, "warmup": warmup,
-                          "images_per_sec": first.batch_size / stats["median"],
+                          "images_per_sec": batch_size / stats["median"],
                           "step_time_s": stats, "step_times_s": torch_times,
                           "warmup_times_s": torch_warm}
       ratios[m] = stats["median"] / results[-1]["step_time_s"]["median"]
       pair_ratios[m] = step_time_stats([t / j for t, j in zip(torch_times, jax_times)])
+      del step
+      first = None  # Drops the train state and program before the infer ones are built.
   finally:
     worker.close()
   host["load_avg_1m_end"] = os.getloadavg()[0]

@@ -147,3 +147,30 @@ def test_fcmae_mode_on_a_tiny_encoder():
                           model_kwargs={"depths": (1, 1, 1, 1), "dims": (8, 16, 32, 64)})
   assert r["mode"] == "fcmae" and r["images_per_sec"] > 0
   assert r["model_flops_per_step"] == 3 * r["forward_flops_per_step"] > 0
+
+
+def test_vs_torch_report_with_a_stand_in_worker(monkeypatch):
+  """run()'s pairing and ratios, with the PyTorch process replaced by a fixed-time stand-in."""
+  monkeypatch.setattr(bench, "_SETTLE_S", 0.0)
+  monkeypatch.setattr(bench, "check_torch", lambda python: "python")
+
+  class StandIn:
+    def __init__(self, python, model_name, **sizes):
+      self.meta = {"framework": "torch", "source": "stand-in", "torch_version": "0",
+                   "threads": 1, **sizes}
+
+    def run_steps(self, mode, count):
+      return [0.25] * count
+
+    def close(self):
+      pass
+
+  monkeypatch.setattr(bench, "TorchWorker", StandIn)
+  report = bench.run("lenet5", vs_torch=True, batch_size=8, steps=2, warmup=1, num_devices=1)
+  assert [r["mode"] for r in report["jax"]] == ["train", "infer"]
+  for r in report["jax"]:
+    mode = r["mode"]
+    assert report["ratio_vs_torch"][mode] == pytest.approx(0.25 / r["step_time_s"]["median"])
+    assert set(report["ratio_vs_torch_per_pair"][mode]) == STAT_FIELDS
+    assert report["torch"][mode]["images_per_sec"] == pytest.approx(8 / 0.25)
+  assert "ratio train" in bench.format_report(report)
