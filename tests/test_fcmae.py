@@ -15,6 +15,9 @@ from PIL import Image
 from scipy.special import erf
 
 from cnn_jax import checkpoint, fcmae, train
+# Defines absl flags at import, as other tests do in a full session: the encoder export
+# must not clash with them (importing the cnn_jax.convert CLI module would).
+from cnn_jax import summary  # noqa: F401
 from cnn_jax.models import create_model
 from tests.helpers import load_config
 
