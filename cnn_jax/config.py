@@ -4,6 +4,8 @@ A config names everything an experiment depends on: there are no defaults in the
 change results. Override any field on the command line: --config.optimizer.learning_rate=0.01
 """
 
+import os
+
 import ml_collections
 
 
@@ -120,4 +122,61 @@ def get_config() -> ml_collections.ConfigDict:
   # it for a freshly initialised one (another number of classes; FCMAE encoder checkpoints).
   config.init_from = ""
   config.init_head = "keep"
+  return config
+
+
+def set_imagenet_data(config: ml_collections.ConfigDict, *, randaugment: str,
+                      random_erasing: float, mixup_alpha: float, cutmix_alpha: float,
+                      interpolation: str, batch_size: int) -> None:
+  """The ImageNet-1k data section shared by the paper recipes (TFDS imagenet2012, 224 px)."""
+  data = config.data
+  data.source = "tfds"
+  data.name = "imagenet2012"
+  data.data_dir = os.path.expanduser("~/tensorflow_datasets")
+  data.train_split = "train"
+  data.eval_split = "validation"
+  data.image_size = 224
+  data.channels = 3
+  data.mean = (0.485, 0.456, 0.406)
+  data.std = (0.229, 0.224, 0.225)
+  data.augment = "imagenet"
+  data.crop_scale = (0.08, 1.0)
+  data.crop_ratio = (3 / 4, 4 / 3)
+  data.hflip_prob = 0.5
+  data.randaugment = randaugment
+  data.random_erasing = random_erasing
+  data.interpolation = interpolation
+  data.crop_pct = 0.875
+  data.batch_size = batch_size
+  data.eval_batch_size = 1000
+  data.num_workers = 8
+  data.num_threads = 4
+  data.mixup.mixup_alpha = mixup_alpha
+  data.mixup.cutmix_alpha = cutmix_alpha
+  data.mixup.prob = 1.0
+  data.mixup.switch_prob = 0.5
+
+
+def shrink_to_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The same recipe at a size that runs in seconds on a CPU: synthetic 32 px data, 10
+  classes, 3 steps. The model, optimizer, schedule shape and augmentations stay the recipe's."""
+  config.data.source = "synthetic"
+  config.data.name = "smoke"
+  config.data.image_size = 32
+  config.data.synthetic = ml_collections.ConfigDict(
+      {"num_train": 64, "num_eval": 16, "num_classes": 10})
+  config.data.batch_size = 16
+  config.data.eval_batch_size = 16
+  config.data.num_workers = 0
+  config.data.num_threads = 1
+  config.model.num_classes = 10
+  config.optimizer.scale_lr_by_batch_over = 0
+  config.num_epochs = 0
+  config.total_steps = 3
+  config.schedule.warmup_epochs = 0.25  # one step of the 4-step epoch
+  if "decay_steps" in config.schedule and config.schedule.name == "step":
+    config.schedule.decay_steps = (2,)
+  config.log_every_steps = 1
+  config.eval_every_steps = 3
+  config.checkpoint.every_steps = 3
   return config

@@ -3,7 +3,8 @@
   python -m cnn_jax.main --config configs/resnet_cifar10.py:plain56 --workdir runs/c10_plain56
   python -m cnn_jax.sweep --config configs/sweeps/degradation_cifar10.py --print_commands
 
-The config arg names the model (resnet20/32/44/56/110, plain20/32/44/56/110; default resnet20).
+The config arg names the model (resnet20/32/44/56/110, plain20/32/44/56/110; default resnet20);
+`:resnet56,smoke` is the same recipe on synthetic data for a few CPU seconds.
 The paper's recipe: 45k/5k train/val split, SGD momentum 0.9, weight decay 1e-4 on every
 parameter (torch SGD), batch 128, lr 0.1 divided by 10 at 32k and 48k iterations, 64k
 iterations, pad 4 + random 32x32 crop + flip. Two departures: per-channel mean/std
@@ -20,10 +21,13 @@ import ml_collections
 from cnn_jax import config as base
 
 
-def get_config(model_name: str | None = None) -> ml_collections.ConfigDict:
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = [a for a in (arg or "").split(",") if a]
+  model_names = [a for a in args if a != "smoke"]
   config = base.get_config()
   config.model = ml_collections.ConfigDict(
-      {"name": model_name or "resnet20", "num_classes": 10, "in_channels": 3})
+      {"name": model_names[0] if model_names else "resnet20", "num_classes": 10,
+       "in_channels": 3})
   config.data.source = "tfds"
   config.data.name = "cifar10"
   config.data.data_dir = os.path.expanduser("~/tensorflow_datasets")
@@ -58,4 +62,4 @@ def get_config(model_name: str | None = None) -> ml_collections.ConfigDict:
   config.eval_every_steps = 2000
   config.checkpoint.every_steps = 2000
   config.checkpoint.keep = 2
-  return config
+  return base.shrink_to_smoke(config) if "smoke" in args else config
