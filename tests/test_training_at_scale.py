@@ -219,3 +219,13 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_good_checkpoints(t
   if os.path.exists(tmp_path / "checkpoints"):
     _, params = final_params(str(tmp_path))
     assert all(np.isfinite(v).all() for v in params.values())
+
+
+def test_bfloat16_compute_keeps_float32_parameters(tmp_path):
+  config = load_config("lenet5_digits", total_steps=20, eval_every_steps=20, **SHORT)
+  config.model.dtype = "bfloat16"
+  final = train.train_and_evaluate(config, str(tmp_path))
+  _, params = final_params(str(tmp_path))
+  assert all(v.dtype == np.float32 for v in params.values())
+  log = losses(tmp_path)
+  assert log[-1] < 0.8 * log[0] and final["accuracy"] > 0.3
