@@ -24,7 +24,7 @@ train: $(STAMP)
 	$(PY) -m cnn_jax.main --config $(CONFIG) --workdir $(WORKDIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -n $(WORKERS) tests
+	$(PY) -m pytest -n $(WORKERS) --durations=15 tests
 
 # Heavier checks, kept runnable by hand (not part of `make test`).
 test-slow: $(STAMP)

@@ -25,11 +25,12 @@ def test_full_scale_recipes_carry_the_papers_numbers():
     load_config("convnext_imagenet", "tiny,huge")
 
 
+# The ImageNet-size models cost 30-100 s of compile each on 2 cores: `make test-slow`.
 @pytest.mark.parametrize("name, arg", [
     ("resnet_cifar10", "resnet20,smoke"),
-    ("resnet50_imagenet", "step,smoke"),
-    ("convnext_imagenet", "tiny,smoke"),
-    ("vit_small_imagenet", "smoke"),
+    pytest.param("resnet50_imagenet", "step,smoke", marks=pytest.mark.slow),
+    pytest.param("convnext_imagenet", "tiny,smoke", marks=pytest.mark.slow),
+    pytest.param("vit_small_imagenet", "smoke", marks=pytest.mark.slow),
 ])
 def test_smoke_variant_trains(tmp_path, name, arg):
   config = load_config(name, arg)
