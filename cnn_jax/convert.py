@@ -426,9 +426,14 @@ def convert_file(model_name: str, checkpoint_path: str, out_dir: str) -> Convert
 
 # ------------------------------------------------------------------------------ CLI
 
-_MODEL = flags.DEFINE_string("model", None, "cnn_jax model name, e.g. convnextv2_tiny, resnet50.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A .safetensors, .pth or .pt file.")
-_OUT = flags.DEFINE_string("out", None, "New directory for the converted checkpoint.")
+_FLAGS: dict[str, Any] = {}
+
+
+def _define_flags() -> None:
+  """Defined only when run as a CLI: tests import this module beside other tools' flags."""
+  _FLAGS["model"] = flags.DEFINE_string("model", None, "cnn_jax model name, e.g. convnextv2_tiny.")
+  _FLAGS["checkpoint"] = flags.DEFINE_string("checkpoint", None, "A .safetensors/.pth/.pt file.")
+  _FLAGS["out"] = flags.DEFINE_string("out", None, "New directory for the converted checkpoint.")
 
 
 def _fail(message: str) -> None:
@@ -448,6 +453,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  _MODEL, _CHECKPOINT, _OUT = _FLAGS["model"], _FLAGS["checkpoint"], _FLAGS["out"]
   for flag in (_MODEL, _CHECKPOINT, _OUT):
     if not flag.value:
       _fail(f"--{flag.name} is required")
@@ -463,6 +469,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
+  _define_flags()
   app.run(main, flags_parser=_parse_flags)
 
 
