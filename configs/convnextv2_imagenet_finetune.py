@@ -11,7 +11,6 @@ repository publishes no command for them: an interpolation). The official base/l
 the 'group' layer-decay variant (12 layer groups); cnn_jax's layer decay is per block ('single').
 """
 
-import os
 
 import ml_collections
 
@@ -44,29 +43,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "name": f"convnextv2_{size}", "num_classes": 1000, "in_channels": 3, "patch_size": 4,
       "grn": True, "drop_path_rate": drop_path, "head_init_scale": 0.001})
 
-  config.data.source = "tfds"
-  config.data.name = "imagenet2012"
-  config.data.data_dir = os.path.expanduser("~/tensorflow_datasets")
-  config.data.train_split = "train"
-  config.data.eval_split = "validation"
-  config.data.image_size = 224
-  config.data.channels = 3
-  config.data.mean = (0.485, 0.456, 0.406)
-  config.data.std = (0.229, 0.224, 0.225)
-  config.data.augment = "imagenet"
-  config.data.crop_scale = (0.08, 1.0)
-  config.data.crop_ratio = (3 / 4, 4 / 3)
-  config.data.hflip_prob = 0.5
-  config.data.randaugment = "rand-m9-mstd0.5-inc1"
-  config.data.random_erasing = 0.25
-  config.data.interpolation = "bicubic"
-  config.data.crop_pct = 0.875
-  config.data.batch_size = 1024
-  config.data.eval_batch_size = 1000
-  config.data.num_workers = 8
-  config.data.num_threads = 4
-  config.data.mixup.mixup_alpha = mixup
-  config.data.mixup.cutmix_alpha = cutmix
+  base.set_imagenet_data(config, randaugment="rand-m9-mstd0.5-inc1", random_erasing=0.25,
+                         mixup_alpha=mixup, cutmix_alpha=cutmix, interpolation="bicubic",
+                         batch_size=1024)
   config.data.mixup.prob = 1.0
   config.data.mixup.switch_prob = 0.5
   config.label_smoothing = smoothing

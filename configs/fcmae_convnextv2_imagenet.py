@@ -10,7 +10,6 @@ configs/data_examples/imagenet_tfds_convnext.py). The encoder is exported to WOR
 for configs/convnextv2_imagenet_finetune.py.
 """
 
-import os
 
 import ml_collections
 
@@ -38,29 +37,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "norm_pix_loss": True, "sparse": True, "reconstruction_every_steps": 5000,
       "num_reconstructions": 8})
 
-  config.data.source = "tfds"
-  config.data.name = "imagenet2012"
-  config.data.data_dir = os.path.expanduser("~/tensorflow_datasets")
-  config.data.train_split = "train"
-  config.data.eval_split = "validation"
-  config.data.image_size = 224
-  config.data.channels = 3
-  config.data.mean = (0.485, 0.456, 0.406)
-  config.data.std = (0.229, 0.224, 0.225)
-  config.data.augment = "imagenet"
+  # FCMAE pre-training augments with RandomResizedCrop(0.2-1) + flip only.
+  base.set_imagenet_data(config, randaugment="", random_erasing=0.0, mixup_alpha=0.0,
+                         cutmix_alpha=0.0, interpolation="bicubic", batch_size=4096)
   config.data.crop_scale = (0.2, 1.0)
-  config.data.crop_ratio = (3 / 4, 4 / 3)
-  config.data.hflip_prob = 0.5
-  config.data.randaugment = ""
-  config.data.random_erasing = 0.0
-  config.data.interpolation = "bicubic"
-  config.data.crop_pct = 0.875
-  config.data.batch_size = 4096
-  config.data.eval_batch_size = 1000
-  config.data.num_workers = 8
-  config.data.num_threads = 4
-  config.data.mixup.mixup_alpha = 0.0
-  config.data.mixup.cutmix_alpha = 0.0
 
   config.optimizer.name = "adamw"
   config.optimizer.learning_rate = 1.5e-4
