@@ -11,7 +11,6 @@ repository publishes no command for them: an interpolation). The official base/l
 the 'group' layer-decay variant (12 layer groups); cnn_jax's layer decay is per block ('single').
 """
 
-
 import ml_collections
 
 from cnn_jax import config as base

@@ -10,7 +10,6 @@ configs/data_examples/imagenet_tfds_convnext.py). The encoder is exported to WOR
 for configs/convnextv2_imagenet_finetune.py.
 """
 
-
 import ml_collections
 
 from cnn_jax import config as base
