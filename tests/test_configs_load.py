@@ -1,0 +1,29 @@
+"""Every config file in configs/ loads with its default argument: a typo in a rarely run
+full-scale recipe shows up here, not on the cluster."""
+
+import glob
+import importlib.util
+import os
+
+import ml_collections
+import pytest
+
+from helpers import REPO_ROOT
+
+CONFIG_FILES = sorted(
+    os.path.relpath(p, REPO_ROOT)
+    for p in glob.glob(os.path.join(REPO_ROOT, "configs", "**", "*.py"), recursive=True))
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES)
+def test_config_file_loads(path):
+  spec = importlib.util.spec_from_file_location("config_under_test", os.path.join(REPO_ROOT, path))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  assert isinstance(config, ml_collections.ConfigDict)
+  assert len(config) > 0
+
+
+def test_there_are_configs():
+  assert len(CONFIG_FILES) >= 15
