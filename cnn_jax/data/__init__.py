@@ -51,15 +51,10 @@ class TrainBatches:
   def __init__(self, split: ArraySplit, *, global_batch_size: int, seed: int, max_shift: int,
                mean: tuple[float, ...], std: tuple[float, ...],
                process_index: int = 0, process_count: int = 1):
-    if global_batch_size > len(split):
-      raise UserError(
-          f"data.batch_size={global_batch_size} is larger than the {len(split)} training images")
-    if global_batch_size % process_count:
-      raise UserError(f"data.batch_size={global_batch_size} is not divisible by the "
-                      f"{process_count} processes")
+    self.local_batch_size = pipeline.check_global_batch("data.batch_size", global_batch_size,
+                                                        process_count, len(split))
     self.split = split
     self.global_batch_size = global_batch_size
-    self.local_batch_size = global_batch_size // process_count
     self.seed = seed
     self.max_shift = max_shift
     self.mean = np.asarray(mean, np.float32)
@@ -97,12 +92,10 @@ class EvalBatches:
 
   def __init__(self, split: ArraySplit, *, global_batch_size: int, mean: tuple[float, ...],
                std: tuple[float, ...], process_index: int = 0, process_count: int = 1):
-    if global_batch_size % process_count:
-      raise UserError(f"data.eval_batch_size={global_batch_size} is not divisible by the "
-                      f"{process_count} processes")
+    self.local_batch_size = pipeline.check_global_batch("data.eval_batch_size",
+                                                        global_batch_size, process_count)
     self.split = split
     self.global_batch_size = global_batch_size
-    self.local_batch_size = global_batch_size // process_count
     self.mean = np.asarray(mean, np.float32)
     self.std = np.asarray(std, np.float32)
     self.process_index = process_index

@@ -121,21 +121,30 @@ def _iterate(ds: grain.MapDataset, *, num_workers: int, num_threads: int,
   return iter(it)
 
 
+def check_global_batch(field: str, global_batch_size: int, process_count: int,
+                       num_records: int | None = None) -> int:
+  """This process's share of a global batch; a size that cannot be split is the user's error.
+
+  `num_records` (training only) must hold at least one whole batch."""
+  if num_records is not None and global_batch_size > num_records:
+    raise UserError(f"{field}={global_batch_size} is larger than the {num_records} "
+                    "training images")
+  if global_batch_size % process_count:
+    raise UserError(f"{field}={global_batch_size} is not divisible by the "
+                    f"{process_count} processes")
+  return global_batch_size // process_count
+
+
 class RecordTrainBatches:
   """Training batches over a record source; same interface as `TrainBatches`."""
 
   def __init__(self, source, transform, *, global_batch_size: int, seed: int, channels: int,
                on_corrupt: str, process_index: int = 0, process_count: int = 1,
                num_workers: int = 0, num_threads: int = 1, prefetch_batches: int = 2):
-    if global_batch_size > len(source):
-      raise UserError(f"data.batch_size={global_batch_size} is larger than the {len(source)} "
-                      "training images")
-    if global_batch_size % process_count:
-      raise UserError(f"data.batch_size={global_batch_size} is not divisible by the "
-                      f"{process_count} processes")
+    self.local_batch_size = check_global_batch("data.batch_size", global_batch_size,
+                                               process_count, len(source))
     self.source = source
     self.global_batch_size = global_batch_size
-    self.local_batch_size = global_batch_size // process_count
     self.steps_per_epoch = len(source) // global_batch_size
     self.num_workers, self.num_threads = num_workers, num_threads
     self.prefetch_batches = prefetch_batches
@@ -183,12 +192,10 @@ class RecordEvalBatches:
   def __init__(self, source, transform, image_shape, *, global_batch_size: int, channels: int,
                on_corrupt: str, process_index: int = 0, process_count: int = 1,
                num_workers: int = 0, num_threads: int = 1, prefetch_batches: int = 2):
-    if global_batch_size % process_count:
-      raise UserError(f"data.eval_batch_size={global_batch_size} is not divisible by the "
-                      f"{process_count} processes")
+    self.local_batch_size = check_global_batch("data.eval_batch_size", global_batch_size,
+                                               process_count)
     self.source = source
     self.global_batch_size = global_batch_size
-    self.local_batch_size = global_batch_size // process_count
     self.num_batches = -(-len(source) // global_batch_size)
     self.num_workers, self.num_threads = num_workers, num_threads
     self.prefetch_batches = prefetch_batches
