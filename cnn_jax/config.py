@@ -28,6 +28,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.channels = 3             # tfds/imagefolder/synthetic: 3 (RGB) or 1 (grayscale)
   config.data.num_test = 1000          # embedded: size of the fixed test split
   config.data.split_seed = 0           # embedded: the fixed train/test split
+  # embedded, imagefolder: train on this class-stratified fraction of the train split (1.0 =
+  # all); deterministic from split_seed and nested (10 % inside 25 %). tfds: use train_split.
+  config.data.train_fraction = 1.0
   config.data.batch_size = 128         # global, across all devices and processes
   config.data.eval_batch_size = 256
   config.data.max_shift = 0            # embedded: random +-px translation of training images

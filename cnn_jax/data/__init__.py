@@ -19,7 +19,8 @@ import numpy as np
 
 from cnn_jax.data import image_sources, mixing, pipeline, transforms
 from cnn_jax.data.pipeline import prefetch_to_device
-from cnn_jax.data.sources import SOURCES, ArrayDataset, ArraySplit
+from cnn_jax.data.sources import (SOURCES, ArrayDataset, ArraySplit, subset_indices,
+                                  train_subset)
 from cnn_jax.errors import UserError
 
 Batch = dict[str, np.ndarray]
@@ -121,7 +122,8 @@ def load_arrays(data_config: ml_collections.ConfigDict) -> ArrayDataset:
   if data_config.name == "digits" and data_config.image_size % 8:
     raise UserError(f"data.image_size={data_config.image_size} must be a multiple of 8 "
                     "for the 8x8 digits")
-  return SOURCES[data_config.name](data_config)
+  return train_subset(SOURCES[data_config.name](data_config), data_config.train_fraction,
+                      data_config.split_seed)
 
 
 def _create_embedded(config: ml_collections.ConfigDict
@@ -143,6 +145,10 @@ def record_sources(config: ml_collections.ConfigDict):
   """(train source, eval source, num_classes) for the tfds / imagefolder / synthetic sources."""
   data_config = config.data
   kind = data_config.source
+  if data_config.train_fraction != 1.0 and kind in ("tfds", "synthetic"):
+    raise UserError(f"data.train_fraction is for the embedded and imagefolder sources; with "
+                    f"{kind} set data.train_split (TFDS split syntax, e.g. \"train[:10%]\") "
+                    "or data.synthetic.num_train")
   if kind == "tfds":
     train = image_sources.TfdsSource(data_config.name, data_config.data_dir,
                                      data_config.train_split)
@@ -156,6 +162,10 @@ def record_sources(config: ml_collections.ConfigDict):
                       f"hold {data_config.train_split}/ and {data_config.eval_split}/ class folders")
     train = image_sources.ImageFolderSource(
         os.path.join(data_config.data_dir, data_config.train_split))
+    if data_config.train_fraction != 1.0:
+      rows = subset_indices(train.labels, data_config.train_fraction, data_config.split_seed)
+      train.paths = [train.paths[i] for i in rows]
+      train.labels = train.labels[rows]
     evaluation = image_sources.ImageFolderSource(
         os.path.join(data_config.data_dir, data_config.eval_split), classes=train.classes)
     return train, evaluation, train.num_classes

@@ -56,6 +56,38 @@ def _stratified_split(labels: np.ndarray, num_test: int, seed: int) -> tuple[np.
   return train, test
 
 
+def subset_indices(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+  """Sorted indices of a class-stratified `fraction` of `labels` (data.train_fraction).
+
+  Each class keeps round(fraction x its size) images (at least one), the first ones of a fixed
+  per-class permutation drawn from `seed`: the subset is deterministic and nested (the 10 %
+  subset lies inside the 25 % one) and keeps the class proportions.
+  """
+  if not 0.0 < fraction <= 1.0:
+    raise UserError(f"data.train_fraction={fraction} must be in (0, 1]")
+  if fraction == 1.0:
+    return np.arange(len(labels))
+  # Stream 1 of split_seed: independent of the train/test draw, which uses the bare seed.
+  rng = np.random.default_rng([seed, 1])
+  keep = []
+  for c in np.unique(labels):
+    idx = rng.permutation(np.flatnonzero(labels == c))
+    keep.append(idx[:max(1, int(round(fraction * len(idx))))])
+  return np.sort(np.concatenate(keep))
+
+
+def train_subset(dataset: ArrayDataset, fraction: float, seed: int) -> ArrayDataset:
+  """`dataset` with its train split cut to `subset_indices`; normalisation statistics are those
+  of the subset (the images a run trains on), the test split is unchanged."""
+  if fraction == 1.0:
+    return dataset
+  rows = subset_indices(dataset.train.labels, fraction, seed)
+  train = ArraySplit(dataset.train.images[rows], dataset.train.labels[rows])
+  mean = tuple(float(m) for m in train.images.mean(axis=(0, 1, 2)))
+  std = tuple(float(s) for s in train.images.std(axis=(0, 1, 2)))
+  return dataclasses.replace(dataset, train=train, mean=mean, std=std)
+
+
 def _make_dataset(images: np.ndarray, labels: np.ndarray, num_test: int, seed: int) -> ArrayDataset:
   train_idx, test_idx = _stratified_split(labels, num_test, seed)
   train = ArraySplit(images[train_idx], labels[train_idx].astype(np.int32))
