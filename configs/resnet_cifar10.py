@@ -27,7 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = base.get_config()
   config.model = ml_collections.ConfigDict(
       {"name": model_names[0] if model_names else "resnet20", "num_classes": 10,
-       "in_channels": 3})
+       "in_channels": 3, "activation": "relu"})
   config.data.source = "tfds"
   config.data.name = "cifar10"
   config.data.data_dir = os.path.expanduser("~/tensorflow_datasets")

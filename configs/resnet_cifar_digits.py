@@ -15,7 +15,8 @@ from cnn_jax import config as base
 def get_config(model_name: str | None = None) -> ml_collections.ConfigDict:
   config = base.get_config()
   config.model = ml_collections.ConfigDict(
-      {"name": model_name or "resnet20", "num_classes": 10, "in_channels": 1})
+      {"name": model_name or "resnet20", "num_classes": 10, "in_channels": 1,
+       "activation": "relu"})  # a field so that sweeps can override it (tanh, sigmoid, gelu)
   config.data.source = "embedded"
   config.data.name = "mnist_subset"
   config.data.image_size = 32
