@@ -229,3 +229,13 @@ def test_init_follows_timm():
   assert np.all(np.asarray(model.blocks[0].attn.qkv.bias[...]) == 0)
   assert np.abs(np.asarray(model.cls_token[...])).max() < 1e-4  # normal(1e-6)
   assert 0.015 < np.asarray(model.pos_embed[...]).std() < 0.022
+
+
+def test_registered_variant_architecture_can_be_overridden():
+  # A narrowed vit_tiny_patch4_32 (experiments/inductive_bias: matched to ResNet-20's 269,434
+  # parameters on 1-channel digits): 6 blocks of width 60, 3 heads.
+  model = nnx.eval_shape(lambda: create_model(
+      "vit_tiny_patch4_32", rngs=nnx.Rngs(0), embed_dim=60, depth=6, num_heads=3,
+      num_classes=10, in_channels=1))
+  assert model.embed_dim == 60 and len(model.blocks) == 6 and model.patch_size == 4
+  assert count_params(model) == 269_590

@@ -27,6 +27,8 @@ projection and after both MLP layers (the paper's placement; timm's pos_drop/pro
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -176,48 +178,48 @@ class VisionTransformer(nnx.Module):
     return x if self.head is None else self.head(x)
 
 
-def _vit(rngs: nnx.Rngs, *, patch_size: int, embed_dim: int, depth: int, num_heads: int,
-         image_size: int = 224, **kwargs) -> VisionTransformer:
-  return VisionTransformer(patch_size=patch_size, embed_dim=embed_dim, depth=depth,
-                           num_heads=num_heads, image_size=image_size, rngs=rngs, **kwargs)
+def _vit(rngs: nnx.Rngs, architecture: dict[str, Any], **kwargs) -> VisionTransformer:
+  """The variant's `architecture`, any field of which `kwargs` may override (a narrower or
+  shallower ViT from the command line: --config.model.embed_dim=64 --config.model.depth=6)."""
+  return VisionTransformer(**{**architecture, **kwargs}, rngs=rngs)
 
 
 @register_model
 def vit_tiny_patch16_224(*, rngs: nnx.Rngs, **kwargs) -> VisionTransformer:
-  return _vit(rngs, patch_size=16, embed_dim=192, depth=12, num_heads=3, **kwargs)
+  return _vit(rngs, dict(patch_size=16, embed_dim=192, depth=12, num_heads=3), **kwargs)
 
 
 @register_model
 def vit_small_patch16_224(*, rngs: nnx.Rngs, **kwargs) -> VisionTransformer:
-  return _vit(rngs, patch_size=16, embed_dim=384, depth=12, num_heads=6, **kwargs)
+  return _vit(rngs, dict(patch_size=16, embed_dim=384, depth=12, num_heads=6), **kwargs)
 
 
 @register_model
 def vit_base_patch16_224(*, rngs: nnx.Rngs, **kwargs) -> VisionTransformer:
-  return _vit(rngs, patch_size=16, embed_dim=768, depth=12, num_heads=12, **kwargs)
+  return _vit(rngs, dict(patch_size=16, embed_dim=768, depth=12, num_heads=12), **kwargs)
 
 
 @register_model
 def vit_large_patch16_224(*, rngs: nnx.Rngs, **kwargs) -> VisionTransformer:
-  return _vit(rngs, patch_size=16, embed_dim=1024, depth=24, num_heads=16, **kwargs)
+  return _vit(rngs, dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16), **kwargs)
 
 
 # Small-image variants (CIFAR, 32x32): patch 4 gives an 8x8 grid, 65 tokens.
 @register_model
 def vit_tiny_patch4_32(*, rngs: nnx.Rngs, image_size: int = 32, **kwargs) -> VisionTransformer:
-  return _vit(rngs, patch_size=4, embed_dim=192, depth=12, num_heads=3,
-              image_size=image_size, **kwargs)
+  return _vit(rngs, dict(patch_size=4, embed_dim=192, depth=12, num_heads=3,
+                         image_size=image_size), **kwargs)
 
 
 @register_model
 def vit_small_patch4_32(*, rngs: nnx.Rngs, image_size: int = 32, **kwargs) -> VisionTransformer:
-  return _vit(rngs, patch_size=4, embed_dim=384, depth=12, num_heads=6,
-              image_size=image_size, **kwargs)
+  return _vit(rngs, dict(patch_size=4, embed_dim=384, depth=12, num_heads=6,
+                         image_size=image_size), **kwargs)
 
 
 # CPU-scale variant for the 64 px long-range task (experiments/long_range): patch 8 gives an
 # 8x8 grid, 65 tokens; ~0.57M params, matched to hybrid_micro and a 16-wide ConvNeXt V2.
 @register_model
 def vit_micro_patch8_64(*, rngs: nnx.Rngs, image_size: int = 64, **kwargs) -> VisionTransformer:
-  return _vit(rngs, patch_size=8, embed_dim=96, depth=5, num_heads=3, image_size=image_size,
-              **kwargs)
+  return _vit(rngs, dict(patch_size=8, embed_dim=96, depth=5, num_heads=3,
+                         image_size=image_size), **kwargs)
