@@ -11,6 +11,8 @@ A sweep config's get_config() returns a ConfigDict with:
   workdir          default sweep workdir (--workdir overrides it); point P trains in workdir/P
   overrides        [(dotted key, value), ...] applied to every point
   points           [{dotted key: value, ...}, ...] explicit points ([] = one empty point)
+                   (the key "base_config_arg" in a point or the grid picks that point's
+                   argument of the base config's get_config, e.g. one preset model per point)
   grid             [(dotted key, (value, ...)), ...] crossed with every point (cartesian product)
   plot_metrics     metrics.jsonl keys to plot against the step; "x/error" is 1 - "x/accuracy"
   summarize        add params and MACs of each point's model (cnn_jax.summary) to the table
@@ -72,6 +74,10 @@ class Point:
   name: str
   overrides: dict[str, Any]       # the point's own overrides (what varies across points)
   config: ml_collections.ConfigDict  # base config with the shared and point overrides applied
+  base_config_arg: str = ""        # the argument of the base config's get_config
+
+
+BASE_CONFIG_ARG = "base_config_arg"  # a point key that is no config field: the base config's arg
 
 
 # ----------------------------------------------------------------------------- configs
@@ -180,7 +186,7 @@ def point_name(overrides: dict[str, Any]) -> str:
 
 def build_points(sweep: ml_collections.ConfigDict) -> list[Point]:
   """Validates the whole sweep against the base config before anything runs."""
-  base = load_config_file(sweep.base_config, sweep.base_config_arg)
+  bases = {sweep.base_config_arg: load_config_file(sweep.base_config, sweep.base_config_arg)}
   shared = _pairs(sweep.overrides, "overrides")
   grid = _pairs(sweep.grid, "grid")
   raw_points = list(sweep.points)
@@ -191,16 +197,20 @@ def build_points(sweep: ml_collections.ConfigDict) -> list[Point]:
 
   points, names = [], set()
   for overrides in expand_grid(raw_points, grid):
-    config = base.copy_and_resolve_references()
+    arg = str(overrides.get(BASE_CONFIG_ARG, sweep.base_config_arg))
+    if arg not in bases:
+      bases[arg] = load_config_file(sweep.base_config, arg)
+    config = bases[arg].copy_and_resolve_references()
     config.lock()
     for key, value in [*shared, *overrides.items()]:
-      set_override(config, key, value)
+      if key != BASE_CONFIG_ARG:
+        set_override(config, key, value)
     registry.get_constructor(config.model.name)  # UserError with close matches
     name = point_name(overrides)
     if name in names:
       raise UserError(f"two sweep points have the same overrides: {overrides}")
     names.add(name)
-    points.append(Point(name, overrides, config))
+    points.append(Point(name, overrides, config, arg))
   return points
 
 
@@ -212,11 +222,12 @@ def _command_value(value: Any) -> str:
 
 def point_command(sweep: ml_collections.ConfigDict, point: Point, sweep_workdir: str) -> str:
   """The `python -m cnn_jax.main` command that trains `point` on its own."""
-  config_arg = sweep.base_config + (f":{sweep.base_config_arg}" if sweep.base_config_arg else "")
+  config_arg = sweep.base_config + (f":{point.base_config_arg}" if point.base_config_arg else "")
   args = ["python", "-m", "cnn_jax.main", f"--config={config_arg}",
           f"--workdir={os.path.join(sweep_workdir, point.name)}"]
   for key, value in [*_pairs(sweep.overrides, "overrides"), *point.overrides.items()]:
-    args.append(f"--config.{key}={_command_value(value)}")
+    if key != BASE_CONFIG_ARG:
+      args.append(f"--config.{key}={_command_value(value)}")
   return " ".join(shlex.quote(a) for a in args)
 
 

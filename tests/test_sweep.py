@@ -58,6 +58,26 @@ def test_build_points_applies_shared_and_point_overrides_and_names_dirs():
   assert points[0].config.model.name == "lenet5"  # untouched base field
 
 
+def test_a_point_can_pick_the_base_config_argument(tmp_path):
+  # configs/zoo_digits.py:NAME gives each model its own options (ViT: image_size), which a
+  # model.name override alone could not.
+  fields = dict(base_config="configs/zoo_digits.py", base_config_arg="lenet5", overrides=[],
+                points=[{}, {"base_config_arg": "vit_tiny_patch4_32", "data.max_shift": 0}],
+                grid=[("seed", (0, 1))])
+  points = sweep.build_points(make_sweep(**fields))
+  assert [p.config.model.name for p in points] == ["lenet5"] * 2 + ["vit_tiny_patch4_32"] * 2
+  assert points[2].config.model.image_size == 32 and points[2].config.data.max_shift == 0
+  assert points[0].config.data.max_shift == 2
+  assert points[2].name == "base_config_arg-vit_tiny_patch4_32_data.max_shift-0_seed-0"
+  command = sweep.point_command(make_sweep(**fields), points[2], "w")
+  assert command.startswith("python -m cnn_jax.main --config=configs/zoo_digits.py:"
+                            "vit_tiny_patch4_32 --workdir=w/base_config_arg-")
+  assert "--config.data.max_shift=0 --config.seed=0" in command
+  assert "base_config_arg=" not in command
+  assert "--config=configs/zoo_digits.py:lenet5 " in sweep.point_command(
+      make_sweep(**fields), points[0], "w")
+
+
 @pytest.mark.parametrize("fields, message", [
     (dict(grid=[("optimizer.learning_rte", (0.1,))]), "unknown config field"),
     (dict(grid=[("optimiser.learning_rate", (0.1,))]), "optimiser does not exist"),
