@@ -11,7 +11,8 @@ from cnn_jax import config as base
 def get_config() -> ml_collections.ConfigDict:
   config = base.get_config()
   config.model = ml_collections.ConfigDict(
-      {"name": "lenet5", "num_classes": 10, "in_channels": 1, "image_size": 32})
+      {"name": "lenet5", "num_classes": 10, "in_channels": 1, "image_size": 32,
+       "activation": "relu"})  # a field so that sweeps can override it (tanh, sigmoid, gelu)
   config.data.name = "digits"
   config.data.image_size = 32
   config.data.num_test = 300
