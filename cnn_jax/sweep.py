@@ -257,7 +257,11 @@ def run_point(point: Point, workdir: str) -> str:
   start = time.perf_counter()
   status = "finished"
   try:
-    train.train_and_evaluate(point.config, workdir)
+    if point.config.task == "fcmae":  # as cnn_jax.main: pre-training also exports the encoder
+      from cnn_jax import fcmae
+      fcmae.pretrain(point.config, workdir)
+    else:
+      train.train_and_evaluate(point.config, workdir)
   except FloatingPointError as e:  # Diverged: a result of the sweep, not a reason to stop it.
     status = f"failed: {e}"
     record["error"] = str(e)

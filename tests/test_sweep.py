@@ -94,6 +94,24 @@ def test_bad_sweeps_fail_before_anything_runs(tmp_path, fields, message):
   assert not os.path.exists(tmp_path / "sweep")  # not even the workdir was created
 
 
+def test_a_fcmae_point_runs_the_pretraining_task(tmp_path, monkeypatch):
+  # The sweep must run a point the way cnn_jax.main would: an FCMAE config pre-trains (and
+  # exports its encoder), it does not train the encoder as a classifier.
+  from cnn_jax import fcmae, train
+
+  calls = []
+  monkeypatch.setattr(fcmae, "pretrain", lambda config, workdir: calls.append("fcmae"))
+  monkeypatch.setattr(train, "train_and_evaluate",
+                      lambda config, workdir, **kw: calls.append("classification"))
+  points = sweep.build_points(make_sweep(
+      base_config="configs/fcmae_convnextv2_digits.py", overrides=[], grid=[],
+      points=[{"fcmae.mask_ratio": 0.4}]))
+  points += sweep.build_points(make_sweep(grid=[("seed", (1,))]))
+  for i, point in enumerate(points):
+    sweep.run_point(point, str(tmp_path / str(i)))
+  assert calls == ["fcmae", "classification"]
+
+
 def test_sweep_trains_skips_finished_resumes_interrupted_and_writes_outputs(tmp_path):
   workdir = str(tmp_path / "sweep")
   config = make_sweep()
