@@ -6,7 +6,8 @@ For each model (plain20, plain56, resnet20, resnet56 by default) the cross-entro
 every conv/fc kernel is taken on the same fixed training batch (64 digits, train-mode BatchNorm:
 the gradient the optimizer sees at that step), once at the initialisation the degradation sweep
 started from (same config, same seed) and once at the sweep's final checkpoint. Writes
-gradient_norms.png and gradient_norms.json next to this script.
+gradient_norms.png and gradient_norms.json next to this script. experiments/activations/report.py
+reuses run_gradient_norms for any sweep's points.
 """
 
 from __future__ import annotations
@@ -69,6 +70,27 @@ def kernel_gradient_norms(model, images, labels) -> list[tuple[str, float, float
   return rows
 
 
+def first_batch(config) -> tuple[jax.Array, jax.Array]:
+  """The first training batch of a run's data order (its seed, step 0): images, labels."""
+  train_batches, _, _ = data.create_datasets(config)
+  batch = next(train_batches.iterate(0))
+  return jnp.asarray(batch["image"]), jnp.asarray(batch["label"])
+
+
+def run_gradient_norms(workdir: str, batch: tuple[jax.Array, jax.Array] | None = None
+                       ) -> tuple[dict[str, list[tuple[str, float, float]]],
+                                  tuple[jax.Array, jax.Array]]:
+  """({"init": rows, "step N": rows}, batch) for one training workdir: the kernel gradient norms
+  at the initialisation the run started from (same config, same seed) and at its last
+  checkpoint, on `batch` (default: the run's own first batch)."""
+  trained, config = load_trained_model(workdir)
+  if batch is None:
+    batch = first_batch(config)
+  step = json.load(open(os.path.join(workdir, "final_metrics.json")))["step"]
+  return {"init": kernel_gradient_norms(train.build_model(config), *batch),
+          f"step {step}": kernel_gradient_norms(trained, *batch)}, batch
+
+
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("--sweep_workdir", default="runs/sweeps/degradation_digits")
@@ -76,17 +98,10 @@ def main() -> None:
   args = parser.parse_args()
 
   results = {}
-  batch = None
+  batch = None  # The same batch for every model: the first one's first batch.
   for name in args.models.split(","):
     workdir = os.path.join(args.sweep_workdir, f"model.name-{name}")
-    trained, config = load_trained_model(workdir)
-    if batch is None:  # The first batch of the sweep's data order (seed, step 0).
-      train_batches, _, _ = data.create_datasets(config)
-      batch = next(train_batches.iterate(0))
-      images, labels = jnp.asarray(batch["image"]), jnp.asarray(batch["label"])
-    step = json.load(open(os.path.join(workdir, "final_metrics.json")))["step"]
-    results[name] = {"init": kernel_gradient_norms(train.build_model(config), images, labels),
-                     f"step {step}": kernel_gradient_norms(trained, images, labels)}
+    results[name], batch = run_gradient_norms(workdir, batch)
     for when, rows in results[name].items():
       norms = [g for _, g, _ in rows]
       print(f"{name} {when}: first-conv |g| {norms[0]:.3g}, last-conv |g| {norms[-2]:.3g}, "
