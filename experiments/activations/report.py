@@ -264,6 +264,7 @@ def plot_gradient_norms(results: dict[str, dict[str, list]], rows: Sequence[dict
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  from matplotlib.ticker import MaxNLocator
 
   by_point = {r["point"]: r for r in rows}
   models = list(dict.fromkeys(r["setting"] for r in rows if r["point"] in results))
@@ -280,6 +281,7 @@ def plot_gradient_norms(results: dict[str, dict[str, list]], rows: Sequence[dict
       ax.set_title(f"{row['setting']}, {when}", fontsize=10)
   for ax in axes.flat:
     ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3, which="both")
   for ax in axes[-1]:
     ax.set_xlabel("layer (kernels, input -> classifier)")
