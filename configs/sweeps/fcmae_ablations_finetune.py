@@ -9,7 +9,8 @@ scratch and fcmae (sparse, mask 0.6, GRN) at fine-tuning seeds 0, 1, 2 (the pre-
 is the seed-0 one); no_grn (GRN off in pre-training and fine-tuning), dense, mask0.4, mask0.8;
 scratch_long (scratch for 120 epochs, 480 steps, about the step count of pre-training plus
 fine-tuning); with all 1,497 labels for 8 epochs of batch 64, scratch_full and fcmae_full; then
-fcmae_long (FCMAE fine-tuned for 120 epochs) and scratch / fcmae at lr 5e-4.
+fcmae_long (FCMAE fine-tuned for 120 epochs), and at lr 5e-4 (instead of 2e-3) scratch and fcmae
+at seeds 0, 1, 2 and the four other pre-trained encoders at seed 0 (labels ending _lr5e-4).
 """
 
 import importlib.util
@@ -67,6 +68,12 @@ POINTS = [
     _fine_tune("fcmae", ablation="fcmae_long", num_epochs=120, eval_every_steps=40),
     _scratch("scratch_lr5e-4", **{"optimizer.learning_rate": 5e-4}),
     _fine_tune("fcmae", ablation="fcmae_lr5e-4", **{"optimizer.learning_rate": 5e-4}),
+    # At lr 5e-4 the FCMAE encoder fine-tuned without the plateau: the ablations and two more
+    # seeds of the key comparison at that lr.
+    *[_fine_tune(label, ablation=f"{label}_lr5e-4", **{"optimizer.learning_rate": 5e-4})
+      for label in ("no_grn", "dense", "mask0.4", "mask0.8")],
+    *[make(label, seed, ablation=f"{label}_lr5e-4_s{seed}", **{"optimizer.learning_rate": 5e-4})
+      for seed in (1, 2) for label, make in (("scratch", _scratch), ("fcmae", _fine_tune))],
 ]
 
 

@@ -27,8 +27,7 @@ sys.path.insert(0, REPO_ROOT)
 from cnn_jax import sweep  # noqa: E402
 
 SWEEPS = os.path.join(REPO_ROOT, "configs", "sweeps")
-ORDER = ("scratch", "fcmae", "no_grn", "dense", "mask0.4", "mask0.8", "scratch_long", "fcmae_long",
-         "scratch_lr5e-4", "fcmae_lr5e-4")
+ORDER = ("scratch", "fcmae", "no_grn", "dense", "mask0.4", "mask0.8", "scratch_long", "fcmae_long")
 
 
 def _read_json(path: str) -> dict[str, Any]:
@@ -59,6 +58,17 @@ def pretrain_rows(workdir: str | None) -> dict[str, dict[str, Any]]:
   return rows
 
 
+_LABELS: dict[float, int] = {}
+
+
+def _num_labels(config) -> int:
+  """Training images of the point (data.train_fraction rounds per class: 10 % is 149)."""
+  if config.data.train_fraction not in _LABELS:
+    from cnn_jax import data
+    _LABELS[config.data.train_fraction] = len(data.load_arrays(config.data).train.labels)
+  return _LABELS[config.data.train_fraction]
+
+
 def finetune_rows(workdir: str | None, pretrain: dict[str, dict[str, Any]]
                   ) -> tuple[list[dict[str, Any]], dict[str, dict[str, list[tuple[int, float]]]]]:
   points, root = _points("fcmae_ablations_finetune", workdir)
@@ -74,8 +84,8 @@ def finetune_rows(workdir: str | None, pretrain: dict[str, dict[str, Any]]
     rows.append({
         "ablation": c.ablation, "init": source or "scratch",
         "grn": c.model.grn, "sparse": pre.get("sparse"), "mask_ratio": pre.get("mask_ratio"),
-        "labels": round(c.data.train_fraction * 1497) if c.data.train_fraction < 1 else 1497,
-        "epochs": c.num_epochs, "seed": c.seed, "step": final.get("step"),
+        "labels": _num_labels(c),
+        "epochs": c.num_epochs, "lr": c.optimizer.learning_rate, "seed": c.seed, "step": final.get("step"),
         "test_accuracy": final.get("accuracy"), "test_ema_accuracy": final.get("ema_accuracy"),
         "test_loss": final.get("loss"), "pretrain_eval_loss": pre.get("pretrain_eval_loss"),
         "finetune_wall_s": _read_json(os.path.join(d, sweep.POINT_RECORD)).get("wall_s"),
@@ -96,7 +106,7 @@ def _fmt(key: str, value: Any) -> str:
   return str(value)
 
 
-COLUMNS = ("ablation", "init", "grn", "sparse", "mask_ratio", "labels", "epochs", "seed",
+COLUMNS = ("ablation", "init", "grn", "sparse", "mask_ratio", "labels", "epochs", "lr", "seed",
            "test_accuracy", "test_ema_accuracy", "test_loss", "pretrain_eval_loss",
            "pretrain_wall_s", "finetune_wall_s")
 HEADERS = {"test_accuracy": "test acc %", "test_ema_accuracy": "EMA test acc %",
@@ -104,16 +114,23 @@ HEADERS = {"test_accuracy": "test acc %", "test_ema_accuracy": "EMA test acc %",
            "finetune_wall_s": "fine-tune wall s", "mask_ratio": "mask"}
 
 
+def _seeds(rows: list[dict[str, Any]], label: str) -> list[dict[str, Any]]:
+  """The rows of `label` (seed 0) and of its other fine-tuning seeds (`label`_sN)."""
+  return [r for r in rows if r["ablation"] == label or (
+      r["ablation"].startswith(label + "_s") and r["ablation"][len(label) + 2:].isdigit())]
+
+
 def seed_summary(rows: list[dict[str, Any]]) -> list[str]:
   """Mean and spread of scratch vs FCMAE over the fine-tuning seeds (10 % labels)."""
   lines = []
-  for side in ("scratch", "fcmae"):
-    accs = [r["test_accuracy"] for r in rows
-            if r["ablation"].split("_s")[0] == side and r["test_accuracy"] is not None]
-    if accs:
-      spread = f" +- {100 * statistics.stdev(accs):.1f} (std)" if len(accs) > 1 else ""
-      lines.append(f"- {side}: {100 * statistics.mean(accs):.1f} %{spread} over {len(accs)} "
-                   f"seed(s): {', '.join(f'{100 * a:.1f}' for a in accs)}")
+  for suffix, lr in (("", "2e-3"), ("_lr5e-4", "5e-4")):
+    for side in ("scratch", "fcmae"):
+      accs = [r["test_accuracy"] for r in _seeds(rows, side + suffix)
+              if r["test_accuracy"] is not None]
+      if accs:
+        spread = f" +- {100 * statistics.stdev(accs):.1f} (std)" if len(accs) > 1 else ""
+        lines.append(f"- lr {lr}, {side}: {100 * statistics.mean(accs):.1f} %{spread} over "
+                     f"{len(accs)} seed(s): {', '.join(f'{100 * a:.1f}' for a in accs)}")
   return lines
 
 
@@ -123,7 +140,8 @@ def write_tables(rows: list[dict[str, Any]]) -> None:
            "|" + "---|" * len(COLUMNS)]
   for r in rows:
     lines.append("| " + " | ".join(_fmt(c, r.get(c)) for c in COLUMNS) + " |")
-  lines += ["", "Scratch vs FCMAE (sparse, mask 0.6, GRN), 149 labels, fine-tuning seeds:", "",
+  lines += ["", "Scratch vs FCMAE (sparse, mask 0.6, GRN), 149 labels, over fine-tuning seeds (one "
+            "pre-training run, seed 0):", "",
             *seed_summary(rows), "",
             "test = the 300 held-out digits at the last step. pre-train test loss = the masked "
             "patches' normalised-pixel MSE on the test digits (its own mask ratio, so not "
@@ -144,41 +162,52 @@ def plot(rows: list[dict[str, Any]], curves: dict[str, Any], pretrain_dir: str |
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  # Bars: seed-0 points at 10 % labels, the seed spread of scratch/fcmae as dots.
+  # Bars: seed-0 points at 10 % labels, one panel per fine-tuning lr; other seeds as dots.
   by = {r["ablation"]: r for r in rows if r["test_accuracy"] is not None}
-  labels = [a for a in ORDER if a in by]
-  fig, ax = plt.subplots(figsize=(10, 4))
-  colors = ["tab:gray" if a.startswith("scratch") else "tab:blue" for a in labels]
-  ax.bar(labels, [100 * by[a]["test_accuracy"] for a in labels], color=colors)
-  for i, a in enumerate(labels):
-    seeds = [100 * r["test_accuracy"] for r in rows if r["ablation"].split("_s")[0] == a
-             and r["ablation"] != a and r["test_accuracy"] is not None]
-    ax.plot([i] * len(seeds), seeds, "k.", ms=8)
-    ax.text(i, 100 * by[a]["test_accuracy"] + 0.5, f"{100 * by[a]['test_accuracy']:.1f}",
-            ha="center", fontsize=8)
-  lo = min(100 * by[a]["test_accuracy"] for a in labels) if labels else 0
-  ax.set_ylim(max(0, lo - 10), 100)
-  ax.set_ylabel("test accuracy % (300 digits)")
-  ax.set_title("Fine-tuned on 149 labels (bars: seed 0; dots: seeds 1, 2)")
+  groups = (("fine-tuning lr 2e-3 (the recipe)", [a for a in ORDER if a in by]),
+            ("fine-tuning lr 5e-4", [a + "_lr5e-4" for a in ORDER if a + "_lr5e-4" in by]))
+  fig, axes = plt.subplots(1, 2, figsize=(14, 4.2), sharey=True)
+  for ax, (title, labels) in zip(axes, groups):
+    colors = ["tab:gray" if a.startswith("scratch") else "tab:blue" for a in labels]
+    ax.bar(range(len(labels)), [100 * by[a]["test_accuracy"] for a in labels], color=colors)
+    for i, a in enumerate(labels):
+      others = [100 * r["test_accuracy"] for r in _seeds(rows, a)
+                if r["ablation"] != a and r["test_accuracy"] is not None]
+      ax.plot([i] * len(others), others, "k.", ms=8)
+      ax.text(i, 100 * by[a]["test_accuracy"] + 1, f"{100 * by[a]['test_accuracy']:.1f}",
+              ha="center", fontsize=8)
+    ax.set_xticks(range(len(labels)), [a.removesuffix("_lr5e-4") for a in labels],
+                  rotation=30, fontsize=8)
+    ax.set_ylim(0, 100)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+  axes[0].set_ylabel("test accuracy % (300 digits)")
+  fig.suptitle("Fine-tuned on 149 labels (bars: seed 0; dots: fine-tuning seeds 1, 2; "
+               "gray: from scratch)", fontsize=10)
   fig.tight_layout()
   fig.savefig(os.path.join(HERE, "accuracy_bars.png"), dpi=110)
   plt.close(fig)
 
-  fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
-  for ax, (title, names) in zip(axes, (
-      ("149 labels: ablations (seed 0)", [a for a in ORDER if a in curves]),
+  base = [a for a in ORDER if not a.endswith("_long")]
+  panels = (
+      ("149 labels, lr 2e-3, 30 epochs (seed 0)", base),
+      ("149 labels, lr 5e-4, 30 epochs (seed 0)", [a + "_lr5e-4" for a in base]),
       ("149 labels: scratch vs FCMAE, 3 seeds",
-       [a for a in curves if a.split("_s")[0] in ("scratch", "fcmae")]),
-      ("1,497 labels", [a for a in curves if a.endswith("_full")]))):
+       [r["ablation"] for side in ("scratch", "fcmae", "scratch_lr5e-4", "fcmae_lr5e-4")
+        for r in _seeds(rows, side)]),
+      ("120 epochs on 149 labels; 8 epochs on 1,497",
+       [a for a in ("scratch_long", "fcmae_long", "scratch_full", "fcmae_full")]))
+  fig, axes = plt.subplots(1, 4, figsize=(22, 4.4))
+  for ax, (title, names) in zip(axes, panels):
     for name in names:
-      series = curves[name].get("eval/accuracy")
+      series = curves.get(name, {}).get("eval/accuracy")
       if series:
         steps, values = zip(*series)
         ax.plot(steps, [100 * v for v in values], label=name,
                 ls="--" if name.startswith("scratch") else "-")
     ax.set_xlabel("fine-tuning step")
     ax.set_ylabel("test accuracy %")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
   fig.tight_layout()
