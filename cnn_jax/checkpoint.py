@@ -1,5 +1,6 @@
-"""Orbax checkpointing: periodic async saves, keep-last-K, big_vision-style auto-resume, and
-pretrained weights (`config.init_from`, written by `python -m cnn_jax.convert`).
+"""Orbax checkpointing: periodic async saves, keep-last-K, the best checkpoint by an eval
+metric, big_vision-style auto-resume, and pretrained weights (`config.init_from`, written by
+`python -m cnn_jax.convert`).
 
 The saved item is the whole TrainState (step, parameters, model state such as BatchNorm
 statistics and RNG streams, optimizer state). Typed PRNG keys are stored as their raw
@@ -72,6 +73,62 @@ class Checkpointer:
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state_like)
     restored = self.manager.restore(
         step, args=ocp.args.StandardRestore(_abstract_keys_to_data(abstract)))
+    return _data_to_keys(restored, abstract)
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+BEST_MODES = ("max", "min")
+
+
+class BestCheckpointer:
+  """Keeps the one checkpoint with the best eval `metric` so far, in WORKDIR/checkpoints_best,
+  beside the last K of `Checkpointer` (which may have rotated the best one out).
+
+  Orbax records the metric with the checkpoint, so a resumed run knows the value to beat."""
+
+  def __init__(self, workdir: str, metric: str, mode: str, use_async: bool = True):
+    if mode not in BEST_MODES:
+      raise UserError(f"checkpoint.best_mode must be one of {BEST_MODES} (got {mode!r})")
+    self.metric = metric
+    self.mode = mode
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=1, best_fn=lambda metrics: metrics[metric], best_mode=mode,
+        keep_checkpoints_without_metrics=False, enable_async_checkpointing=use_async,
+        create=True)
+    self.manager = ocp.CheckpointManager(
+        os.path.join(os.path.abspath(workdir), "checkpoints_best"), options=options)
+    step = self.manager.best_step()
+    self.best_step = step
+    self.best_value = None if step is None else float(self.manager.metrics(step)[metric])
+
+  def improves(self, value: float) -> bool:
+    if self.best_value is None:
+      return bool(np.isfinite(value))
+    return value > self.best_value if self.mode == "max" else value < self.best_value
+
+  def maybe_save(self, step: int, state: Any, eval_metrics: dict[str, float]) -> bool:
+    """Saves `state` if eval_metrics[metric] beats the best so far; returns whether it did."""
+    if self.metric not in eval_metrics:
+      raise UserError(f"checkpoint.best_metric {self.metric!r} is not an eval metric; "
+                      f"this run's are {', '.join(sorted(eval_metrics))}")
+    value = float(eval_metrics[self.metric])
+    if not self.improves(value) or step == self.best_step:
+      return False
+    self.manager.save(step, args=ocp.args.StandardSave(_keys_to_data(state)),
+                      metrics={self.metric: value}, force=True)
+    self.best_step, self.best_value = step, value
+    return True
+
+  def restore(self, state_like: Any) -> Any:
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state_like)
+    restored = self.manager.restore(
+        self.best_step, args=ocp.args.StandardRestore(_abstract_keys_to_data(abstract)))
     return _data_to_keys(restored, abstract)
 
   def wait(self) -> None:

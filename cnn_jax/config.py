@@ -119,6 +119,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint.every_steps = 500
   config.checkpoint.keep = 3
   config.checkpoint.use_async = True
+  # Besides the last `keep`, keep the checkpoint with the best eval metric (in
+  # WORKDIR/checkpoints_best); "" = off. Classification: loss | accuracy | top5_accuracy, and
+  # ema_* with an EMA; FCMAE: loss.
+  config.checkpoint.best_metric = "accuracy"
+  config.checkpoint.best_mode = "max"   # max | min
 
   # Start from converted pretrained weights: a directory written by python -m cnn_jax.convert
   # ("" = random init). init_head: "keep" the checkpoint's classifier (same classes) or "drop"

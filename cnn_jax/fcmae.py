@@ -357,7 +357,7 @@ TASK_NAME = "fcmae"
 def make_task(config: ml_collections.ConfigDict) -> train.Task:
   return train.Task(build_model=build_model, train_step=train_step, step_options=step_options,
                     eval_step=make_eval_step(config), summarize_eval=summarize_eval,
-                    make_step_hook=make_reconstruction_hook)
+                    make_step_hook=make_reconstruction_hook, eval_metric_names=("loss",))
 
 
 ENCODER_DIR = "encoder"

@@ -196,6 +196,9 @@ class Task:
   eval_step: Callable[..., dict[str, jax.Array]]
   summarize_eval: Callable[[dict[str, Any]], dict[str, float]]
   make_step_hook: Callable[..., Callable[[int, TrainState, bool], None]] | None = None
+  # Names summarize_eval returns without the "ema_" twins (checked against the config's
+  # checkpoint.best_metric before anything runs).
+  eval_metric_names: tuple[str, ...] = ("loss", "accuracy", "top5_accuracy")
 
 
 CLASSIFICATION = Task(build_model=build_model, train_step=train_step,
@@ -241,6 +244,21 @@ class _TerminationSignal:
     return False
 
 
+def _check_best_metric(config: ml_collections.ConfigDict, task: Task) -> None:
+  metric = config.checkpoint.best_metric
+  if not metric:
+    return
+  names = list(task.eval_metric_names)
+  if config.ema_decay:
+    names += [f"ema_{n}" for n in task.eval_metric_names]
+  if metric not in names:
+    raise UserError(f"checkpoint.best_metric {metric!r} is not an eval metric of this run; "
+                    f"choose from {', '.join(names)} or '' (off)")
+  if config.checkpoint.best_mode not in checkpoint.BEST_MODES:
+    raise UserError(f"checkpoint.best_mode must be one of {checkpoint.BEST_MODES} "
+                    f"(got {config.checkpoint.best_mode!r})")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        task: Task = CLASSIFICATION) -> dict[str, float]:
   """Trains `config.model` on `config.data`, resuming from `workdir` if it holds a checkpoint.
@@ -248,6 +266,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Returns the final eval metrics (classification: {"loss", "accuracy"}, on the eval split).
   """
   _prepare_workdir(workdir, config)
+  _check_best_metric(config, task)
   mesh = parallel.create_mesh(config)
   parallel.check_batch_divisible(config.data.batch_size, mesh, "data.batch_size")
   parallel.check_batch_divisible(config.data.eval_batch_size, mesh, "data.eval_batch_size")
@@ -276,6 +295,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   state = jax.device_put(state, state_shardings)
 
   ckpt = checkpoint.Checkpointer(workdir, config)
+  best_ckpt = (checkpoint.BestCheckpointer(workdir, config.checkpoint.best_metric,
+                                           config.checkpoint.best_mode,
+                                           config.checkpoint.use_async)
+               if config.checkpoint.best_metric else None)
   start_step = ckpt.latest_step() or 0
   if start_step:
     state = ckpt.restore(state, start_step)
@@ -341,6 +364,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           eval_metrics = evaluate(eval_fn, state, eval_batches, mesh, task.summarize_eval)
           writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
           progress.report(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
+          if best_ckpt is not None:
+            best_ckpt.maybe_save(step, state, eval_metrics)
 
         force = is_last or stop_now
         if step_hook is not None:
@@ -357,8 +382,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 "rerun the same command to resume", flush=True)
           break
     finally:
-      ckpt.wait()
-      ckpt.close()
+      for manager in (ckpt, best_ckpt):
+        if manager is not None:
+          manager.wait()
+          manager.close()
       writer.close()
 
   if step == total_steps and not eval_metrics:

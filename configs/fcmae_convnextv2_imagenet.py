@@ -59,4 +59,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.log_every_steps = 100
   config.eval_every_steps = 3000
   config.checkpoint.every_steps = 3000
+  config.checkpoint.best_metric = "loss"  # reconstruction loss on the eval split
+  config.checkpoint.best_mode = "min"
   return config

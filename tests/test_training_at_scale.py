@@ -14,10 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from cnn_jax import optim, parallel, train
+from cnn_jax import checkpoint, optim, parallel, train
 from helpers import REPO_ROOT, load_config, run_cli
 from test_train import final_params, read_jsonl
 
@@ -229,3 +230,37 @@ def test_bfloat16_compute_keeps_float32_parameters(tmp_path):
   assert all(v.dtype == np.float32 for v in params.values())
   log = losses(tmp_path)
   assert log[-1] < 0.8 * log[0] and final["accuracy"] > 0.3
+
+
+def test_best_checkpoint_is_the_best_eval_and_survives_a_resume(tmp_path):
+  # Checkpoints at every eval, so the best one can be compared with the regular one of its step.
+  config = load_config("lenet5_digits", total_steps=18, eval_every_steps=3, halt_after_steps=9,
+                       **{"checkpoint.every_steps": 3, "checkpoint.keep": 10,
+                          "optimizer.learning_rate": 0.02}, **SHORT)
+  train.train_and_evaluate(config, str(tmp_path))  # Halts at step 9; the rerun resumes.
+  config.halt_after_steps = 0
+  train.train_and_evaluate(config, str(tmp_path))
+  evals = [(r["step"], r["eval/accuracy"]) for r in read_jsonl(tmp_path / "metrics.jsonl")
+           if "eval/accuracy" in r]
+  assert [s for s, _ in evals] == [3, 6, 9, 12, 15, 18]
+  best_step, best_accuracy = max(evals, key=lambda e: (e[1], -e[0]))  # First of the best.
+  best_dir = tmp_path / "checkpoints_best"
+  assert sorted(int(d) for d in os.listdir(best_dir) if d.isdigit()) == [best_step]
+  # What a resumed run reads back as the value to beat.
+  reopened = checkpoint.BestCheckpointer(str(tmp_path), "accuracy", "max")
+  assert (reopened.best_step, reopened.best_value) == (best_step, pytest.approx(best_accuracy))
+  reopened.close()
+  best = ocp.PyTreeCheckpointer().restore(str(best_dir / str(best_step) / "default"))
+  regular = ocp.PyTreeCheckpointer().restore(
+      str(tmp_path / "checkpoints" / str(best_step) / "default"))
+  jax.tree.map(np.testing.assert_array_equal, best["params"], regular["params"])
+
+
+def test_unknown_best_metric_fails_before_training(tmp_path):
+  result = run_cli("cnn_jax.main", "--config", DIGITS, "--workdir", str(tmp_path),
+                   "--config.checkpoint.best_metric=top1")
+  assert result.returncode == 2
+  assert result.stderr.strip() == (
+      "error: checkpoint.best_metric 'top1' is not an eval metric of this run; choose from "
+      "loss, accuracy, top5_accuracy or '' (off)")
+  assert not os.path.exists(tmp_path / "checkpoints")
