@@ -165,6 +165,29 @@ def set_imagenet_data(config: ml_collections.ConfigDict, *, randaugment: str,
   data.mixup.switch_prob = 0.5
 
 
+def set_cifar10_data(config: ml_collections.ConfigDict) -> None:
+  """The CIFAR-10 data section of He et al. 2016 (TFDS cifar10): a 45k/5k train/val split of the
+  train set, pad-4 random crop + flip, no resize at eval, per-channel mean/std."""
+  data = config.data
+  data.source = "tfds"
+  data.name = "cifar10"
+  data.data_dir = os.path.expanduser("~/tensorflow_datasets")
+  data.train_split = "train[:90%]"
+  data.eval_split = "train[90%:]"
+  data.image_size = 32
+  data.channels = 3
+  data.mean = (0.4914, 0.4822, 0.4465)
+  data.std = (0.2470, 0.2435, 0.2616)
+  data.augment = "cifar"
+  data.cifar_pad = 4
+  data.hflip_prob = 0.5
+  data.crop_pct = 1.0
+  data.batch_size = 128
+  data.eval_batch_size = 500
+  data.num_workers = 0
+  data.num_threads = 4
+
+
 def shrink_to_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The same recipe at a size that runs in seconds on a CPU: synthetic 32 px data, 10
   classes, 3 steps. The model, optimizer, schedule shape and augmentations stay the recipe's."""

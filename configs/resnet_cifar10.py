@@ -14,8 +14,6 @@ Needs the TFDS cifar10 build (see configs/data_examples/cifar10_tfds.py) and an 
 not run on this project's CPU machine.
 """
 
-import os
-
 import ml_collections
 
 from cnn_jax import config as base
@@ -28,23 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict(
       {"name": model_names[0] if model_names else "resnet20", "num_classes": 10,
        "in_channels": 3, "activation": "relu"})
-  config.data.source = "tfds"
-  config.data.name = "cifar10"
-  config.data.data_dir = os.path.expanduser("~/tensorflow_datasets")
-  config.data.train_split = "train[:90%]"
-  config.data.eval_split = "train[90%:]"
-  config.data.image_size = 32
-  config.data.channels = 3
-  config.data.mean = (0.4914, 0.4822, 0.4465)
-  config.data.std = (0.2470, 0.2435, 0.2616)
-  config.data.augment = "cifar"
-  config.data.cifar_pad = 4
-  config.data.hflip_prob = 0.5
-  config.data.crop_pct = 1.0
-  config.data.batch_size = 128
-  config.data.eval_batch_size = 500
-  config.data.num_workers = 0
-  config.data.num_threads = 4
+  base.set_cifar10_data(config)
   config.optimizer.name = "sgd"
   config.optimizer.learning_rate = 0.1
   config.optimizer.momentum = 0.9
