@@ -206,6 +206,36 @@ CLASSIFICATION = Task(build_model=build_model, train_step=train_step,
                       summarize_eval=classification_metrics)
 
 
+def build_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule,
+                    model: nnx.Module, params: nnx.State) -> optax.GradientTransformation:
+  """`optim.create_optimizer` with the model's layer ids, for `optimizer.layer_decay`."""
+  return optim.create_optimizer(config, schedule, params=params,
+                                layer_id=getattr(model, "lr_layer_id", None),
+                                num_layers=getattr(model, "lr_num_layers", None))
+
+
+def create_train_state(config: ml_collections.ConfigDict, params: nnx.State,
+                       model_state: nnx.State, tx: optax.GradientTransformation) -> TrainState:
+  """The state at step 0; also traced under `jax.eval_shape` to size a run without
+  allocating it (experiments/fsdp_memory)."""
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+                    opt_state=tx.init(params),
+                    ema_params=jax.tree.map(jnp.copy, params) if config.ema_decay else None)
+
+
+def jit_train_step(task: Task, config: ml_collections.ConfigDict, info: data.DatasetInfo,
+                   mesh: jax.sharding.Mesh, graphdef: nnx.GraphDef,
+                   tx: optax.GradientTransformation, schedule: optax.Schedule,
+                   state_shardings: Any) -> Callable[..., tuple[TrainState, dict[str, Any]]]:
+  """The loop's train step: state sharded per `state_shardings` and donated, batch split over
+  the `data` axis, metrics replicated."""
+  return jax.jit(
+      functools.partial(task.train_step, graphdef=graphdef, tx=tx, schedule=schedule,
+                        **task.step_options(config, info)),
+      in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
+      out_shardings=(state_shardings, parallel.replicated(mesh)), donate_argnums=(0,))
+
+
 def _prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -284,12 +314,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if config.init_from:  # Pretrained weights (python -m cnn_jax.convert); a resume overrides them.
     params, model_state = checkpoint.load_pretrained(params, model_state, config.init_from,
                                                      config.init_head)
-  tx = optim.create_optimizer(config, schedule, params=params,
-                              layer_id=getattr(model, "lr_layer_id", None),
-                              num_layers=getattr(model, "lr_num_layers", None))
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
-                     opt_state=tx.init(params),
-                     ema_params=jax.tree.map(jnp.copy, params) if config.ema_decay else None)
+  tx = build_optimizer(config, schedule, model, params)
+  state = create_train_state(config, params, model_state, tx)
   state_shardings = parallel.state_sharding(state, mesh, config.mesh.strategy,
                                             config.mesh.fsdp_min_size)
   state = jax.device_put(state, state_shardings)
@@ -306,11 +332,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   batch_sharding = parallel.batch_sharding(mesh)
   replicated = parallel.replicated(mesh)
-  train_fn = jax.jit(
-      functools.partial(task.train_step, graphdef=train_graphdef, tx=tx, schedule=schedule,
-                        **task.step_options(config, info)),
-      in_shardings=(state_shardings, batch_sharding),
-      out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+  train_fn = jit_train_step(task, config, info, mesh, train_graphdef, tx, schedule,
+                            state_shardings)
   eval_fn = jax.jit(functools.partial(task.eval_step, graphdef=eval_graphdef),
                     in_shardings=(state_shardings, batch_sharding), out_shardings=replicated)
 
