@@ -130,6 +130,10 @@ def get_config() -> ml_collections.ConfigDict:
   # it for a freshly initialised one (another number of classes; FCMAE encoder checkpoints).
   config.init_from = ""
   config.init_head = "keep"
+  # True in recipes that only make sense from pretrained weights (fine-tuning, evaluation): an
+  # empty init_from then stops the run before it starts instead of silently training from
+  # random init. A deliberate from-scratch baseline of such a recipe sets it False.
+  config.init_from_required = False
   return config
 
 

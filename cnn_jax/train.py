@@ -23,7 +23,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from absl import logging
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from cnn_jax import checkpoint, data, metrics, optim, parallel
 from cnn_jax.errors import UserError
@@ -251,22 +253,53 @@ def _prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 
 class _TerminationSignal:
-  """Turns SIGTERM (preemption) and SIGINT into a flag the loop checks once per step, so the
-  run saves a checkpoint and exits cleanly instead of dying mid-step."""
+  """Turns SIGTERM (preemption) and SIGINT into a stop the loop checks once per step, so the
+  run saves a checkpoint and exits cleanly instead of dying mid-step.
 
-  def __init__(self):
+  One process: a Python handler sets a flag. Several processes: the signal reaches them at
+  different steps, or only one of them, yet all must save the same step. There SIGTERM is left
+  to the handler that jax.distributed.initialize installs (the preemption notifier of XLA's
+  coordination service; a Python handler would replace it), the notice is shared through the
+  coordination service, and `multihost_utils.reached_preemption_sync_point(step)` turns true
+  at one step on every process: the fastest process's step at the notice, plus one. SIGINT is
+  forwarded to that handler as SIGTERM. The check is a local flag compare, no host round-trip.
+  """
+
+  def __init__(self, start_step: int):
     self.received: str | None = None
     self._previous = {}
+    self._mode = "synced" if jax.process_count() > 1 else "local"
+    if self._mode == "synced":
+      try:  # The sync point counts from the last step reported; report the resume step.
+        multihost_utils.reached_preemption_sync_point(start_step)
+      except RuntimeError:  # jax_enable_preemption_service=False: no agreed step to stop at.
+        logging.warning("jax's preemption service is off: SIGTERM kills the processes, and a "
+                        "rerun resumes from the last periodic checkpoint")
+        self._mode = "off"
 
   def _handle(self, signum, frame):
     del frame
     self.received = signal.Signals(signum).name
 
+  def _forward_to_sigterm(self, signum, frame):
+    del signum, frame
+    os.kill(os.getpid(), signal.SIGTERM)
+
   def __enter__(self):
+    handlers = {"local": {signal.SIGTERM: self._handle, signal.SIGINT: self._handle},
+                "synced": {signal.SIGINT: self._forward_to_sigterm}, "off": {}}[self._mode]
     if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._previous[sig] = signal.signal(sig, self._handle)
+      for sig, handler in handlers.items():
+        self._previous[sig] = signal.signal(sig, handler)
     return self
+
+  def stop_reason(self, step: int) -> str | None:
+    """Why to save and stop after `step` (None: go on); the same step on every process."""
+    if self._mode == "synced":
+      if multihost_utils.reached_preemption_sync_point(step):
+        return f"preemption notice (SIGTERM) on one of the {jax.process_count()} processes"
+      return None
+    return f"received {self.received}" if self.received else None
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
@@ -289,12 +322,22 @@ def _check_best_metric(config: ml_collections.ConfigDict, task: Task) -> None:
                     f"(got {config.checkpoint.best_mode!r})")
 
 
+def check_init_from(config: ml_collections.ConfigDict) -> None:
+  """A recipe that needs pretrained weights (`init_from_required`) refuses an empty init_from."""
+  if config.init_from_required and not config.init_from:
+    raise UserError(
+        f"this config starts from pretrained weights but init_from is empty: pass "
+        f"--config.init_from=DIR (an FCMAE WORKDIR/encoder or a python -m cnn_jax.convert "
+        f"output), or --config.init_from_required=False to train {config.model.name} from scratch")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        task: Task = CLASSIFICATION) -> dict[str, float]:
   """Trains `config.model` on `config.data`, resuming from `workdir` if it holds a checkpoint.
 
   Returns the final eval metrics (classification: {"loss", "accuracy"}, on the eval split).
   """
+  check_init_from(config)
   _prepare_workdir(workdir, config)
   _check_best_metric(config, task)
   mesh = parallel.create_mesh(config)
@@ -356,7 +399,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   last_log_time, last_log_step = time.perf_counter(), start_step
   eval_metrics: dict[str, float] = {}
   step = start_step
-  with _TerminationSignal() as terminated:
+  with _TerminationSignal(start_step) as terminated:
     try:
       while step < halt_at:
         batch = parallel.shard_batch(next(train_iter), mesh)
@@ -368,10 +411,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         metric_count += 1
 
         is_last = step == total_steps
-        # Read the signal flag once per step: the handler may fire at any moment, and the
-        # save decision and the exit below must agree.
-        signal_name = terminated.received
-        stop_now = step == halt_at or signal_name is not None
+        # Read the stop once per step: the handler may fire at any moment, and the save
+        # decision and the exit below must agree.
+        stop_reason = terminated.stop_reason(step)
+        stop_now = step == halt_at or stop_reason is not None
         if step % config.log_every_steps == 0 or is_last or stop_now:
           scalars = {f"train/{k}": float(v) / metric_count
                      for k, v in jax.device_get(metric_sums).items()}
@@ -400,8 +443,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 f"non-finite training loss at step {step}; stopped, the last good "
                 f"checkpoint (step {ckpt.latest_step()}) is kept in {workdir}/checkpoints")
           ckpt.save(step, state, force=force)
-        if signal_name is not None:
-          print(f"received {signal_name}: checkpoint saved at step {step}; "
+        if stop_reason is not None:
+          print(f"{stop_reason}: checkpoint saved at step {step}; "
                 "rerun the same command to resume", flush=True)
           break
     finally:

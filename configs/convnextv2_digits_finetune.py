@@ -5,6 +5,9 @@ recipe's pieces (fresh head at init scale 0.001, layer decay, drop path, EMA, la
     python -m cnn_jax.main --config configs/fcmae_convnextv2_digits.py --workdir runs/fcmae_digits
     python -m cnn_jax.main --config configs/convnextv2_digits_finetune.py \\
         --workdir runs/fcmae_digits_ft --config.init_from=runs/fcmae_digits/encoder
+
+An empty init_from is an error (init_from_required); `--config.init_from= \\
+--config.init_from_required=False` trains the same recipe from scratch, as a baseline.
 """
 
 import ml_collections
@@ -17,6 +20,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = base.get_config()
   config.task = "classification"
   config.init_from = "runs/fcmae_digits/encoder"
+  config.init_from_required = True  # empty init_from: error (False: a from-scratch baseline)
   config.init_head = "drop"
   config.model = ml_collections.ConfigDict({
       "name": "convnextv2_atto", "num_classes": 10, "in_channels": 1, "patch_size": 1,

@@ -2,7 +2,8 @@
 `--config configs/convnextv2_imagenet_finetune.py:SIZE --config.init_from=DIR`, DIR the
 `encoder` folder of an FCMAE workdir (configs/fcmae_convnextv2_imagenet.py) or an official FCMAE
 checkpoint converted by `python -m cnn_jax.convert`; the classifier starts fresh
-(init_head=drop) with head init scale 0.001.
+(init_head=drop) with head init scale 0.001. Without init_from the run stops with an error
+(init_from_required); `--config.init_from_required=False` trains the same recipe from scratch.
 
 Per size (effective batch 1024, lr = base lr x 1024 / 256, EMA 0.9999 evaluated alongside):
 atto, tiny and base are the official TRAINING.md commands; femto/pico/nano follow atto and
@@ -36,7 +37,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
    smoothing) = RECIPES[size]
   config = base.get_config()
   config.task = "classification"
-  config.init_from = ""        # required: an FCMAE encoder export or a converted checkpoint
+  config.init_from = ""        # an FCMAE encoder export or a converted checkpoint
+  config.init_from_required = True  # empty init_from: error (False: a from-scratch baseline)
   config.init_head = "drop"
   config.model = ml_collections.ConfigDict({
       "name": f"convnextv2_{size}", "num_classes": 1000, "in_channels": 3, "patch_size": 4,

@@ -50,7 +50,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   interpolation, crop_pct, mean, std = preprocessing(model_name)
   config = base_config()
   config.model = ml_collections.ConfigDict({"name": model_name, "num_classes": 1000})
-  config.init_from = ""          # required: a directory written by cnn_jax.convert
+  config.init_from = ""          # a directory written by cnn_jax.convert
+  config.init_from_required = True  # evaluating a random init is never the intent
   config.init_head = "keep"
 
   config.data.source = "tfds"

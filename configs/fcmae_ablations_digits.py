@@ -7,8 +7,8 @@ fine-tuning on the 8x8 digits at 32x32 (experiments/fcmae_ablations/).
 Each is the named config with model.dims and model.depths made fields, so that a sweep can set
 them (a sweep override must name an existing field), and set to a narrow atto, (16, 32, 64, 128)
 x (1, 1, 2, 1): full atto (40-320 x 2-2-6-2) is too slow for a dozen runs on a shared CPU. The
-finetune variant starts from scratch (init_from ""); the fine-tune sweep points it at each
-pre-training run's WORKDIR/encoder.
+finetune variant starts from scratch (init_from "", init_from_required False: the recipe's
+from-scratch opt-out); the fine-tune sweep points it at each pre-training run's WORKDIR/encoder.
 """
 
 import importlib.util
@@ -53,6 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval_every_steps = 46
   else:
     config.init_from = ""  # scratch unless a sweep point names an encoder
+    config.init_from_required = False  # the from-scratch side of the comparison is intended
     # Labels are scarce: 10 % of the 1,497 training digits (150, 15 per class), the regime
     # where masked pre-training on all 1,497 unlabelled images should help most.
     config.data.train_fraction = 0.1

@@ -293,7 +293,8 @@ def test_eval_config_evaluates_converted_weights(tmp_path):
         "model.name": "resnet20", "model.num_classes": 10, "data.source": "synthetic",
         "data.image_size": 32, "data.batch_size": 16, "data.eval_batch_size": 16,
         "data.synthetic.num_train": 16, "data.synthetic.num_eval": 24,
-        "init_from": init_from})
+        # The random-init comparison opts out of the config's required init_from.
+        "init_from": init_from, "init_from_required": bool(init_from)})
     return train.train_and_evaluate(config, str(tmp_path / workdir))
 
   loaded = run(weights, "eval")

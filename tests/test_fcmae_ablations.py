@@ -39,8 +39,9 @@ def test_fine_tune_points_start_from_their_pretraining_run_encoder():
   used = set()
   for p in points:
     c = p.config
+    train.check_init_from(c)  # scratch points opt out of the recipe's required init_from
     if c.ablation.startswith("scratch"):
-      assert c.init_from == "", c.ablation
+      assert c.init_from == "" and not c.init_from_required, c.ablation
       continue
     source = next((label for label, (d, _) in encoders.items() if d == c.init_from), None)
     assert source is not None, (c.ablation, c.init_from)

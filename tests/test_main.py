@@ -60,3 +60,30 @@ def test_workdir_that_cannot_be_written(tmp_path):
   assert result.returncode == 2
   assert result.stderr.strip().startswith(f"error: cannot write to workdir '{blocker}/run'")
   assert not os.path.exists(blocker / "run")
+
+
+@pytest.mark.parametrize("config, args", [
+    ("configs/convnextv2_imagenet_finetune.py:atto", []),
+    ("configs/convnextv2_digits_finetune.py", ["--config.init_from="]),
+])
+def test_fine_tuning_without_init_from_stops_before_it_starts(tmp_path, config, args):
+  workdir = tmp_path / "run"
+  result = run_cli("cnn_jax.main", "--config", config, "--workdir", str(workdir), *args)
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+  assert "--config.init_from=DIR" in lines[0]
+  assert "--config.init_from_required=False" in lines[0]  # the from-scratch opt-out
+  assert not workdir.exists()  # nothing ran, not even the workdir's config.json
+
+
+def test_fine_tuning_from_scratch_on_purpose_passes_the_check(tmp_path):
+  # With the opt-out the run goes on to the workdir; a file in its way fails that next check,
+  # so the test trains nothing.
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  result = run_cli("cnn_jax.main", "--config", "configs/convnextv2_digits_finetune.py",
+                   "--workdir", str(blocker / "run"), "--config.init_from=",
+                   "--config.init_from_required=False")
+  assert result.returncode == 2
+  assert result.stderr.strip().startswith("error: cannot write to workdir"), result.stderr
