@@ -95,10 +95,26 @@ def main(argv: list[str]) -> None:
   except FloatingPointError as e:  # Diverged: say so in one line, keep the exit non-zero.
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
-  if final and "accuracy" in final:
-    print(f"final test accuracy: {final['accuracy']:.4f} (loss {final['loss']:.4f})", flush=True)
-  elif final:
-    print(f"final eval loss: {final['loss']:.4f}", flush=True)
+  for line in final_lines(final):
+    print(line, flush=True)
+
+
+def final_lines(final: dict[str, float] | None) -> list[str]:
+  """The run's last words: top-1, top-5 and loss on one line, the EMA's on a second (when the
+  run keeps one); the eval loss alone for FCMAE. final_metrics.json holds the same figures."""
+  if not final:
+    return []
+  if "accuracy" not in final:
+    return [f"final eval loss: {final['loss']:.4f}"]
+  lines = []
+  for prefix, label in (("", ""), ("ema_", " (EMA)")):
+    if f"{prefix}accuracy" not in final:
+      continue
+    top5 = final.get(f"{prefix}top5_accuracy")  # a custom task's summary may lack it
+    lines.append(f"final test accuracy{label}: {final[f'{prefix}accuracy']:.4f}"
+                 + (f", top-5 {top5:.4f}" if top5 is not None else "")
+                 + f" (loss {final[f'{prefix}loss']:.4f})")
+  return lines
 
 
 def run() -> None:

@@ -13,16 +13,23 @@ DIGITS = "configs/lenet5_digits.py"
 def test_cli_trains_and_prints_final_accuracy(tmp_path):
   result = run_cli("cnn_jax.main", "--config", DIGITS, "--workdir", str(tmp_path),
                    "--config.total_steps=30", "--config.optimizer.learning_rate=0.004",
-                   "--config.schedule.warmup_epochs=0.2")
+                   "--config.schedule.warmup_epochs=0.2", "--config.ema_decay=0.9")
   assert result.returncode == 0, result.stderr
-  assert "final test accuracy:" in result.stdout
+  # Top-1, top-5 and loss of the raw and the EMA parameters, as in final_metrics.json.
+  final = json.loads((tmp_path / "final_metrics.json").read_text())
+  printed = [line for line in result.stdout.splitlines() if line.startswith("final test")]
+  assert printed == [
+      f"final test accuracy{label}: {final[p + 'accuracy']:.4f}, "
+      f"top-5 {final[p + 'top5_accuracy']:.4f} (loss {final[p + 'loss']:.4f})"
+      for p, label in (("", ""), ("ema_", " (EMA)"))]
+  assert final["top5_accuracy"] >= final["accuracy"]
   assert "eta" in result.stdout  # the progress line
   config = json.loads((tmp_path / "config.json").read_text())
   assert config["optimizer"]["learning_rate"] == 0.004
   # A rerun of a finished workdir resumes at the end and trains nothing more.
   again = run_cli("cnn_jax.main", "--config", DIGITS, "--workdir", str(tmp_path),
                   "--config.total_steps=30", "--config.optimizer.learning_rate=0.004",
-                  "--config.schedule.warmup_epochs=0.2")
+                  "--config.schedule.warmup_epochs=0.2", "--config.ema_decay=0.9")
   assert again.returncode == 0, again.stderr
   assert "resumed" in again.stdout
   assert not any(line.startswith("[") for line in again.stdout.splitlines())
