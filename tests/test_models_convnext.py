@@ -213,6 +213,34 @@ def test_every_roadmap_step_builds_and_traces(step):
     assert before != after
 
 
+@pytest.mark.parametrize("step", [0, 3, 4, 11])
+def test_roadmap_width_narrows_every_width_in_proportion(step):
+  # One shallow model per block family: ResNet bottleneck, ResNeXt, inverted, ConvNeXt.
+  full = param_shapes(abstract("convnext_roadmap", step=step, depths=(1, 1, 1, 1)))
+  narrow = param_shapes(abstract("convnext_roadmap", step=step, depths=(1, 1, 1, 1),
+                                 width=0.25))
+  assert full.keys() == narrow.keys()
+  fixed = {3, 1000}  # input channels, classes
+  for path, shape in full.items():
+    if path[-1] == "kernel" and len(shape) == 4:  # spatial taps (and depthwise's 1) stay
+      assert narrow[path][:2] == shape[:2], path
+      shape, got = shape[2:], narrow[path][2:]
+    else:
+      got = narrow[path]
+    for f, n in zip(shape, got):
+      assert n == (f if f in fixed or f == 1 else f // 4), (path, shape, got)
+  for stage in range(4):  # hidden widths follow: ratio 1/4 before step 4, 4 after
+    fc1 = ("stages", stage, "blocks", 0, "fc1", "kernel")
+    assert narrow[fc1][1] == full[fc1][1] // 4 and narrow[fc1][1] >= 4
+  assert convnext.roadmap_config(step, 1.0) == convnext.roadmap_config(step)
+
+
+def test_roadmap_width_must_give_whole_widths():
+  assert convnext.roadmap_config(0, 0.125)["stem_dim"] == 8
+  with pytest.raises(UserError, match="whole positive"):
+    create_model("convnext_roadmap", step=4, width=0.1, rngs=nnx.Rngs(0))  # 9.6 channels
+
+
 def test_roadmap_step_forward_and_options():
   # step 0 (BN, ResNet stem, in-block downsampling, projection shortcuts) really runs, in
   # both modes; narrowed so the check stays cheap.

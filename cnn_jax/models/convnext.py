@@ -578,8 +578,13 @@ ROADMAP_STEPS: tuple[tuple[str, dict[str, Any]], ...] = (
 ROADMAP_STEP_NAMES: tuple[str, ...] = tuple(name for name, _ in ROADMAP_STEPS)
 
 
-def roadmap_config(step: int | str) -> dict[str, Any]:
-  """ConvNeXt constructor options of a roadmap step, given by index or name."""
+def roadmap_config(step: int | str, width: float = 1.0) -> dict[str, Any]:
+  """ConvNeXt constructor options of a roadmap step, given by index or name.
+
+  width multiplies the step's stage widths and stem width (hence every hidden width, which
+  follows from them), so all steps narrow in the same proportion; each scaled width must be a
+  whole number (width=1/4: step 0 has dims (64, 128, 256, 512), stem 16; step 11 dims
+  (24, 48, 96, 192), stem 24)."""
   if isinstance(step, str):
     if step not in ROADMAP_STEP_NAMES:
       raise ValueError(f"unknown roadmap step {step!r}; choose from {list(ROADMAP_STEP_NAMES)}")
@@ -589,12 +594,21 @@ def roadmap_config(step: int | str) -> dict[str, Any]:
   config: dict[str, Any] = {}
   for _, changes in ROADMAP_STEPS[:step + 1]:
     config.update(changes)
+  if width != 1.0:
+    stem_dim = config.get("stem_dim") or config["dims"][0]
+    scaled = [d * width for d in (*config["dims"], stem_dim)]
+    if not all(s >= 1 and abs(s - round(s)) < 1e-6 for s in scaled):
+      raise ValueError(f"roadmap width {width} must scale dims {config['dims']} and stem_dim "
+                       f"{stem_dim} of step {step} to whole positive numbers")
+    config["dims"] = tuple(int(round(s)) for s in scaled[:-1])
+    config["stem_dim"] = int(round(scaled[-1]))
   return config
 
 
 @register_model
 def convnext_roadmap(*, rngs: nnx.Rngs, step: int | str = len(ROADMAP_STEPS) - 1,
-                     **kwargs: Any) -> ConvNeXt:
+                     width: float = 1.0, **kwargs: Any) -> ConvNeXt:
   """A model of the ResNet-50 -> ConvNeXt-T roadmap; kwargs override the step's options
-  (e.g. kernel_size=5 for the kernel-size sweep)."""
-  return _create(rngs, roadmap_config(step), kwargs)
+  (e.g. kernel_size=5 for the kernel-size sweep). width < 1 narrows every step in the same
+  proportion (see roadmap_config), for small-scale runs of the whole roadmap."""
+  return _create(rngs, roadmap_config(step, width), kwargs)
