@@ -41,7 +41,6 @@ import json
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -51,6 +50,7 @@ from typing import Any
 from absl import app, flags, logging
 
 from cnn_jax.errors import UserError
+from cnn_jax.timing import step_time_stats
 
 MODES = ("train", "infer", "fcmae")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -113,22 +113,6 @@ def measure_cpu_matmul_peak(dtype: str = "float32", size: int = 2048, repeats: i
     matmul(a, a).block_until_ready()
     best = min(best, time.perf_counter() - start)
   return 2.0 * size ** 3 / best
-
-
-def step_time_stats(times: Sequence[float]) -> dict[str, float]:
-  """Median and spread of per-step times in seconds."""
-  ordered = sorted(times)
-
-  def quantile(q: float) -> float:
-    pos = q * (len(ordered) - 1)
-    lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-  median = statistics.median(ordered)
-  return {"median": median, "mean": statistics.fmean(ordered), "min": ordered[0],
-          "max": ordered[-1], "p10": quantile(0.1), "p90": quantile(0.9),
-          "stdev": statistics.stdev(ordered) if len(ordered) > 1 else 0.0,
-          "spread_pct": 100.0 * (quantile(0.9) - quantile(0.1)) / median if median else 0.0}
 
 
 # ----------------------------------------------------------------------------- JAX side

@@ -1,11 +1,12 @@
 """The PyTorch half of `python -m cnn_jax.bench --vs_torch`: the same model in PyTorch eager.
 
 Started by cnn_jax/bench.py as `PYTHON cnn_jax/bench_torch.py --model ... --modes train,infer`
-with the Python of `--torch_python`, so it imports nothing from cnn_jax or JAX: only the
-standard library, torch and timm (torchvision for the names timm lacks). It prints one JSON
-line: {"results": {mode: figures}} or {"error": "..."}. With `--serve` it builds the model,
-prints {"ready": ...} and then times steps on request ("train 1" on stdin -> {"times": [...]}),
-which lets the JAX side alternate single steps of the two frameworks.
+with the Python of `--torch_python`, so it imports nothing from JAX and, of cnn_jax, only its
+sibling timing.py (standard library only); besides that, torch and timm (torchvision for the
+names timm lacks). It prints one JSON line: {"results": {mode: figures}} or {"error": "..."}.
+With `--serve` it builds the model, prints {"ready": ...} and then times steps on request
+("train 1" on stdin -> {"times": [...]}), which lets the JAX side alternate single steps of the
+two frameworks.
 
 The train step is what cnn_jax's `train.train_step` does: forward, cross-entropy, backward and
 an AdamW update (weight decay 0, as the benchmark's config); inference is an eval-mode forward
@@ -20,24 +21,13 @@ import argparse
 import contextlib
 import json
 import resource
-import statistics
 import sys
 import time
 
-
-def _stats(times: list[float]) -> dict[str, float]:
-  ordered = sorted(times)
-
-  def quantile(q: float) -> float:
-    pos = q * (len(ordered) - 1)
-    lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-  median = statistics.median(ordered)
-  return {"median": median, "mean": statistics.fmean(ordered), "min": ordered[0],
-          "max": ordered[-1], "p10": quantile(0.1), "p90": quantile(0.9),
-          "stdev": statistics.stdev(ordered) if len(ordered) > 1 else 0.0,
-          "spread_pct": 100.0 * (quantile(0.9) - quantile(0.1)) / median if median else 0.0}
+if __package__:  # imported as cnn_jax.bench_torch
+  from cnn_jax.timing import step_time_stats
+else:  # run as a script, maybe by a Python without cnn_jax: its directory is sys.path[0]
+  from timing import step_time_stats
 
 
 def create_model(name: str, num_classes: int, in_channels: int, image_size: int):
@@ -157,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
       print(json.dumps({"error": str(e)}), flush=True)
       return 3
-    stats = _stats(times)
+    stats = step_time_stats(times)
     results[mode] = {
         **meta, "mode": mode, "images_per_sec": args.batch_size / stats["median"],
         "step_time_s": stats, "step_times_s": times,
