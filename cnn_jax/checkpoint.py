@@ -99,7 +99,11 @@ class BestCheckpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=1, best_fn=lambda metrics: metrics[metric], best_mode=mode,
         keep_checkpoints_without_metrics=False, enable_async_checkpointing=use_async,
-        create=True)
+        create=True,
+        # An eval step can also be a regular save (the last step always is): with several
+        # processes, the two managers' barriers, named after the step, would collide.
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            barrier_sync_key_prefix="best"))
     self.manager = ocp.CheckpointManager(
         os.path.join(os.path.abspath(workdir), "checkpoints_best"), options=options)
     step = self.manager.best_step()
