@@ -297,7 +297,7 @@ class _TerminationSignal:
     """Why to save and stop after `step` (None: go on); the same step on every process."""
     if self._mode == "synced":
       if multihost_utils.reached_preemption_sync_point(step):
-        return f"preemption notice (SIGTERM) on one of the {jax.process_count()} processes"
+        return f"SIGTERM or SIGINT on one of the {jax.process_count()} processes"
       return None
     return f"received {self.received}" if self.received else None
 
