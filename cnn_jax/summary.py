@@ -57,6 +57,7 @@ from flax import nnx
 
 from cnn_jax.errors import UserError
 from cnn_jax.models import registry
+from cnn_jax.models import layers
 
 TOP = "(top)"
 _MARK_ATTR = "_summary_stage"  # set on the (merged, traced) top-level children only
@@ -282,7 +283,9 @@ def _trace(model: nnx.Module, entries: list[_Entry], input_shape: tuple[int, ...
       setattr(entry.obj, _MARK_ATTR, entry.marker)
     return m(x)
 
-  with _stage_scopes(classes):
+  # Depthwise convs trace as conv equations (not the CPU's shifted multiply-adds) so that
+  # their MACs are counted.
+  with _stage_scopes(classes), layers.conv_impl("xla"):
     closed, out_shape = jax.make_jaxpr(forward, return_shape=True)(
         state, jax.ShapeDtypeStruct(input_shape, jnp.float32))
   stats: dict[str, _Stats] = {}  # insertion order = order of first use in the program

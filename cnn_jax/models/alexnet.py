@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cnn_jax.models.layers import Dtype
+from cnn_jax.models.layers import Dtype, max_pool
 from cnn_jax.models.lenet import ACTIVATIONS
 from cnn_jax.models.registry import register_model
 
@@ -131,7 +131,7 @@ class AlexNet(nnx.Module):
     act = self.activation
 
     def pool(y: jax.Array) -> jax.Array:
-      return nnx.max_pool(y, window_shape=(3, 3), strides=(2, 2), padding="VALID")
+      return max_pool(y, 3, 2)
 
     x = pool(act(self.conv1(x)))
     x = pool(act(self.conv2(x)))

@@ -72,7 +72,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cnn_jax.models.layers import GRN, DropPath, Dtype, layer_norm, trunc_normal
+from cnn_jax.models.layers import (GRN, DropPath, Dtype, conv_general_dilated, layer_norm,
+                                   max_pool, trunc_normal)
 from cnn_jax.models.registry import register_model
 
 # PyTorch's nn.GELU is the exact erf form; jax's default tanh approximation would make
@@ -169,6 +170,7 @@ def _conv(in_dim: int, out_dim: int, kernel: int, stride: int, *, groups: int = 
   return nnx.Conv(in_dim, out_dim, (kernel, kernel), strides=(stride, stride),
                   padding=((pad, pad), (pad, pad)), feature_group_count=groups,
                   use_bias=use_bias, kernel_init=trunc_normal(0.02),
+                  conv_general_dilated=conv_general_dilated,
                   dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
@@ -189,7 +191,8 @@ class Projection(nnx.Module):
                dtype: Dtype | None, param_dtype: Dtype, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.conv = nnx.Conv(in_dim, out_dim, (1, 1), strides=(stride, stride), padding="VALID",
-                         use_bias=cfg.bias_before(True), kernel_init=trunc_normal(0.02), **kw)
+                         use_bias=cfg.bias_before(True), kernel_init=trunc_normal(0.02),
+                         conv_general_dilated=conv_general_dilated, **kw)
     self.norm = _norm(cfg.norm, out_dim, **kw)
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -273,7 +276,8 @@ class Downsample(nnx.Module):
     self.norm = _norm(cfg.norm, in_dim, **kw)
     self.conv = nnx.Conv(in_dim, out_dim, (stride, stride), strides=(stride, stride),
                          padding="VALID", use_bias=cfg.conv_bias,
-                         kernel_init=trunc_normal(0.02), **kw)
+                         kernel_init=trunc_normal(0.02),
+                         conv_general_dilated=conv_general_dilated, **kw)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.conv(self.norm(x))
@@ -323,7 +327,8 @@ class Stem(nnx.Module):
       self.stride = patch_size
       self.conv = nnx.Conv(in_channels, out_dim, (patch_size, patch_size),
                            strides=(patch_size, patch_size), padding="VALID",
-                           use_bias=cfg.bias_before(True), kernel_init=trunc_normal(0.02), **kw)
+                           use_bias=cfg.bias_before(True), kernel_init=trunc_normal(0.02),
+                           conv_general_dilated=conv_general_dilated, **kw)
     else:
       if patch_size != 4:
         raise ValueError(f"the 'resnet' stem has stride 4; patch_size={patch_size} needs "
@@ -335,7 +340,7 @@ class Stem(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     x = self.norm(self.conv(x))
     if self.kind == "resnet":
-      x = nnx.max_pool(self.act(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      x = max_pool(self.act(x), 3, 2, padding=1)
     return x
 
 

@@ -6,6 +6,9 @@ Everything is NHWC. Modes follow NNX: `model.train()` / `model.eval()` flip the
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -25,6 +28,126 @@ def trunc_normal(std: float = 0.02) -> nnx.Initializer:
   timm cuts at +-2 absolute (100 std at 0.02, i.e. not at all); cutting at +-2 std while
   rescaling to keep the std exact is the JAX convention (as in variance_scaling)."""
   return nnx.initializers.truncated_normal(stddev=std / _TRUNCATED_UNIT_STD)
+
+
+CONV_IMPLS = ("auto", "xla", "rewrite")
+_conv_impl = contextvars.ContextVar("conv_impl", default="auto")
+
+
+@contextlib.contextmanager
+def conv_impl(impl: str) -> Iterator[None]:
+  """Within the block, `conv_general_dilated` traces as `impl`: "auto" ("rewrite" on CPU, XLA's
+  conv elsewhere), "xla" (always lax.conv_general_dilated) or "rewrite" (the cheaper forms below
+  where a conv has one).
+
+  `cnn_jax.summary` traces with "xla" so that MACs are counted from the conv equations."""
+  if impl not in CONV_IMPLS:
+    raise ValueError(f"conv impl must be one of {CONV_IMPLS} (got {impl!r})")
+  token = _conv_impl.set(impl)
+  try:
+    yield
+  finally:
+    _conv_impl.reset(token)
+
+
+def _depthwise_by_shifts(x: jax.Array, kernel: jax.Array,
+                         padding: Sequence[tuple[int, int]]) -> jax.Array:
+  """Stride-1 depthwise conv, NHWC x with an (kh, kw, 1, C) kernel, as kh*kw shifted
+  multiply-adds: XLA:CPU runs a depthwise conv (and, more so, its gradients) as a generic
+  grouped convolution; elementwise shifts fuse into a few loops over the activations."""
+  (top, bottom), (left, right) = padding
+  kh, kw = kernel.shape[:2]
+  padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  out_h = padded.shape[1] - kh + 1
+  out_w = padded.shape[2] - kw + 1
+  taps = kernel[:, :, 0, :]
+  out = None
+  for i in range(kh):
+    for j in range(kw):
+      term = padded[:, i:i + out_h, j:j + out_w, :] * taps[i, j]
+      out = term if out is None else out + term
+  return out
+
+
+def _patches_by_matmul(x: jax.Array, kernel: jax.Array, stride: int,
+                       precision: Any) -> jax.Array:
+  """Unpadded conv with a 1x1 kernel or a (k, k) kernel of stride k: the input pixels each
+  output reads are disjoint, so it is a slice or reshape of x and one matmul. XLA:CPU lowers such
+  convs (1x1 pointwise, strided 1x1 shortcuts, patchify stems, 2x2 downsampling) to a generic
+  convolution whose weight gradient runs several times slower than the same matmul."""
+  k = kernel.shape[0]
+  n, h, w, c = x.shape
+  out_h, out_w = (h - k) // stride + 1, (w - k) // stride + 1
+  if k == 1:
+    patches = x[:, ::stride, ::stride, :]
+  else:  # k == stride
+    x = x[:, :out_h * k, :out_w * k, :].reshape(n, out_h, k, out_w, k, c)
+    patches = x.transpose(0, 1, 3, 2, 4, 5).reshape(n, out_h, out_w, k * k * c)
+  weights = kernel.reshape(-1, kernel.shape[-1])  # HWIO -> (k*k*cin, cout), same order
+  return jnp.dot(patches, weights, precision=precision)
+
+
+def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
+                         padding: Any, lhs_dilation: Sequence[int] | None = None,
+                         rhs_dilation: Sequence[int] | None = None,
+                         dimension_numbers: Any = None, feature_group_count: int = 1,
+                         precision: Any = None, **kwargs: Any) -> jax.Array:
+  """`lax.conv_general_dilated`, except that under the "rewrite" impl (default on CPU) 2-D NHWC
+  convs with a cheaper exact form take it: stride-1 depthwise convs as shifted multiply-adds,
+  unpadded 1x1 convs (any stride) and k x k convs of stride k (patchify, downsampling) as
+  one matmul.
+
+  A drop-in for `nnx.Conv(conv_general_dilated=...)`: the parameters and the results are those
+  of the XLA conv (equal to float rounding, tested); only the computation differs."""
+  impl = _conv_impl.get()
+  rewrite = (impl == "rewrite" or (impl == "auto" and jax.default_backend() == "cpu"))
+  plain = (
+      rewrite and lhs.ndim == 4 and kwargs.get("out_sharding") is None
+      and kwargs.get("preferred_element_type") is None
+      and all(d == 1 for d in (lhs_dilation or (1, 1)))
+      and all(d == 1 for d in (rhs_dilation or (1, 1)))
+      and dimension_numbers is not None
+      and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+      == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC")))
+  if plain:
+    pads = ([(0, 0), (0, 0)] if padding == "VALID"
+            else None if isinstance(padding, str) else [tuple(p) for p in padding])
+    channels = lhs.shape[-1]
+    kh, kw = rhs.shape[:2]
+    strides = tuple(window_strides)
+    if (pads is not None and feature_group_count == channels > 1 and rhs.shape[2] == 1
+        and rhs.shape[3] == channels and strides == (1, 1)):
+      return _depthwise_by_shifts(lhs, rhs, pads)
+    if (pads == [(0, 0), (0, 0)] and feature_group_count == 1 and kh == kw
+        and strides[0] == strides[1] and (kh == 1 or strides[0] == kh)):
+      return _patches_by_matmul(lhs, rhs, strides[0], precision)
+  return jax.lax.conv_general_dilated(
+      lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+      precision=precision, **kwargs)
+
+
+def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Array:
+  """k x k max pooling of NHWC x (padding with -inf, as PyTorch's MaxPool2d).
+
+  Under the "rewrite" conv impl (default on CPU) it is the maximum of k*k strided slices:
+  XLA:CPU's gradient of reduce_window max (select-and-scatter) runs ~3x slower. The values are
+  identical; the gradient is too except where a window holds tied maxima, which
+  select-and-scatter gives to one of them and the slices split (both are subgradients)."""
+  impl = _conv_impl.get()
+  pads = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+  if not (impl == "rewrite" or (impl == "auto" and jax.default_backend() == "cpu")):
+    return nnx.max_pool(x, (window, window), strides=(stride, stride), padding=pads[1:3])
+  padded = jnp.pad(x, pads, constant_values=-jnp.inf) if padding else x
+  out_h = (padded.shape[1] - window) // stride + 1
+  out_w = (padded.shape[2] - window) // stride + 1
+  out = None
+  for i in range(window):
+    for j in range(window):
+      tap = padded[:, i:i + stride * (out_h - 1) + 1:stride,
+                   j:j + stride * (out_w - 1) + 1:stride]
+      out = tap if out is None else jnp.maximum(out, tap)
+  return out
 
 
 class DropPath(nnx.Module):
@@ -103,6 +226,7 @@ class PatchEmbed(nnx.Module):
     kwargs = {} if kernel_init is None else {"kernel_init": kernel_init}
     self.proj = nnx.Conv(in_channels, embed_dim, (patch_size, patch_size),
                          strides=(patch_size, patch_size), padding="VALID", use_bias=use_bias,
+                         conv_general_dilated=conv_general_dilated,
                          dtype=dtype, param_dtype=param_dtype, rngs=rngs, **kwargs)
 
   def __call__(self, x: jax.Array) -> jax.Array:

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cnn_jax.models.alexnet import torch_linear
-from cnn_jax.models.layers import DropPath, Dtype
+from cnn_jax.models.layers import DropPath, Dtype, conv_general_dilated, max_pool
 from cnn_jax.models.lenet import ACTIVATIONS
 from cnn_jax.models.registry import register_model
 
@@ -54,7 +54,8 @@ def conv(cin: int, cout: int, kernel: int, stride: int = 1, *, dtype: Dtype | No
   pad = kernel // 2
   return nnx.Conv(cin, cout, (kernel, kernel), strides=(stride, stride),
                   padding=((pad, pad), (pad, pad)), use_bias=False,
-                  kernel_init=conv_kernel_init, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                  kernel_init=conv_kernel_init, conv_general_dilated=conv_general_dilated,
+                  dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
 def batch_norm(channels: int, *, zero_init: bool = False, dtype: Dtype | None,
@@ -201,7 +202,7 @@ class Stem(nnx.Module):
     x = self.act(self.bn1(self.conv1(x)))
     if self.kind == "imagenet":
       # PyTorch pads max pools with -inf, as flax's max_pool does with explicit padding.
-      x = nnx.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      x = max_pool(x, 3, 2, padding=1)
     return x
 
 
