@@ -441,7 +441,7 @@ def _finish_jax(warm_times: list[float], times: list[float], *, model_name: str,
       "num_devices": len(devices),
       "host_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
       "jax_version": jax.__version__,
-      "backend_env": {k: os.environ[k] for k in ("XLA_FLAGS", "JAX_PLATFORMS")
+      "backend_env": {k: os.environ[k] for k in ("XLA_FLAGS", "JAX_PLATFORMS", "GLIBC_TUNABLES")
                       if k in os.environ},
   }
   result.update(_memory_figures(compiled, devices))

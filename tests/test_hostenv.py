@@ -1,0 +1,54 @@
+"""The command-line tools re-run themselves once with glibc's huge-page tunable (hostenv)."""
+
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from cnn_jax import hostenv
+from tests.helpers import REPO_ROOT
+
+MAIN = ["python", "-m", "cnn_jax.main", "--config", "configs/lenet5_digits.py"]
+GLIBC = ("glibc", "2.36")
+
+
+def test_heavy_tools_get_the_tunable_once_and_keep_other_tunables():
+  env = hostenv.hugepage_env(MAIN, {"PATH": "/bin"}, GLIBC)
+  assert env == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+  env = hostenv.hugepage_env(MAIN, {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, GLIBC)
+  assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+  # Already set (the re-run itself, or the user's own choice): no second re-run.
+  assert hostenv.hugepage_env(MAIN, env, GLIBC) is None
+  assert hostenv.hugepage_env(MAIN, {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, GLIBC) is None
+
+
+@pytest.mark.parametrize("argv,environ,libc", [
+    (["python", "-m", "cnn_jax.summary", "--model", "lenet5"], {}, GLIBC),  # not a heavy tool
+    (["python", "-m", "pytest"], {}, GLIBC),
+    (["python", "script.py"], {}, GLIBC),
+    (MAIN, {"CNN_JAX_HUGEPAGES": "0"}, GLIBC),                              # opted out
+    (MAIN, {}, ("glibc", "2.31")),                                          # no hugetlb tunable
+    (MAIN, {}, ("", "")),                                                   # musl, macOS
+])
+def test_no_rerun_where_it_does_not_apply(argv, environ, libc):
+  assert hostenv.hugepage_env(argv, environ, libc) is None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux")
+                    or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_main_runs_with_the_tunable(tmp_path):
+  # The config file runs inside the launched process: it records the environment it sees.
+  record = tmp_path / "tunables.txt"
+  config = tmp_path / "probe.py"
+  config.write_text(
+      "import os\n"
+      "def get_config():\n"
+      f"  open({str(record)!r}, 'w').write(os.environ.get('GLIBC_TUNABLES', ''))\n"
+      "  raise SystemExit(3)\n")
+  env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "CNN_JAX_HUGEPAGES")}
+  result = subprocess.run([sys.executable, "-m", "cnn_jax.main", f"--config={config}",
+                           f"--workdir={tmp_path / 'w'}"], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+  assert record.read_text() == "glibc.malloc.hugetlb=1", result.stderr[-2000:]
