@@ -8,6 +8,9 @@ CONFIG ?= configs/lenet5_mnist.py
 WORKDIR ?= runs/lenet5_mnist
 # Test workers: two processes on a 2-core machine; override with `make test WORKERS=1`.
 WORKERS ?= 2
+# pytest runs the steps in its own processes: give them the huge pages that cnn_jax's tools set
+# for themselves (cnn_jax/hostenv.py); glibc < 2.35 ignores it.
+HUGEPAGES := GLIBC_TUNABLES=glibc.malloc.hugetlb=1
 
 .PHONY: venv train test test-slow clean
 
@@ -24,11 +27,11 @@ train: $(STAMP)
 	$(PY) -m cnn_jax.main --config $(CONFIG) --workdir $(WORKDIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -n $(WORKERS) --durations=15 tests
+	$(HUGEPAGES) $(PY) -m pytest -n $(WORKERS) --durations=15 tests
 
 # Heavier checks, kept runnable by hand (not part of `make test`).
 test-slow: $(STAMP)
-	$(PY) -m pytest -m slow tests
+	$(HUGEPAGES) $(PY) -m pytest -m slow tests
 
 clean:
 	rm -rf $(VENV) runs
