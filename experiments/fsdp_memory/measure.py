@@ -26,6 +26,7 @@ host memory.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import platform
@@ -48,6 +49,9 @@ _IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Image side (default: the
 _KEEP_EFFECTIVE_BATCH = flags.DEFINE_bool(
     "keep_effective_batch", True, "Raise optimizer.grad_accum_steps so that batch x accum "
     "stays the config's batch (as a user with these devices would; the accumulator is state).")
+_MODEL_OPTION = flags.DEFINE_multi_string(
+    "model_option", [], "KEY=VALUE added to config.model (a constructor option the config "
+    "does not list, e.g. remat=True or dtype=bfloat16); repeatable.")
 _JSON = flags.DEFINE_string("json", None, "Also write every figure to this JSON file.")
 
 # ImageNet-1K's train split: only the schedule's length depends on it, not the memory.
@@ -146,6 +150,7 @@ def measure(config: Any) -> dict[str, Any]:
       "per_device_batch": config.data.batch_size // mesh.size, "image_size": size,
       "grad_accum_steps": accum, "optimizer": config.optimizer.name,
       "ema": bool(config.ema_decay), "dtype": str(config.model.get("dtype", "float32")),
+      "remat": bool(config.model.get("remat", False)),
       "num_params": n_params,
       "state_bytes_per_device": state_bytes_per_device(abstract_state, shardings),
       "state_bytes_unsharded": state_bytes_total(state),
@@ -194,6 +199,12 @@ def main(argv: list[str]) -> None:
       config.data.batch_size = _PER_DEVICE_BATCH.value * devices
     if _IMAGE_SIZE.value:
       config.data.image_size = _IMAGE_SIZE.value
+    for option in _MODEL_OPTION.value:
+      key, _, value = option.partition("=")
+      try:
+        config.model[key] = ast.literal_eval(value)
+      except (ValueError, SyntaxError):
+        config.model[key] = value  # a bare string, e.g. dtype=bfloat16
     if _KEEP_EFFECTIVE_BATCH.value and effective % config.data.batch_size == 0:
       config.optimizer.grad_accum_steps = effective // config.data.batch_size
   load_start = os.getloadavg()[0]
