@@ -105,3 +105,19 @@ def test_max_pool_by_slices_equals_reduce_window(padding):
   np.testing.assert_array_equal(y, y_ref)
   np.testing.assert_allclose(dx, dx_ref, rtol=0, atol=1e-6)
   assert "reduce_window" in jaxpr_ref and "reduce_window" not in jaxpr
+
+
+def test_max_pool_gradient_goes_to_the_first_of_tied_maxima_as_select_and_scatter():
+  # ReLU outputs: many windows of zeros (ties), where a split gradient would differ.
+  x = jnp.round(jax.nn.relu(jax.random.normal(jax.random.key(4), (2, 12, 12, 3))))
+  dy = jax.random.normal(jax.random.key(5), (2, 6, 6, 3))
+  grads = {}
+  for impl in ("xla", "rewrite"):
+    def f(x):
+      with layers.conv_impl(impl):
+        return layers.max_pool(x, 3, 2, 1)
+    grads[impl] = jax.vjp(f, x)[1](dy)[0]
+  assert float(jnp.mean(x == 0)) > 0.3
+  # Same routing (which inputs get gradient); sums of several windows may round differently.
+  np.testing.assert_array_equal(grads["rewrite"] != 0, grads["xla"] != 0)
+  np.testing.assert_allclose(grads["rewrite"], grads["xla"], rtol=0, atol=1e-6)
