@@ -52,6 +52,11 @@ _KEEP_EFFECTIVE_BATCH = flags.DEFINE_bool(
 _MODEL_OPTION = flags.DEFINE_multi_string(
     "model_option", [], "KEY=VALUE added to config.model (a constructor option the config "
     "does not list, e.g. remat=True or dtype=bfloat16); repeatable.")
+_CONV_IMPL = flags.DEFINE_enum(
+    "conv_impl", "xla", ["xla", "auto", "rewrite"], "How convolutions are traced "
+    "(cnn_jax.models.layers.conv_impl): xla (default) = lax.conv_general_dilated, the form a "
+    "GPU or TPU runs, so the figures stand for those; auto = what this backend trains with (on "
+    "CPU the rewritten depthwise and 1x1 convs, whose buffers differ).")
 _JSON = flags.DEFINE_string("json", None, "Also write every figure to this JSON file.")
 
 # ImageNet-1K's train split: only the schedule's length depends on it, not the memory.
@@ -88,9 +93,20 @@ def state_bytes_total(abstract_state: Any) -> int:
                  for x in jax.tree.leaves(abstract_state)))
 
 
-def measure(config: Any) -> dict[str, Any]:
+def measure(config: Any, conv_impl: str = "xla") -> dict[str, Any]:
   """Compiles the loop's train step for `config` from abstract state and batch; returns the
-  per-device state bytes (exact) and XLA's memory analysis of the compiled step."""
+  per-device state bytes (exact) and XLA's memory analysis of the compiled step.
+
+  `conv_impl`: how convolutions are traced (see the --conv_impl flag)."""
+  from cnn_jax.models import layers
+
+  with layers.conv_impl(conv_impl):
+    result = _measure(config)
+  result["conv_impl"] = conv_impl
+  return result
+
+
+def _measure(config: Any) -> dict[str, Any]:
   import jax
   import jax.numpy as jnp
   from flax import nnx
@@ -210,7 +226,7 @@ def main(argv: list[str]) -> None:
   load_start = os.getloadavg()[0]
   start = time.perf_counter()
   try:
-    result = measure(config)
+    result = measure(config, _CONV_IMPL.value)
   except UserError as e:
     fail(str(e))
   result["wall_s"] = time.perf_counter() - start
