@@ -93,6 +93,8 @@ class Hybrid(nnx.Module):
     patch_size: stem stride (4 as ConvNeXt; 2 or 1 for small images).
     mlp_ratio: hidden width / width of the attention blocks' MLP (and of nothing else).
     kernel_size: depthwise kernel of the conv blocks.
+    norm: "ln" (ConvNeXt V2) or "bn" for the stem, the conv blocks and every downsample; the
+      attention blocks and the head keep LayerNorm.
     drop_path_rate: stochastic depth, linear from 0 over all blocks (timm).
     head_init_scale: multiplies the classifier's initial weights (ConvNeXt V2 fine-tuning).
   """
@@ -102,7 +104,7 @@ class Hybrid(nnx.Module):
                stage_types: Sequence[str] = ("conv", "conv", "attn", "attn"),
                num_classes: int = 1000, in_channels: int = 3, image_size: int = 224,
                patch_size: int = 4, mlp_ratio: float = 4.0, kernel_size: int = 7,
-               drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+               norm: str = "ln", drop_rate: float = 0.0, drop_path_rate: float = 0.0,
                head_init_scale: float = 1.0, dtype: Dtype | None = None,
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
     if not len(depths) == len(dims) == len(stage_types):
@@ -123,7 +125,8 @@ class Hybrid(nnx.Module):
       raise ValueError(f"image_size {image_size} is not divisible by the total stride "
                        f"{total_stride} (stem {patch_size} x 2^{len(dims) - 1})")
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    cfg = convnext.BlockConfig(kernel_size=kernel_size, grn=True, layer_scale_init=None)
+    cfg = convnext.BlockConfig(kernel_size=kernel_size, norm=norm, grn=True,
+                               layer_scale_init=None)
     self.image_size = image_size
     self.in_channels = in_channels
     self.stage_types = tuple(stage_types)
