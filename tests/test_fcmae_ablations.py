@@ -76,3 +76,22 @@ def test_pretrained_encoder_shapes_match_the_fine_tuning_model():
     ft = {path: v for path, v in ft_shapes if path[0] != "head"}
     assert enc.keys() == ft.keys() and enc == ft, label
     assert any("grn" in "/".join(map(str, path)) for path in enc) == pre.model.grn
+
+
+def test_full_scale_sweeps_fine_tune_every_imagenet_encoder_and_a_scratch_baseline():
+  pretrain_sweep = sweep.load_config_file(
+      os.path.join(SWEEPS, "fcmae_ablations_imagenet_pretrain.py"))
+  pretrain_points = sweep.build_points(pretrain_sweep)
+  assert all(p.config.task == "fcmae" and p.config.model.name == "convnextv2_base"
+             for p in pretrain_points)
+  encoders = {os.path.join(pretrain_sweep.workdir, p.name, "encoder"): p.config
+              for p in pretrain_points}
+  assert len(encoders) == 5
+  points = _points("fcmae_ablations_imagenet_finetune")
+  scratch = [p.config for p in points if not p.config.init_from]
+  assert len(scratch) == 1 and not scratch[0].init_from_required
+  tuned = {p.config.init_from: p.config for p in points if p.config.init_from}
+  assert set(tuned) == set(encoders)
+  for path, c in tuned.items():
+    train.check_init_from(c)
+    assert c.model.grn == encoders[path].model.grn and c.model.name == "convnextv2_base"
