@@ -1,8 +1,9 @@
 """Table and plot of experiment 1 from the runs of run.sh: test accuracy against digit distance.
 
-  python experiments/long_range/report.py [RUNS_DIR]   (default runs/long_range)
+  python experiments/long_range/report.py [RUNS_DIR [CANVAS]]   (default runs/long_range 64)
 
-Writes results.json, results.md (the table) and accuracy_vs_distance.png next to this file.
+Writes results.json, results.md (the table) and accuracy_vs_distance.png next to this file
+(results96.json, ... for CANVAS 96; its ERF folders are erf96_MODEL_dD).
 ERF overlay: for each erf_MODEL_dD/erf.json here (`python -m cnn_jax.erf --checkpoint
 runs/long_range/MODEL_dD --inputs data --image_size 64 --out experiments/long_range/erf_MODEL_dD`),
 the side of the centred square holding 50% / 99% of the trained CNN's ERF map, minus the 14 px
@@ -19,6 +20,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LABELS = {"resnet_micro": "ResNet (bottleneck, BN)", "convnext_micro": "ConvNeXt V2",
+          "convnext_micro_bn": "ConvNeXt V2, BN",
           "hybrid_micro": "hybrid C-C-T-T", "vit_micro": "ViT /8"}
 
 
@@ -47,8 +49,10 @@ def collect(runs_dir: str) -> dict[str, dict[int, dict]]:
 
 def main() -> None:
   runs_dir = sys.argv[1] if len(sys.argv) > 1 else "runs/long_range"
+  canvas = int(sys.argv[2]) if len(sys.argv) > 2 else 64
+  tag = "" if canvas == 64 else str(canvas)
   results = collect(runs_dir)
-  with open(os.path.join(HERE, "results.json"), "w") as f:
+  with open(os.path.join(HERE, f"results{tag}.json"), "w") as f:
     json.dump(results, f, indent=2, sort_keys=True)
   distances = sorted({d for per in results.values() for d in per})
   lines = ["| model | " + " | ".join(f"d = {d} px" for d in distances) + " |",
@@ -60,14 +64,14 @@ def main() -> None:
              for d in distances]
     lines.append(f"| {LABELS[model]} | " + " | ".join(cells) + " |")
   table = "\n".join(lines)
-  with open(os.path.join(HERE, "results.md"), "w") as f:
+  with open(os.path.join(HERE, f"results{tag}.md"), "w") as f:
     f.write("Test accuracy (%) on unseen digits, chance 50%.\n\n" + table + "\n")
   print(table)
 
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig, ax = plt.subplots(figsize=(10, 4.5))
   for model, label in LABELS.items():
     if model in results:
       ds = sorted(results[model])
@@ -77,7 +81,7 @@ def main() -> None:
   erf_rows = []
   for entry in sorted(os.listdir(HERE)):
     path = os.path.join(HERE, entry, "erf.json")
-    match = re.fullmatch(r"erf_(\w+?)_d(\d+)", entry)
+    match = re.fullmatch(rf"erf{tag}_(\w+?)_d(\d+)", entry)
     if not match or not os.path.exists(path):
       continue
     model, trained_at = match.group(1), int(match.group(2))
@@ -99,19 +103,22 @@ def main() -> None:
                    f"{sides['0.99']:.1f} px | {sides['0.5'] - 14:.1f} / "
                    f"{sides['0.99'] - 14:.1f} px |")
     erf_table = "\n".join(lines)
-    with open(os.path.join(HERE, "results.md"), "a") as f:
+    with open(os.path.join(HERE, f"results{tag}.md"), "a") as f:
       f.write("\nERF of the trained CNNs (centre unit of the last feature map, 16 test "
               "canvases, RepLKNet log map):\n\n" + erf_table + "\n")
     print(erf_table)
+  # resnet_micro's theoretical receptive field is 75 px (7x7/2 stem, 3x3/2 max pool, one 3x3
+  # per stage at strides 4..32): beyond 75 - 14 px no unit sees both digits whole.
+  ax.axvline(75 - 14, color="k", ls="-.", lw=0.8, label="ResNet theoretical field reach (61 px)")
   ax.axhline(50, color="grey", ls=":", label="chance")
   ax.axvline(14, color="grey", ls="--", lw=0.8)
   ax.text(14.5, 52, "digits touch", fontsize=8, color="grey")
-  ax.set_xlabel("distance between digit centres (px), 64 px canvas, 14 px digits")
+  ax.set_xlabel(f"distance between digit centres (px), {canvas} px canvas, 14 px digits")
   ax.set_ylabel("test accuracy (%)")
   ax.set_title("'same digit?' (0/1 digits) against distance")
-  ax.legend(fontsize=8)
+  ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
   fig.tight_layout()
-  fig.savefig(os.path.join(HERE, "accuracy_vs_distance.png"), dpi=120)
+  fig.savefig(os.path.join(HERE, f"accuracy_vs_distance{tag}.png"), dpi=120)
 
 
 if __name__ == "__main__":
