@@ -39,25 +39,30 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Training config (get_config); override fields with --config.a.b=v.",
-    lock_config=True)
-_PER_DEVICE_BATCH = flags.DEFINE_integer(
-    "per_device_batch", None, "Images per device per step (default: the config's batch / "
-    "devices); sets data.batch_size = this x devices.")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Image side (default: the config's).")
-_KEEP_EFFECTIVE_BATCH = flags.DEFINE_bool(
-    "keep_effective_batch", True, "Raise optimizer.grad_accum_steps so that batch x accum "
-    "stays the config's batch (as a user with these devices would; the accumulator is state).")
-_MODEL_OPTION = flags.DEFINE_multi_string(
-    "model_option", [], "KEY=VALUE added to config.model (a constructor option the config "
-    "does not list, e.g. remat=True or dtype=bfloat16); repeatable.")
-_CONV_IMPL = flags.DEFINE_enum(
-    "conv_impl", "xla", ["xla", "auto", "rewrite"], "How convolutions are traced "
-    "(cnn_jax.models.layers.conv_impl): xla (default) = lax.conv_general_dilated, the form a "
-    "GPU or TPU runs, so the figures stand for those; auto = what this backend trains with (on "
-    "CPU the rewritten depthwise and 1x1 convs, whose buffers differ).")
-_JSON = flags.DEFINE_string("json", None, "Also write every figure to this JSON file.")
+
+
+def _define_flags() -> None:
+  """Defined only when run as a script: tests import this module beside cnn_jax.main, whose
+  `--config` flag would otherwise be defined twice in one process."""
+  config_flags.DEFINE_config_file(
+      "config", None, "Training config (get_config); override fields with --config.a.b=v.",
+      lock_config=True)
+  flags.DEFINE_integer(
+      "per_device_batch", None, "Images per device per step (default: the config's batch / "
+      "devices); sets data.batch_size = this x devices.")
+  flags.DEFINE_integer("image_size", None, "Image side (default: the config's).")
+  flags.DEFINE_bool(
+      "keep_effective_batch", True, "Raise optimizer.grad_accum_steps so that batch x accum "
+      "stays the config's batch (as a user with these devices would; the accumulator is state).")
+  flags.DEFINE_multi_string(
+      "model_option", [], "KEY=VALUE added to config.model (a constructor option the config "
+      "does not list, e.g. remat=True or dtype=bfloat16); repeatable.")
+  flags.DEFINE_enum(
+      "conv_impl", "xla", ["xla", "auto", "rewrite"], "How convolutions are traced "
+      "(cnn_jax.models.layers.conv_impl): xla (default) = lax.conv_general_dilated, the form a "
+      "GPU or TPU runs, so the figures stand for those; auto = what this backend trains with (on "
+      "CPU the rewritten depthwise and 1x1 convs, whose buffers differ).")
+  flags.DEFINE_string("json", None, "Also write every figure to this JSON file.")
 
 # ImageNet-1K's train split: only the schedule's length depends on it, not the memory.
 IMAGENET_TRAIN_IMAGES = 1_281_167
@@ -207,26 +212,26 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
   import jax
 
-  config = _CONFIG.value
+  config = FLAGS.config
   with config.unlocked():
     effective = config.data.batch_size * config.optimizer.grad_accum_steps
     devices = config.mesh.num_devices if config.mesh.num_devices > 0 else jax.device_count()
-    if _PER_DEVICE_BATCH.value:
-      config.data.batch_size = _PER_DEVICE_BATCH.value * devices
-    if _IMAGE_SIZE.value:
-      config.data.image_size = _IMAGE_SIZE.value
-    for option in _MODEL_OPTION.value:
+    if FLAGS.per_device_batch:
+      config.data.batch_size = FLAGS.per_device_batch * devices
+    if FLAGS.image_size:
+      config.data.image_size = FLAGS.image_size
+    for option in FLAGS.model_option:
       key, _, value = option.partition("=")
       try:
         config.model[key] = ast.literal_eval(value)
       except (ValueError, SyntaxError):
         config.model[key] = value  # a bare string, e.g. dtype=bfloat16
-    if _KEEP_EFFECTIVE_BATCH.value and effective % config.data.batch_size == 0:
+    if FLAGS.keep_effective_batch and effective % config.data.batch_size == 0:
       config.optimizer.grad_accum_steps = effective // config.data.batch_size
   load_start = os.getloadavg()[0]
   start = time.perf_counter()
   try:
-    result = measure(config, _CONV_IMPL.value)
+    result = measure(config, FLAGS.conv_impl)
   except UserError as e:
     fail(str(e))
   result["wall_s"] = time.perf_counter() - start
@@ -234,11 +239,12 @@ def main(argv: list[str]) -> None:
                     "load_avg_1m_start": load_start, "load_avg_1m_end": os.getloadavg()[0],
                     "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
   print(format_report(result), flush=True)
-  if _JSON.value:
-    with open(_JSON.value, "w") as f:
+  if FLAGS.json:
+    with open(FLAGS.json, "w") as f:
       json.dump(result, f, indent=2)
 
 
 if __name__ == "__main__":
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+  _define_flags()
   app.run(main)
