@@ -1,9 +1,11 @@
 """Table and plot of experiment 1 from the runs of run.sh: test accuracy against digit distance.
 
-  python experiments/long_range/report.py [RUNS_DIR [CANVAS]]   (default runs/long_range 64)
+  python experiments/long_range/report.py [RUNS_DIR [CANVAS [TAG]]]   (default runs/long_range 64)
 
 Writes results.json, results.md (the table) and accuracy_vs_distance.png next to this file
-(results96.json, ... for CANVAS 96; its ERF folders are erf96_MODEL_dD).
+(results96.json, ... for CANVAS 96; its ERF folders are erf96_MODEL_dD). TAG (default: "" at
+64 px, else the canvas) names the outputs instead, so a second run at one canvas (TAG 96long:
+results96long.json, erf96long_MODEL_dD) does not overwrite the first.
 ERF overlay: for each erf_MODEL_dD/erf.json here (`python -m cnn_jax.erf --checkpoint
 runs/long_range/MODEL_dD --inputs data --image_size 64 --out experiments/long_range/erf_MODEL_dD`),
 the side of the centred square holding 50% / 99% of the trained CNN's ERF map, minus the 14 px
@@ -50,7 +52,7 @@ def collect(runs_dir: str) -> dict[str, dict[int, dict]]:
 def main() -> None:
   runs_dir = sys.argv[1] if len(sys.argv) > 1 else "runs/long_range"
   canvas = int(sys.argv[2]) if len(sys.argv) > 2 else 64
-  tag = "" if canvas == 64 else str(canvas)
+  tag = sys.argv[3] if len(sys.argv) > 3 else ("" if canvas == 64 else str(canvas))
   results = collect(runs_dir)
   with open(os.path.join(HERE, f"results{tag}.json"), "w") as f:
     json.dump(results, f, indent=2, sort_keys=True)
