@@ -63,8 +63,10 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state: Any, *, force: bool = False) -> bool:
-    return self.manager.save(step, args=ocp.args.StandardSave(_keys_to_data(state)), force=force)
+  def save(self, step: int, state: Any, *, force: bool = False,
+           metrics: dict[str, float] | None = None) -> bool:
+    return self.manager.save(step, args=ocp.args.StandardSave(_keys_to_data(state)),
+                             metrics=metrics, force=force)
 
   def restore(self, state_like: Any, step: int | None = None) -> Any:
     """Restores into the structure, shapes and shardings of `state_like` (concrete or abstract)."""
@@ -85,7 +87,7 @@ class Checkpointer:
 BEST_MODES = ("max", "min")
 
 
-class BestCheckpointer:
+class BestCheckpointer(Checkpointer):
   """Keeps the one checkpoint with the best eval `metric` so far, in WORKDIR/checkpoints_best,
   beside the last K of `Checkpointer` (which may have rotated the best one out).
 
@@ -123,23 +125,13 @@ class BestCheckpointer:
     value = float(eval_metrics[self.metric])
     if not self.improves(value) or step == self.best_step:
       return False
-    self.manager.save(step, args=ocp.args.StandardSave(_keys_to_data(state)),
-                      metrics={self.metric: value}, force=True)
+    self.save(step, state, force=True, metrics={self.metric: value})
     self.best_step, self.best_value = step, value
     return True
 
-  def restore(self, state_like: Any) -> Any:
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state_like)
-    restored = self.manager.restore(
-        self.best_step, args=ocp.args.StandardRestore(_abstract_keys_to_data(abstract)))
-    return _data_to_keys(restored, abstract)
-
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
-
-  def close(self) -> None:
-    self.manager.close()
+  def restore(self, state_like: Any, step: int | None = None) -> Any:
+    """The best checkpoint (or `step`), into the structure of `state_like`."""
+    return super().restore(state_like, self.best_step if step is None else step)
 
 
 # ----------------------------------------------------------------------------------------
