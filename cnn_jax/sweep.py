@@ -113,15 +113,22 @@ def resolve_path(path: str) -> str:
   return os.path.join(REPO_ROOT, path)
 
 
+def load_module(full_path: str) -> Any:
+  """The Python file at `full_path` as a fresh module (a config file, or a sweep config that
+  builds on a sibling sweep's points)."""
+  spec = importlib.util.spec_from_file_location(f"sweep_file_{abs(hash(full_path))}", full_path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def load_config_file(path: str, arg: str = "") -> ml_collections.ConfigDict:
   """get_config(arg) (or get_config() when arg is "") of a config file, locked."""
   full_path = resolve_path(path)
   if not os.path.isfile(full_path):
     raise UserError(f"base config not found: {path}")
-  spec = importlib.util.spec_from_file_location(f"sweep_base_{abs(hash(full_path))}", full_path)
-  module = importlib.util.module_from_spec(spec)
   try:
-    spec.loader.exec_module(module)
+    module = load_module(full_path)
     config = module.get_config(arg) if arg else module.get_config()
   except Exception as e:  # A broken base config is the user's to fix: say why in one line.
     raise UserError(f"cannot load base config {path}: {_one_line(e)}") from None

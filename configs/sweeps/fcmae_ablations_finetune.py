@@ -13,23 +13,15 @@ fcmae_long (FCMAE fine-tuned for 120 epochs), and at lr 5e-4 (instead of 2e-3) s
 at seeds 0, 1, 2 and the four other pre-trained encoders at seed 0 (labels ending _lr5e-4).
 """
 
-import importlib.util
 import os
 
 import ml_collections
 
-from cnn_jax.sweep import point_name
+from cnn_jax.sweep import load_module, point_name
 
 
-def _load_pretrain_sweep():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fcmae_ablations_pretrain.py")
-  spec = importlib.util.spec_from_file_location("fcmae_ablations_pretrain_sweep", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-pretrain = _load_pretrain_sweep()
+pretrain = load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                               "fcmae_ablations_pretrain.py"))
 _PRETRAINED = {label: overrides for label, overrides in pretrain.POINTS}
 
 

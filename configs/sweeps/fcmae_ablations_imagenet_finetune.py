@@ -7,24 +7,15 @@ trained from scratch with that recipe (the paper's "FCMAE vs supervised" compari
       --print_commands
 """
 
-import importlib.util
 import os
 
 import ml_collections
 
-from cnn_jax.sweep import point_name
+from cnn_jax.sweep import load_module, point_name
 
 
-def _load_pretrain_sweep():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                      "fcmae_ablations_imagenet_pretrain.py")
-  spec = importlib.util.spec_from_file_location("fcmae_ablations_imagenet_pretrain", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-pretrain = _load_pretrain_sweep()
+pretrain = load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                               "fcmae_ablations_imagenet_pretrain.py"))
 
 
 def _fine_tune(overrides: dict) -> dict:

@@ -11,21 +11,15 @@ encoder to WORKDIR/POINT/encoder. Needs imagenet2012 prepared for TFDS (see
 configs/fcmae_convnextv2_imagenet.py).
 """
 
-import importlib.util
 import os
 
 import ml_collections
 
-
-def _load_cpu_sweep():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fcmae_ablations_pretrain.py")
-  spec = importlib.util.spec_from_file_location("fcmae_ablations_pretrain_sweep", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from cnn_jax.sweep import load_module
 
 
-POINTS = _load_cpu_sweep().POINTS
+POINTS = load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                          "fcmae_ablations_pretrain.py")).POINTS
 WORKDIR = "runs/sweeps/fcmae_ablations_imagenet_pretrain"
 
 
