@@ -51,6 +51,11 @@ def conv_impl(impl: str) -> Iterator[None]:
     _conv_impl.reset(token)
 
 
+def _use_cpu_forms() -> bool:
+  impl = _conv_impl.get()
+  return impl == "rewrite" or (impl == "auto" and jax.default_backend() == "cpu")
+
+
 def _depthwise_taps(padded: jax.Array, kh: int, kw: int, out_h: int, out_w: int
                     ) -> list[tuple[int, int, jax.Array]]:
   return [(i, j, padded[:, i:i + out_h, j:j + out_w, :]) for i in range(kh) for j in range(kw)]
@@ -138,10 +143,8 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
 
   A drop-in for `nnx.Conv(conv_general_dilated=...)`: the parameters and the results are those
   of the XLA conv (equal to float rounding, tested); only the computation differs."""
-  impl = _conv_impl.get()
-  rewrite = (impl == "rewrite" or (impl == "auto" and jax.default_backend() == "cpu"))
   plain = (
-      rewrite and lhs.ndim == 4 and kwargs.get("out_sharding") is None
+      _use_cpu_forms() and lhs.ndim == 4 and kwargs.get("out_sharding") is None
       and kwargs.get("preferred_element_type") is None
       and all(d == 1 for d in (lhs_dilation or (1, 1)))
       and all(d == 1 for d in (rhs_dilation or (1, 1)))
@@ -215,9 +218,8 @@ def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Ar
   gradient that routes each output's gradient to the first maximum of its window, exactly as
   XLA's select-and-scatter does (which XLA:CPU runs several times slower); values and gradients
   are identical (tested)."""
-  impl = _conv_impl.get()
   pads = ((0, 0), (padding, padding), (padding, padding), (0, 0))
-  if not (impl == "rewrite" or (impl == "auto" and jax.default_backend() == "cpu")):
+  if not _use_cpu_forms():
     return nnx.max_pool(x, (window, window), strides=(stride, stride), padding=pads[1:3])
   padded = jnp.pad(x, pads, constant_values=-jnp.inf) if padding else x
   return _max_pool_by_taps(padded, window, stride)
