@@ -99,14 +99,19 @@ def _depthwise_by_shifts_bwd(padding, residuals, dy):
     term = tap * kernel[kh - 1 - i, kw - 1 - j, 0]
     d_padded = term if d_padded is None else d_padded + term
   dx = d_padded[:, top:padded.shape[1] - bottom, left:padded.shape[2] - right, :]
-  # d(kernel): one product per tap, materialised before its reduction over (n, h, w): fused
-  # into the reduction XLA:CPU runs it ~3x slower.
-  # The barrier on `padded` keeps XLA from merging these taps with the forward's (CSE), which
-  # would give each tap two users and make XLA materialise all kh*kw of them.
-  d_kernel = jnp.stack([
-      jnp.sum(jax.lax.optimization_barrier(tap * dy), axis=(0, 1, 2))
-      for _, _, tap in _depthwise_taps(jax.lax.optimization_barrier(padded), kh, kw, out_h,
-                                       out_w)])
+  # d(kernel): per image, one product and sum per tap. Over the whole batch XLA:CPU materialises
+  # all kh*kw products at once (kh*kw activations of memory); image by image the two operands
+  # stay in cache and the live products are one image's (1.7-1.9x faster, measured at 56 and
+  # 14 px). The barrier on `padded` keeps XLA from merging these taps with the forward's (CSE).
+  def add_image(acc, image):
+    padded_image, dy_image = image
+    return acc + jnp.stack([
+        jnp.sum(tap * dy_image, axis=(0, 1, 2), dtype=jnp.float32)
+        for _, _, tap in _depthwise_taps(padded_image, kh, kw, out_h, out_w)]), None
+
+  d_kernel = jax.lax.scan(
+      add_image, jnp.zeros((kh * kw, dy.shape[-1]), jnp.float32),
+      (jax.lax.optimization_barrier(padded)[:, None], dy[:, None]))[0]
   return dx, d_kernel.reshape(kernel.shape).astype(kernel.dtype)
 
 
