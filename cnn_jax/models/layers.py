@@ -133,7 +133,8 @@ def _patches_by_matmul(x: jax.Array, kernel: jax.Array, stride: int,
     x = x[:, :out_h * k, :out_w * k, :].reshape(n, out_h, k, out_w, k, c)
     patches = x.transpose(0, 1, 3, 2, 4, 5).reshape(n, out_h, out_w, k * k * c)
   weights = kernel.reshape(-1, kernel.shape[-1])  # HWIO -> (k*k*cin, cout), same order
-  return jnp.dot(patches, weights, precision=precision)
+  out = jnp.dot(patches.reshape(-1, weights.shape[0]), weights, precision=precision)
+  return out.reshape(*patches.shape[:3], weights.shape[1])
 
 
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
