@@ -575,9 +575,24 @@ def format_report(report: dict[str, Any]) -> str:
 
 def run(model_name: str, *, mode: str = "train", vs_torch: bool = False,
         torch_python: str | None = None, steps: int = 20, warmup: int = 3,
-        **kwargs: Any) -> dict[str, Any]:
+        conv_impl: str = "auto", **kwargs: Any) -> dict[str, Any]:
   """The whole benchmark: `mode` in JAX; with `vs_torch`, train and infer in both frameworks,
-  one step of each in turn, so that a change in the machine's load hits both alike."""
+  one step of each in turn, so that a change in the machine's load hits both alike.
+  `conv_impl` is the training config's field of that name (cnn_jax/models/layers.py)."""
+  from cnn_jax.models import layers
+
+  if conv_impl not in layers.CONV_IMPLS:
+    raise UserError(f"unknown conv_impl {conv_impl!r}; choose from {', '.join(layers.CONV_IMPLS)}")
+  with layers.conv_impl(conv_impl):
+    report = _run(model_name, mode=mode, vs_torch=vs_torch, torch_python=torch_python,
+                  steps=steps, warmup=warmup, **kwargs)
+  for result in report["jax"]:
+    result["conv_impl"] = conv_impl
+  return report
+
+
+def _run(model_name: str, *, mode: str, vs_torch: bool, torch_python: str | None, steps: int,
+         warmup: int, **kwargs: Any) -> dict[str, Any]:
   host = {"machine": platform.machine(), "cpus": os.cpu_count(),
           "load_avg_1m_start": os.getloadavg()[0]}
   if not vs_torch:
@@ -646,6 +661,8 @@ flags.DEFINE_string("torch_python", None, "Python that has torch and timm, for -
 flags.DEFINE_float("peak_flops", None, "Peak FLOP/s of all devices together, for MFU "
                    "(default: table for GPUs/TPUs, measured matmul on CPU).")
 flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
+flags.DEFINE_enum("conv_impl", "auto", ["auto", "xla", "rewrite"], "How convolutions are "
+                  "computed, as the training config's conv_impl (auto: CPU forms on CPU).")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -661,7 +678,7 @@ def main(argv: Sequence[str]) -> None:
                  image_size=FLAGS.image_size, dtype=FLAGS.dtype, steps=FLAGS.steps,
                  warmup=FLAGS.warmup, with_data=FLAGS.with_data,
                  num_devices=FLAGS.num_devices, num_classes=FLAGS.num_classes,
-                 peak_flops=FLAGS.peak_flops)
+                 peak_flops=FLAGS.peak_flops, conv_impl=FLAGS.conv_impl)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)

@@ -107,6 +107,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.total_steps = 0               # > 0 overrides num_epochs
   config.halt_after_steps = 0          # > 0: stop this invocation early (a rerun resumes)
 
+  # How convolutions are computed (same parameters and results): "auto" = on CPU the cheaper
+  # exact forms of cnn_jax/models/layers.py (depthwise by shifted multiply-adds, 1x1 and
+  # patchify convs as matmuls; ~1.2-1.7x faster train steps, more temporary memory), XLA's conv
+  # elsewhere; "xla" = XLA's conv everywhere (less memory on CPU); "rewrite" = the forms anywhere.
+  config.conv_impl = "auto"
+
   config.mesh = ml_collections.ConfigDict()
   config.mesh.num_devices = -1         # -1 = all visible devices
   config.mesh.strategy = "data_parallel"  # data_parallel | fsdp

@@ -29,7 +29,7 @@ from jax.experimental import multihost_utils
 
 from cnn_jax import checkpoint, data, metrics, optim, parallel
 from cnn_jax.errors import UserError
-from cnn_jax.models import create_model
+from cnn_jax.models import create_model, layers
 
 
 @flax.struct.dataclass
@@ -337,6 +337,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   Returns the final eval metrics (classification: {"loss", "accuracy"}, on the eval split).
   """
+  if config.conv_impl not in layers.CONV_IMPLS:
+    raise UserError(f"conv_impl must be one of {', '.join(layers.CONV_IMPLS)} "
+                    f"(got {config.conv_impl!r})")
+  # The steps are traced inside the loop, so the whole run sits in the conv impl's scope.
+  with layers.conv_impl(config.conv_impl):
+    return _train_and_evaluate(config, workdir, task)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        task: Task) -> dict[str, float]:
   check_init_from(config)
   _prepare_workdir(workdir, config)
   _check_best_metric(config, task)

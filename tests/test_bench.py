@@ -49,6 +49,7 @@ def test_cli_json_train_has_every_field():
   [r] = report["jax"]
   _check_jax_result(r, "train", 2)
   assert r["num_devices"] == 8 and r["image_size"] == 32 and r["num_classes"] == 10
+  assert r["conv_impl"] == "auto"
   assert "images/s" in bench.format_report(report)
 
 
@@ -74,6 +75,7 @@ def test_cli_table_bfloat16():
     (("--model=lenet5", "--steps=0"), "steps"),
     (("--model=lenet5", "--vs_torch", "--torch_python=/nonexistent/python"), "cannot be run"),
     (("--model=lenet5", "--vs_torch", "--mode=fcmae"), "--vs_torch"),
+    (("--model=lenet5", "--conv_impl=fast"), "conv_impl"),
     ((), "--model is required"),
 ])
 def test_user_errors_are_one_line(args, message):

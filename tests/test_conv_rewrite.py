@@ -126,3 +126,36 @@ def test_max_pool_gradient_goes_to_the_first_of_tied_maxima_as_select_and_scatte
   # Same routing (which inputs get gradient); sums of several windows may round differently.
   np.testing.assert_array_equal(grads["rewrite"] != 0, grads["xla"] != 0)
   np.testing.assert_allclose(grads["rewrite"], grads["xla"], rtol=0, atol=1e-6)
+
+
+def test_config_conv_impl_chooses_the_conv_path_of_a_training_run(tmp_path, monkeypatch):
+  from cnn_jax import train
+  from helpers import load_config
+
+  real = layers._patches_by_matmul
+  rewritten = []
+  monkeypatch.setattr(layers, "_patches_by_matmul",
+                      lambda *args, **kwargs: rewritten.append(1) or real(*args, **kwargs))
+  finals = {}
+  for impl in ("xla", "rewrite"):
+    rewritten.clear()
+    # resnet18: its bottleneck-free stages still have strided 1x1 shortcut convs.
+    config = load_config("resnet_cifar_digits", "resnet18", total_steps=2, num_epochs=0,
+                         conv_impl=impl, **{"data.batch_size": 16, "data.eval_batch_size": 200,
+                                            "schedule.name": "constant",
+                                            "optimizer.learning_rate": 1e-3,
+                                            "checkpoint.best_metric": ""})
+    finals[impl] = train.train_and_evaluate(config, str(tmp_path / impl))
+    assert bool(rewritten) == (impl == "rewrite")
+  np.testing.assert_allclose(finals["rewrite"]["loss"], finals["xla"]["loss"], rtol=1e-4)
+  np.testing.assert_allclose(finals["rewrite"]["accuracy"], finals["xla"]["accuracy"])
+
+
+def test_an_unknown_conv_impl_is_refused_before_the_run(tmp_path):
+  from cnn_jax import train
+  from cnn_jax.errors import UserError
+  from helpers import load_config
+
+  with pytest.raises(UserError, match="conv_impl must be one of auto, xla, rewrite"):
+    train.train_and_evaluate(load_config("lenet5_digits", conv_impl="XLA"), str(tmp_path))
+  assert not list(tmp_path.iterdir())
