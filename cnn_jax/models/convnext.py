@@ -52,8 +52,9 @@ scale per block (25,572,136 params; `layer_scale_init=None` gives torchvision's 
 in-block downsampling (1x1 strided conv + norm) keeps its norm when `num_norms='one'`; a conv or
 linear layer has a bias unless a BatchNorm directly follows it (torchvision/timm convention).
 
-Layout and conversion notes: everything is NHWC; 1x1 convs are `nnx.Linear` (timm's default
-`conv_mlp=False`). Names follow timm with these renames for a converter:
+Layout and conversion notes: everything is NHWC; 1x1 convs are linear layers (timm's default
+`conv_mlp=False`; `layers.Linear`, an `nnx.Linear`). Names follow timm with these renames for a
+converter:
 `stem.0/1 -> stem.conv/norm`, `stages.i.downsample.0/1 -> downsample.norm/conv`,
 `blocks.j.mlp.fc1/fc2/grn -> blocks.j.fc1/fc2/grn` (GRN `weight/bias -> gamma/beta`),
 `head.norm/fc` unchanged. timm's atto-nano use `conv_mlp=True`, i.e. 1x1 `Conv2d` weights that
@@ -72,8 +73,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cnn_jax.models.layers import (GRN, DropPath, Dtype, conv_general_dilated, layer_norm,
-                                   max_pool, trunc_normal)
+from cnn_jax.models.layers import (GRN, DropPath, Dtype, Linear, conv_general_dilated,
+                                   layer_norm, max_pool, trunc_normal)
 from cnn_jax.models.registry import register_model
 
 # PyTorch's nn.GELU is the exact erf form; jax's default tanh approximation would make
@@ -175,9 +176,9 @@ def _conv(in_dim: int, out_dim: int, kernel: int, stride: int, *, groups: int = 
 
 
 def _linear(in_dim: int, out_dim: int, *, use_bias: bool, dtype: Dtype | None,
-            param_dtype: Dtype, rngs: nnx.Rngs) -> nnx.Linear:
-  return nnx.Linear(in_dim, out_dim, use_bias=use_bias, kernel_init=trunc_normal(0.02),
-                    dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+            param_dtype: Dtype, rngs: nnx.Rngs) -> Linear:
+  return Linear(in_dim, out_dim, use_bias=use_bias, kernel_init=trunc_normal(0.02),
+                dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
 def _mul_mask(x: jax.Array, mask: jax.Array | None) -> jax.Array:

@@ -33,16 +33,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cnn_jax.models.layers import DropPath, Dtype, PatchEmbed, layer_norm, trunc_normal
+from cnn_jax.models.layers import DropPath, Dtype, Linear, PatchEmbed, layer_norm, trunc_normal
 from cnn_jax.models.registry import register_model
 
 LN_EPS = 1e-6
 
 
-def _linear(in_features: int, out_features: int, *, dtype, param_dtype, rngs) -> nnx.Linear:
-  return nnx.Linear(in_features, out_features, kernel_init=trunc_normal(0.02),
-                    bias_init=nnx.initializers.zeros_init(), dtype=dtype,
-                    param_dtype=param_dtype, rngs=rngs)
+def _linear(in_features: int, out_features: int, *, dtype, param_dtype, rngs) -> Linear:
+  return Linear(in_features, out_features, kernel_init=trunc_normal(0.02),
+                bias_init=nnx.initializers.zeros_init(), dtype=dtype, param_dtype=param_dtype,
+                rngs=rngs)
 
 
 class Attention(nnx.Module):
