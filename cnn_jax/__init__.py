@@ -4,5 +4,7 @@ from cnn_jax import hostenv as _hostenv
 
 __version__ = "0.1.0"
 
-# Before anything imports jax: `python -m cnn_jax.main` etc. run with huge pages (see hostenv).
+# Before JAX starts its backend: the XLA:CPU flags, then `python -m cnn_jax.main` etc. re-run
+# with huge pages (see hostenv).
+_hostenv.set_xla_flags()
 _hostenv.reexec_with_hugepages()

@@ -109,8 +109,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   # How convolutions are computed (same parameters and results): "auto" = on CPU the cheaper
   # exact forms of cnn_jax/models/layers.py (depthwise by shifted multiply-adds, 1x1 and
-  # patchify convs as matmuls; ~1.2-1.7x faster train steps, more temporary memory), XLA's conv
-  # elsewhere; "xla" = XLA's conv everywhere (less memory on CPU); "rewrite" = the forms anywhere.
+  # patchify convs as matmuls, max pooling by slices: 3-4.5x faster ResNet-50/ConvNeXt-T train
+  # steps), XLA's conv elsewhere; "xla" = XLA's conv everywhere; "rewrite" = the forms anywhere.
   config.conv_impl = "auto"
 
   config.mesh = ml_collections.ConfigDict()
