@@ -28,7 +28,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = base.get_config()
   config.model = ml_collections.ConfigDict({
       "name": f"convnext_{size}", "num_classes": 1000, "drop_path_rate": DROP_PATH[size],
-      "layer_scale_init": 1e-6, "head_init_scale": 1.0})
+      "layer_scale_init": 1e-6, "head_init_scale": 1.0,
+      "remat": False})
   base.set_imagenet_data(config, randaugment="rand-m9-mstd0.5-inc1", random_erasing=0.25,
                          mixup_alpha=0.8, cutmix_alpha=1.0, interpolation="bicubic",
                          batch_size=4096)

@@ -42,7 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.init_head = "drop"
   config.model = ml_collections.ConfigDict({
       "name": f"convnextv2_{size}", "num_classes": 1000, "in_channels": 3, "patch_size": 4,
-      "grn": True, "drop_path_rate": drop_path, "head_init_scale": 0.001})
+      "grn": True, "drop_path_rate": drop_path, "head_init_scale": 0.001, "remat": False})
 
   base.set_imagenet_data(config, randaugment="rand-m9-mstd0.5-inc1", random_erasing=0.25,
                          mixup_alpha=mixup, cutmix_alpha=cutmix, interpolation="bicubic",

@@ -30,7 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.task = "fcmae"
   config.model = ml_collections.ConfigDict({
       "name": f"convnextv2_{size}", "num_classes": 1000, "in_channels": 3, "patch_size": 4,
-      "grn": True, "drop_path_rate": 0.0})
+      "grn": True, "drop_path_rate": 0.0, "remat": False})
   config.fcmae = ml_collections.ConfigDict({
       "mask_ratio": 0.6, "patch_size": 32, "decoder_dim": 512, "decoder_depth": 1,
       "norm_pix_loss": True, "sparse": True, "reconstruction_every_steps": 5000,

@@ -21,7 +21,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = set((arg or "").split(","))
   config = base.get_config()
   config.model = ml_collections.ConfigDict({"name": "resnet50", "num_classes": 1000,
-                                            "zero_init_last_bn": True})
+                                            "zero_init_last_bn": True, "remat": False})
   base.set_imagenet_data(config, randaugment="", random_erasing=0.0, mixup_alpha=0.0,
                          cutmix_alpha=0.0, interpolation="bilinear", batch_size=1024)
   config.optimizer.name = "sgd"

@@ -18,7 +18,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = base.get_config()
   config.model = ml_collections.ConfigDict({
       "name": "vit_small_patch16_224", "num_classes": 1000, "image_size": 224,
-      "drop_path_rate": 0.1})
+      "drop_path_rate": 0.1, "remat": False})
   base.set_imagenet_data(config, randaugment="rand-m9-mstd0.5-inc1", random_erasing=0.25,
                          mixup_alpha=0.8, cutmix_alpha=1.0, interpolation="bicubic",
                          batch_size=1024)

@@ -37,3 +37,19 @@ def test_smoke_variant_trains(tmp_path, name, arg):
   final = train.train_and_evaluate(config, str(tmp_path))
   assert 0.0 <= final["accuracy"] <= 1.0 and final["loss"] > 0
   assert (tmp_path / "final_metrics.json").exists()
+
+
+@pytest.mark.parametrize("name, arg", [
+    ("resnet50_imagenet", None), ("convnext_imagenet", "tiny"),
+    ("convnextv2_imagenet_finetune", "tiny"), ("fcmae_convnextv2_imagenet", "tiny"),
+    ("vit_small_imagenet", None)])
+def test_imagenet_recipes_let_remat_be_switched_on(name, arg):
+  from flax import nnx
+
+  assert load_config(name, arg).model.remat is False
+  config = load_config(name, arg, **{"model.remat": True})
+  model = nnx.eval_shape(lambda: train.build_model(config))
+  # ResNet and ViT keep the switch on the model, ConvNeXt on each stage.
+  switches = [getattr(model, "remat", None)] + [getattr(s, "remat", None)
+                                                for s in getattr(model, "stages", [])]
+  assert True in switches and False not in switches
