@@ -98,8 +98,8 @@ def _depthwise_by_shifts_bwd(padding, residuals, dy):
   # through whole stages of FCMAE's masked residual stream into several consumers, computing
   # them again in each (optimization barriers do not survive to XLA:CPU's fusion pass; a loop
   # body's outputs do). Per image the operands stay in cache: 1.7-1.9x faster kernel gradient.
-  # The barrier on `padded` keeps XLA's common-subexpression pass (which runs before the
-  # barriers are removed) from merging these taps with the forward's.
+  # The barrier on `padded` keeps XLA from merging these taps with the forward's (without it
+  # ConvNeXt-T's batch-32 step ran 4.25 s instead of 3.93 s).
   def one_image(d_kernel, image):
     padded_image, dy_image = image
     # d(padded): dy correlated with the flipped kernel ("full" padding), then cropped to x.
