@@ -587,10 +587,10 @@ def run(model_name: str, *, mode: str = "train", vs_torch: bool = False,
   """The whole benchmark: `mode` in JAX; with `vs_torch`, train and infer in both frameworks,
   a few steps of each in turn, so that a change in the machine's load hits both alike.
   `conv_impl` is the training config's field of that name (cnn_jax/models/layers.py)."""
+  from cnn_jax import train
   from cnn_jax.models import layers
 
-  if conv_impl not in layers.CONV_IMPLS:
-    raise UserError(f"unknown conv_impl {conv_impl!r}; choose from {', '.join(layers.CONV_IMPLS)}")
+  train.check_conv_impl(conv_impl)
   with layers.conv_impl(conv_impl):
     report = _run(model_name, mode=mode, vs_torch=vs_torch, torch_python=torch_python,
                   steps=steps, warmup=warmup, **kwargs)
@@ -649,6 +649,7 @@ FLAGS = flags.FLAGS
 # cnn_jax.summary (reused for the FLOP count) defines flags of the same names at import;
 # in this program this CLI's own take their place.
 from cnn_jax import summary as _summary  # noqa: E402,F401
+from cnn_jax.models import layers as _layers  # noqa: E402
 for _name in ("model", "batch_size", "image_size", "num_classes", "dtype", "json"):
   if _name in FLAGS:
     delattr(FLAGS, _name)
@@ -669,7 +670,7 @@ flags.DEFINE_string("torch_python", None, "Python that has torch and timm, for -
 flags.DEFINE_float("peak_flops", None, "Peak FLOP/s of all devices together, for MFU "
                    "(default: table for GPUs/TPUs, measured matmul on CPU).")
 flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
-flags.DEFINE_enum("conv_impl", "auto", ["auto", "xla", "rewrite"], "How convolutions are "
+flags.DEFINE_enum("conv_impl", "auto", list(_layers.CONV_IMPLS), "How convolutions are "
                   "computed, as the training config's conv_impl (auto: CPU forms on CPU).")
 
 

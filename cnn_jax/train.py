@@ -322,6 +322,12 @@ def _check_best_metric(config: ml_collections.ConfigDict, task: Task) -> None:
                     f"(got {config.checkpoint.best_mode!r})")
 
 
+def check_conv_impl(impl: str) -> None:
+  """A conv impl that `layers.conv_impl` does not know stops the run before it starts."""
+  if impl not in layers.CONV_IMPLS:
+    raise UserError(f"conv_impl must be one of {', '.join(layers.CONV_IMPLS)} (got {impl!r})")
+
+
 def check_init_from(config: ml_collections.ConfigDict) -> None:
   """A recipe that needs pretrained weights (`init_from_required`) refuses an empty init_from."""
   if config.init_from_required and not config.init_from:
@@ -337,9 +343,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   Returns the final eval metrics (classification: {"loss", "accuracy"}, on the eval split).
   """
-  if config.conv_impl not in layers.CONV_IMPLS:
-    raise UserError(f"conv_impl must be one of {', '.join(layers.CONV_IMPLS)} "
-                    f"(got {config.conv_impl!r})")
+  check_conv_impl(config.conv_impl)
   # The steps are traced inside the loop, so the whole run sits in the conv impl's scope.
   with layers.conv_impl(config.conv_impl):
     return _train_and_evaluate(config, workdir, task)
