@@ -39,7 +39,11 @@ def test_cli_trains_and_prints_final_accuracy(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--config.model.name=resnet5000"], "unknown model 'resnet5000'"),
-    (["--config.optimizr.learning_rate=0.1"], 'unknown config field in an override: \'optimizr\''),
+    (["--config.optimizr.learning_rate=0.1"],
+     "unknown config field 'optimizr.learning_rate' in --config.optimizr.learning_rate; "
+     "did you mean optimizer.learning_rate?"),
+    (["--config.batch_size=13"],
+     "unknown config field 'batch_size' in --config.batch_size; did you mean data.batch_size?"),
     (["--config.data.batch_size=60"], "data.batch_size=60 is not divisible by the 8 devices"),
     (["--config.model.image_size=20"], "LeNet-5 needs image_size 28 or 32"),
     (["--config.data.image_size=16", "--config.model.image_size=32"],

@@ -1,0 +1,219 @@
+"""What every command-line tool shares: one way to start, one way to fail.
+
+A tool defines its flags in a function and hands it with its `main(argv)` to `run`:
+
+    def define_flags() -> None:
+      flags.DEFINE_string("model", None, "Registered model name.")
+
+    def main(argv: list[str]) -> None:
+      ...raise UserError("...") for anything the user must fix...
+
+    if __name__ == "__main__":
+      cli.run(main, define_flags)
+
+Flags are defined only when the tool runs, so tests and notebooks can import any number of
+tools side by side. `run` applies the process settings of the heavy tools (huge pages, XLA:CPU
+flags; see hostenv.py) before JAX starts its backend, turns a flag or config error and any
+`UserError` into one `error:` line on stderr with exit code 2, and keeps absl's INFO logging
+quiet unless `--verbosity` is given.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NoReturn
+
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from cnn_jax import hostenv
+from cnn_jax.errors import UserError
+
+FLAGS = flags.FLAGS
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+  """One line on stderr and a non-zero exit: the contract for every user error."""
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def one_line(e: BaseException) -> str:
+  """An exception's message on one line (KeyError's repr quoting unwrapped)."""
+  # KeyError's str() is the repr of its message (sometimes of a repr, when config_flags
+  # re-raises); unwrap to the message itself.
+  text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+  while len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+    try:
+      text = str(ast.literal_eval(text))
+    except (ValueError, SyntaxError):
+      break
+  lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+  return " ".join(lines) or type(e).__name__
+
+
+# ------------------------------------------------------------------------- config files
+
+def resolve_path(path: str) -> str:
+  """A config path as given if it exists, else relative to the repository root."""
+  if os.path.isfile(path) or os.path.isabs(path):
+    return path
+  return os.path.join(REPO_ROOT, path)
+
+
+def load_module(full_path: str) -> Any:
+  """The Python file at `full_path` as a fresh module (a config file, a sweep config)."""
+  spec = importlib.util.spec_from_file_location(f"cnn_jax_file_{abs(hash(full_path))}",
+                                                full_path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def load_config_file(path: str, arg: str = "") -> ml_collections.ConfigDict:
+  """get_config(arg) (or get_config() when arg is "") of a config file, locked."""
+  full_path = resolve_path(path)
+  if not os.path.isfile(full_path):
+    raise UserError(f"config file not found: {path}")
+  try:
+    module = load_module(full_path)
+    config = module.get_config(arg) if arg else module.get_config()
+  except Exception as e:  # A broken config is the user's to fix: say why in one line.
+    raise UserError(f"cannot load config {path}: {one_line(e)}") from None
+  config.lock()
+  return config
+
+
+def field_names(config: ml_collections.ConfigDict, prefix: str = "") -> Iterator[str]:
+  """Every dotted field name of a config, parents before their children."""
+  for key, value in config.items():
+    name = f"{prefix}{key}"
+    yield name
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from field_names(value, f"{name}.")
+
+
+def suggest_fields(config: ml_collections.ConfigDict, unknown: str) -> list[str]:
+  """Fields the user probably meant by `unknown`: the same last part at another depth first
+  (`batch_size` -> `data.batch_size`), then close spellings."""
+  names = list(field_names(config))
+  leaf = unknown.rsplit(".", 1)[-1]
+  same_leaf = [n for n in names if n.rsplit(".", 1)[-1] == leaf and n != unknown]
+  close = difflib.get_close_matches(unknown, names, n=3, cutoff=0.75)
+  return list(dict.fromkeys(same_leaf + close))[:5]
+
+
+def _config_arg_of(argv: Sequence[str], flag_name: str) -> str | None:
+  for i, arg in enumerate(argv):
+    if arg == f"--{flag_name}" and i + 1 < len(argv):
+      return argv[i + 1]
+    if arg.startswith(f"--{flag_name}="):
+      return arg.split("=", 1)[1]
+  return None
+
+
+def _overridden_fields(argv: Sequence[str], flag_name: str) -> list[str]:
+  prefix = f"--{flag_name}."
+  return [arg[len(prefix):].split("=", 1)[0] for arg in argv if arg.startswith(prefix)]
+
+
+def unknown_field_message(argv: Sequence[str], flag_name: str, error: BaseException) -> str:
+  """What to say when an override names a field the config does not have."""
+  spec = _config_arg_of(argv, flag_name)
+  config = None
+  if spec:
+    path, _, arg = spec.partition(":")
+    try:
+      config = load_config_file(path, arg)
+    except UserError:
+      config = None
+  names = set(field_names(config)) if config is not None else set()
+  unknown = [f for f in _overridden_fields(argv, flag_name) if f not in names]
+  if config is None or not unknown:
+    return f"unknown config field in an override: {one_line(error)}"
+  field = unknown[0]
+  hints = suggest_fields(config, field)
+  hint = f"; did you mean {' or '.join(hints)}?" if hints else ""
+  return f"unknown config field {field!r} in --{flag_name}.{field}{hint}"
+
+
+# ------------------------------------------------------------------------------- flags
+
+def define_config_flag(name: str = "config", help_text: str | None = None) -> Any:
+  """A `--config path.py[:arg]` flag whose fields `--config.a.b=v` override."""
+  return config_flags.DEFINE_config_file(
+      name, None, help_text or "Path to a config file with get_config(); override fields "
+      "with --config.field=value.", lock_config=True)
+
+
+def config_value(name: str = "config", example: str = "configs/lenet5_mnist.py"
+                 ) -> ml_collections.ConfigDict:
+  """The parsed config of a `define_config_flag` flag; UserError when it is missing or broken."""
+  if not FLAGS[name].present:  # get_config_filename raises on an unparsed flag
+    raise UserError(f"--{name} is required, e.g. --{name} {example}")
+  config_path = config_flags.get_config_filename(FLAGS[name])
+  # "path.py:arg" passes arg to get_config (config_flags splits at the first colon).
+  if not os.path.isfile(config_path.split(":", 1)[0]):
+    raise UserError(f"config file not found: {config_path.split(':', 1)[0]}")
+  try:
+    return FLAGS[name].value
+  except OSError as e:  # The file exists but failed to load: show why, in one line.
+    raise UserError(f"bad --{name}: {one_line(e.__cause__ or e)}") from None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parse, with every error the user can make as one line and exit 2."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    fail(one_line(e))
+  except (KeyError, AttributeError) as e:
+    # An override naming a field the config does not have: KeyError below the top level,
+    # AttributeError at it (`--config.batch_size`).
+    message = unknown_field_message(argv, "config", e)
+    if isinstance(e, AttributeError) and message.startswith("unknown config field in an"):
+      message = f"bad --config: {one_line(e)}"  # Not an override's fault: the file's.
+    fail(message)
+  except (ValueError, TypeError, OSError, SyntaxError) as e:
+    # Raised while loading or overriding the config file.
+    fail(f"bad --config: {one_line(e)}")
+
+
+def no_extra_args(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+
+
+# -------------------------------------------------------------------------------- run
+
+def apply_process_settings() -> None:
+  """Huge pages (re-runs the process once) and XLA:CPU flags, before JAX starts a backend."""
+  hostenv.reexec_with_hugepages()
+  hostenv.set_xla_flags()
+
+
+def run(main: Callable[[list[str]], Any], define_flags: Callable[[], None] | None = None, *,
+        process_settings: bool = True) -> None:
+  """Starts a tool: process settings, its flags, then `main` with user errors as one line."""
+  if process_settings:
+    apply_process_settings()
+  if define_flags is not None:
+    define_flags()
+
+  def guarded_main(argv: list[str]) -> None:
+    if "verbosity" in FLAGS and not FLAGS["verbosity"].present:
+      # Orbax and JAX log at INFO; the tools' own lines are what users want to read.
+      logging.set_verbosity(logging.WARNING)
+    try:
+      main(argv)
+    except UserError as e:
+      fail(str(e))
+
+  app.run(guarded_main, flags_parser=parse_flags)
