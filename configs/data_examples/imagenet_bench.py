@@ -28,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.interpolation = "bicubic"
   config.data.crop_pct = 0.875
   # Best on the 2-core machine: 2 read threads in-process (PIL releases the GIL); on a
-  # many-core host use worker processes (num_workers > 0). See the README's "Data" section.
+  # many-core host use worker processes (num_workers > 0). See experiments/data_pipeline/.
   config.data.num_workers = 0
   config.data.num_threads = 2
   config.data.prefetch_batches = 2

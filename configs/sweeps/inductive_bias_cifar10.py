@@ -8,7 +8,7 @@ The twin of inductive_bias_digits.py for users with accelerators: the same two m
 etc.: not stratified; TFDS's CIFAR-10 train order is already mixed), evaluated on the 10,000
 test images. Every point takes the same 40,000 steps of batch 128 (~100 epochs of the full
 set, ~1,000 of the 10 % subset) with the same 2,000 warmup steps. Prepare the data first
-(`tfds build cifar10 --file_format=array_record`, see the README's Data section); print the
+(`tfds build cifar10 --file_format=array_record`, see docs/data.md); print the
 commands, run them as independent jobs, then collect with --collect_only.
 """
 

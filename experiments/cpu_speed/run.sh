@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU speed figures of README "Benchmarks" (issue 11), into OUT (default
+# The CPU speed figures of experiments/cpu_speed/README.md (issue 11), into OUT (default
 # experiments/cpu_speed/results); ResNet-50 and ConvNeXt-T, 224 px, float32, batch 32:
 #  - cnn_jax against PyTorch eager in one command (--vs_torch: turns of a few steps each, train
 #    and inference) -> MODEL.json;

@@ -1,4 +1,4 @@
-"""Condenses experiments/cpu_speed/run.sh's JSONs into the README's Markdown tables.
+"""Condenses experiments/cpu_speed/run.sh's JSONs into the Markdown tables of its README.
 
   python experiments/cpu_speed/table.py [DIR]
 """
