@@ -45,6 +45,7 @@ def test_a_failed_row_is_reported_in_the_table():
   import importlib.util
   spec = importlib.util.spec_from_file_location("accelerator_run", f"{REPO_ROOT}/{SCRIPT}")
   run = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = run  # its dataclasses look their module up
   spec.loader.exec_module(run)
   results = {"dry_run": False, "host": {"device": "NVIDIA H200", "num_devices": 1,
                                         "jax_version": "0", "date": "today"},
