@@ -52,6 +52,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.num_workers = 0           # grain worker processes decoding (0 = threads only)
   config.data.num_threads = 8           # grain read threads per process
   config.data.prefetch_batches = 2      # batches buffered per worker process
+  # Batches whose host-to-device copy is issued while earlier steps run (0 = copy each batch
+  # when its step starts, which leaves the accelerator waiting for the transfer).
+  config.data.prefetch_to_device = 2
   config.data.synthetic = ml_collections.ConfigDict(
       {"num_train": 1024, "num_eval": 256, "num_classes": 10})
   # embedded name "long_range": two digits `distance` px apart (centre to centre) on an

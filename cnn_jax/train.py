@@ -408,7 +408,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   halt_at = start_step + config.halt_after_steps if config.halt_after_steps else total_steps
   halt_at = min(halt_at, total_steps)
-  train_iter = train_batches.iterate(start_step)
+  train_iter = data.prefetch_to_device(train_batches.iterate(start_step),
+                                       functools.partial(parallel.shard_batch, mesh=mesh),
+                                       config.data.prefetch_to_device)
   metric_sums, metric_count = None, 0
   last_log_time, last_log_step = time.perf_counter(), start_step
   eval_metrics: dict[str, float] = {}
@@ -416,7 +418,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   with _TerminationSignal(start_step) as terminated:
     try:
       while step < halt_at:
-        batch = parallel.shard_batch(next(train_iter), mesh)
+        batch = next(train_iter)
         state, step_metrics = train_fn(state, batch)
         step += 1
         # Accumulated on device: no host round-trip except at logging time.

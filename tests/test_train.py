@@ -98,3 +98,26 @@ def test_batchnorm_model_trains_and_updates_its_statistics(tmp_path):
   stem_means = [np.asarray(v) for k, v in flat
                 if "stem" in jax.tree_util.keystr(k) and "mean" in jax.tree_util.keystr(k)]
   assert stem_means and np.abs(stem_means[0]).max() > 0  # moved from their zero init
+
+
+def test_prefetch_to_device_reaches_the_loop_and_changes_no_result(tmp_path, monkeypatch):
+  # The loop issues the next batches' host-to-device copies `data.prefetch_to_device` steps
+  # ahead; what it trains on must not depend on how far ahead.
+  from cnn_jax import data
+  sizes = []
+  original = data.prefetch_to_device
+
+  def recording(batches, put, size=2):
+    sizes.append(size)
+    return original(batches, put, size)
+
+  monkeypatch.setattr(data, "prefetch_to_device", recording)
+  params = {}
+  for ahead in (0, 3):
+    config = load_config("lenet5_digits", total_steps=6, log_every_steps=3, eval_every_steps=6,
+                         **{"data.prefetch_to_device": ahead, "schedule.warmup_epochs": 0.2})
+    train.train_and_evaluate(config, str(tmp_path / f"ahead{ahead}"))
+    params[ahead] = final_params(str(tmp_path / f"ahead{ahead}"))[1]
+  assert sizes == [0, 3]
+  for key, value in params[0].items():
+    np.testing.assert_array_equal(value, params[3][key], err_msg=key)

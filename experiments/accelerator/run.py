@@ -1,0 +1,209 @@
+"""The one-command accelerator check: train-step throughput, MFU, compile time and peak memory
+of the models this project is about, and a 300-step training run through the real input
+pipeline, in one JSON and one Markdown table.
+
+  python experiments/accelerator/run.py --out runs/accelerator        # on a GPU/TPU host
+  python experiments/accelerator/run.py --dry_run --out /tmp/acc      # tiny stand-ins, CPU
+
+Every row is its own process (`python -m cnn_jax.bench --json`, `python -m cnn_jax.main`), so
+one model's failure or memory does not touch the next; a failed row is reported, not fatal.
+Budget on one H100/H200: about 6-8 minutes, most of it compilation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from typing import Any
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MAIN_CONFIG = os.path.join("experiments", "accelerator", "resnet50_synthetic.py")
+# What the README compares against (../shared/REFERENCE.md's speed anchors).
+ANCHORS = ("NVIDIA DeepLearningExamples ResNet-50 training, 1x A100-80GB AMP: 2,470 img/s; "
+           "timm ConvNeXt-T training on RTX 3090 AMP: 813 img/s, ResNet-50 826 img/s")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchRow:
+  label: str
+  model: str
+  mode: str
+  batch_size: int
+  image_size: int
+
+
+FULL_ROWS = (
+    BenchRow("ResNet-50 train", "resnet50", "train", 256, 224),
+    BenchRow("ConvNeXt-T train", "convnext_tiny", "train", 256, 224),
+    BenchRow("ViT-S/16 train", "vit_small_patch16_224", "train", 256, 224),
+    BenchRow("ConvNeXt V2-B FCMAE", "convnextv2_base", "fcmae", 256, 224),
+    BenchRow("ResNet-50 inference", "resnet50", "infer", 256, 224),
+)
+# Same kinds of step, models small enough to compile and run in seconds on a CPU.
+DRY_ROWS = (
+    BenchRow("ResNet-18 train (dry)", "resnet18", "train", 8, 32),
+    BenchRow("ConvNeXt V2-A train (dry)", "convnextv2_atto", "train", 8, 32),
+    BenchRow("ViT-Ti/4 train (dry)", "vit_tiny_patch4_32", "train", 8, 32),
+    BenchRow("ConvNeXt V2-A FCMAE (dry)", "convnextv2_atto", "fcmae", 8, 64),
+)
+
+
+def _run(cmd: list[str], timeout: float) -> tuple[int, str, str, float]:
+  start = time.perf_counter()
+  try:
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+    code, out, err = proc.returncode, proc.stdout, proc.stderr
+  except subprocess.TimeoutExpired as e:
+    code, out, err = 124, e.stdout or "", f"timed out after {timeout:.0f} s"
+    out = out.decode() if isinstance(out, bytes) else out
+  return code, out, err, time.perf_counter() - start
+
+
+def _last_line(text: str) -> str:
+  lines = [line for line in text.strip().splitlines() if line.strip()]
+  return lines[-1] if lines else ""
+
+
+def bench_row(row: BenchRow, *, dtype: str, steps: int, warmup: int,
+              timeout: float) -> dict[str, Any]:
+  cmd = [sys.executable, "-m", "cnn_jax.bench", "--model", row.model, "--mode", row.mode,
+         "--batch_size", str(row.batch_size), "--image_size", str(row.image_size),
+         "--dtype", dtype, "--steps", str(steps), "--warmup", str(warmup), "--json"]
+  code, out, err, wall = _run(cmd, timeout)
+  entry: dict[str, Any] = {"label": row.label, "kind": "bench", "command": " ".join(cmd[1:]),
+                           "wall_s": wall, "ok": code == 0}
+  if code != 0:
+    entry["error"] = _last_line(err) or f"exit {code}"
+    return entry
+  report = json.loads(_last_line(out))
+  result = report["jax"][0]
+  entry.update({k: result.get(k) for k in (
+      "model", "mode", "batch_size", "image_size", "dtype", "images_per_sec", "mfu",
+      "peak_flops", "peak_flops_source", "model_flops_per_step", "compile_time_s",
+      "lower_time_s", "peak_device_bytes", "peak_device_source", "device_kind",
+      "num_devices", "platform")})
+  entry["step_time_median_s"] = result["step_time_s"]["median"]
+  return entry
+
+
+def main_run(*, dry: bool, workdir: str, timeout: float) -> dict[str, Any]:
+  """A real `cnn_jax.main` run: data pipeline, metrics and checkpoint included."""
+  config = MAIN_CONFIG + (":dry" if dry else "")
+  cmd = [sys.executable, "-m", "cnn_jax.main", "--config", config, "--workdir", workdir]
+  code, out, err, wall = _run(cmd, timeout)
+  entry: dict[str, Any] = {"label": "ResNet-50 main run, synthetic data" + (" (dry)" if dry
+                                                                            else ""),
+                           "kind": "main", "command": " ".join(cmd[1:]), "wall_s": wall,
+                           "ok": code == 0}
+  if code != 0:
+    entry["error"] = _last_line(err) or f"exit {code}"
+    return entry
+  rates = []
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      record = json.loads(line)
+      if "train/images_per_sec" in record:
+        rates.append((record["step"], record["train/images_per_sec"]))
+  # The first logging window holds the compilation; the rest is the steady rate.
+  steady = [rate for _, rate in rates[1:]] or [rate for _, rate in rates]
+  entry["images_per_sec"] = sorted(steady)[len(steady) // 2] if steady else None
+  entry["steps"] = rates[-1][0] if rates else 0
+  return entry
+
+
+def _fmt(value: Any, spec: str, scale: float = 1.0, suffix: str = "") -> str:
+  return "n/a" if value is None else f"{value * scale:{spec}}{suffix}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+  host = results["host"]
+  lines = [f"Accelerator check on {host['device']} ({host['num_devices']} device(s)), "
+           f"jax {host['jax_version']}, {host['date']}" + (" — DRY RUN (CPU stand-ins)"
+                                                          if results["dry_run"] else ""),
+           "",
+           "| what | batch | px | dtype | images/s | step | MFU | compile | peak memory |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for e in results["rows"]:
+    if not e["ok"]:
+      lines.append(f"| {e['label']} | | | | failed: {e['error']} | | | | |")
+      continue
+    if e["kind"] == "main":
+      lines.append(f"| {e['label']} ({e['steps']} steps) | | | | "
+                   f"{_fmt(e['images_per_sec'], '.0f')} | | | | |")
+      continue
+    lines.append(
+        f"| {e['label']} | {e['batch_size']} | {e['image_size']} | {e['dtype']} | "
+        f"{_fmt(e['images_per_sec'], '.0f')} | {_fmt(e['step_time_median_s'], '.1f', 1e3, ' ms')} "
+        f"| {_fmt(e['mfu'], '.1f', 100, ' %')} | {_fmt(e['compile_time_s'], '.0f', 1, ' s')} | "
+        f"{_fmt(e['peak_device_bytes'], '.1f', 2**-30, ' GiB')} |")
+  lines += ["", "MFU: model FLOPs per second (cnn_jax.bench: forward MACs x 2, x 3 for a "
+            "train or FCMAE step) over the data-sheet dense peak of the chip for the dtype.",
+            f"Anchors: {ANCHORS}."]
+  return "\n".join(lines)
+
+
+def _device_facts() -> dict[str, Any]:
+  import jax
+  devices = jax.devices()
+  return {"device": devices[0].device_kind, "platform": devices[0].platform,
+          "num_devices": len(devices), "jax_version": jax.__version__}
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--out", required=True, help="Directory for results.json/results.md "
+                      "and the main run's workdir.")
+  parser.add_argument("--dry_run", action="store_true", help="Tiny stand-in models on any "
+                      "device (checks the wiring; figures mean nothing).")
+  parser.add_argument("--dtype", default=None, help="Compute dtype (default bfloat16; "
+                      "float32 with --dry_run).")
+  parser.add_argument("--steps", type=int, default=None, help="Timed steps per row.")
+  parser.add_argument("--timeout", type=float, default=240.0, help="Seconds per row.")
+  parser.add_argument("--models", default="", help="Comma-separated model names: only the "
+                      "bench rows of these (default: all).")
+  args = parser.parse_args()
+  dry = args.dry_run
+  rows = DRY_ROWS if dry else FULL_ROWS
+  if args.models:
+    wanted = set(args.models.split(","))
+    rows = tuple(row for row in rows if row.model in wanted)
+    if not rows:
+      parser.error(f"--models {args.models}: no row has these models")
+  dtype = args.dtype or ("float32" if dry else "bfloat16")
+  steps = args.steps or (2 if dry else 20)
+  os.makedirs(args.out, exist_ok=True)
+  workdir = os.path.join(args.out, "main_run")
+  if os.path.isdir(workdir):
+    import shutil
+    shutil.rmtree(workdir)  # A rerun measures afresh, never resumes a finished run.
+
+  results: dict[str, Any] = {"dry_run": dry, "rows": [], "host": {
+      **_device_facts(), "machine": platform.machine(), "host_cpus": os.cpu_count(),
+      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}}
+  for row in rows:
+    entry = bench_row(row, dtype=dtype, steps=steps, warmup=1 if dry else 3,
+                      timeout=args.timeout)
+    results["rows"].append(entry)
+    print(f"{row.label}: " + (f"{entry['images_per_sec']:.1f} img/s" if entry["ok"]
+                              else f"failed: {entry['error']}"), flush=True)
+  entry = main_run(dry=dry, workdir=workdir, timeout=max(args.timeout, 300.0))
+  results["rows"].append(entry)
+  print(f"{entry['label']}: " + (f"{entry['images_per_sec'] or 0:.1f} img/s" if entry["ok"]
+                                 else f"failed: {entry['error']}"), flush=True)
+  with open(os.path.join(args.out, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  table = markdown(results)
+  with open(os.path.join(args.out, "results.md"), "w") as f:
+    f.write(table + "\n")
+  print(table)
+  return 0 if all(e["ok"] for e in results["rows"]) else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,56 @@
+"""experiments/accelerator/run.py: its CPU dry run goes through the same bench and main commands
+as on an accelerator and writes the JSON and the Markdown table."""
+
+import json
+import subprocess
+import sys
+
+from helpers import REPO_ROOT
+
+SCRIPT = "experiments/accelerator/run.py"
+
+
+def test_dry_run_writes_the_table_and_the_json(tmp_path):
+  out = tmp_path / "acc"
+  result = subprocess.run([sys.executable, SCRIPT, "--dry_run", "--models", "resnet18",
+                           "--out", str(out)], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stdout + result.stderr
+  results = json.loads((out / "results.json").read_text())
+  assert results["dry_run"] is True
+  bench, main_run = results["rows"]
+  assert bench["ok"] and main_run["ok"], results["rows"]
+  assert (bench["model"], bench["mode"], bench["batch_size"], bench["image_size"]) == (
+      "resnet18", "train", 8, 32)
+  assert bench["images_per_sec"] > 0 and bench["compile_time_s"] > 0
+  assert bench["model_flops_per_step"] > 0 and bench["mfu"] > 0
+  # The main run trained its 3 steps through the synthetic input pipeline.
+  assert main_run["steps"] == 3 and main_run["images_per_sec"] > 0
+  assert (out / "main_run" / "final_metrics.json").exists()
+  table = (out / "results.md").read_text()
+  assert table == result.stdout[result.stdout.index("Accelerator check"):]
+  rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+  assert [r.split("|")[1].strip() for r in rows[1:]] == [
+      bench["label"], f"{main_run['label']} (3 steps)"]
+
+
+def test_a_filter_that_matches_no_row_is_refused(tmp_path):
+  result = subprocess.run([sys.executable, SCRIPT, "--dry_run", "--models", "nosuchmodel",
+                           "--out", str(tmp_path)], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=60)
+  assert result.returncode == 2 and "no row has these models" in result.stderr
+
+
+def test_a_failed_row_is_reported_in_the_table():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("accelerator_run", f"{REPO_ROOT}/{SCRIPT}")
+  run = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = run  # its dataclasses look their module up
+  spec.loader.exec_module(run)
+  results = {"dry_run": False, "host": {"device": "NVIDIA H200", "num_devices": 1,
+                                        "jax_version": "0", "date": "today"},
+             "rows": [{"label": "ConvNeXt-T train", "kind": "bench", "ok": False,
+                       "error": "RESOURCE_EXHAUSTED: out of memory"}]}
+  table = run.markdown(results)
+  assert "| ConvNeXt-T train | | | | failed: RESOURCE_EXHAUSTED: out of memory |" in table
+  assert "DRY RUN" not in table
