@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from typing import Any
 
 import jax
@@ -135,7 +137,8 @@ class BestCheckpointer(Checkpointer):
 
 
 # ----------------------------------------------------------------------------------------
-# Pretrained weights (`config.init_from`), as written by `python -m cnn_jax.convert`.
+# Pretrained weights (`config.init_from`), as written by `python -m cnn_jax.convert` and by
+# an FCMAE run's encoder export.
 
 PRETRAINED_JSON = "pretrained.json"
 PRETRAINED_WEIGHTS = "weights"
@@ -162,6 +165,54 @@ def _path_name(path: tuple[Any, ...]) -> str:
     elif isinstance(entry, jax.tree_util.SequenceKey):
       parts.append(str(entry.idx))
   return ".".join(parts)
+
+
+def _nested(flat: dict[tuple[Any, ...], np.ndarray]) -> dict[str, Any]:
+  tree: dict[str, Any] = {}
+  for path, value in flat.items():
+    node = tree
+    for part in path[:-1]:
+      node = node.setdefault(str(part), {})
+    node[str(path[-1])] = value
+  return tree
+
+
+def write_pretrained(out_dir: str, params: dict[tuple[Any, ...], np.ndarray],
+                     batch_stats: dict[tuple[Any, ...], np.ndarray], meta: dict[str, Any], *,
+                     replace: bool = False) -> None:
+  """Writes a pretrained checkpoint: OUT_DIR/weights (Orbax, from flat {path: array} dicts) and
+  OUT_DIR/pretrained.json (`meta`: model, num_classes, has_head, head, source, checkpoint).
+
+  Atomic: the files are staged beside OUT_DIR and renamed into place, so a failure leaves no
+  OUT_DIR. An existing non-empty OUT_DIR is an error unless `replace`."""
+  out_dir = os.path.abspath(out_dir)
+  if (not replace and os.path.exists(out_dir)
+      and (not os.path.isdir(out_dir) or os.listdir(out_dir))):
+    raise UserError(f"{out_dir} already exists and is not empty; choose a new directory")
+  parent = os.path.dirname(out_dir)
+  try:
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp", dir=parent)
+  except OSError as e:
+    raise UserError(f"cannot write to {parent}: {e.strerror or e}") from None
+  try:
+    tree = {"params": _nested(params)}
+    if batch_stats:
+      tree["batch_stats"] = _nested(batch_stats)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.join(staging, PRETRAINED_WEIGHTS), tree)
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+    with open(os.path.join(staging, PRETRAINED_JSON), "w") as f:
+      json.dump(meta, f, indent=2)
+    if os.path.isdir(out_dir):
+      shutil.rmtree(out_dir)
+    elif os.path.exists(out_dir):
+      os.remove(out_dir)
+    os.rename(staging, out_dir)
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
 
 
 def read_pretrained(directory: str) -> tuple[dict[str, Any], dict[str, np.ndarray],

@@ -187,8 +187,16 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def no_extra_args(argv: Sequence[str]) -> None:
+  """UserError for positional arguments the tool does not take."""
   if len(argv) > 1:
     raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+
+
+def require_flags(*names: str) -> None:
+  """UserError naming the first of these flags left without a value."""
+  for name in names:
+    if FLAGS[name].value in (None, ""):
+      raise UserError(f"--{name} is required")
 
 
 # -------------------------------------------------------------------------------- run

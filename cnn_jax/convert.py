@@ -30,20 +30,16 @@ is written.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
-import shutil
-import sys
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from cnn_jax.checkpoint import PRETRAINED_JSON, PRETRAINED_WEIGHTS
+from cnn_jax import checkpoint, cli
 from cnn_jax.errors import UserError
 
 Path = tuple[str | int, ...]
@@ -357,48 +353,13 @@ def convert_state_dict(model: Any, state: dict[str, np.ndarray]) -> Converted:
 # ------------------------------------------------------------------------------ writing
 
 
-def _nested(flat: dict[Path, np.ndarray]) -> dict[str, Any]:
-  tree: dict[str, Any] = {}
-  for path, value in flat.items():
-    node = tree
-    for part in path[:-1]:
-      node = node.setdefault(str(part), {})
-    node[str(path[-1])] = value
-  return tree
-
-
 def save_pretrained(out_dir: str, converted: Converted, *, model_name: str,
                     checkpoint_path: str) -> None:
   """Writes DIR/weights (Orbax) and DIR/pretrained.json, atomically: on failure DIR is absent."""
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  out_dir = os.path.abspath(out_dir)
-  if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
-    raise UserError(f"--out {out_dir} already exists and is not empty; choose a new directory")
-  parent = os.path.dirname(out_dir)
-  try:
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp", dir=parent)
-  except OSError as e:
-    raise UserError(f"cannot write to {parent}: {e.strerror or e}") from None
-  try:
-    tree = {"params": _nested(converted.params)}
-    if converted.batch_stats:
-      tree["batch_stats"] = _nested(converted.batch_stats)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.join(staging, PRETRAINED_WEIGHTS), tree)
-    checkpointer.wait_until_finished()
-    checkpointer.close()
-    meta = {"model": model_name, "num_classes": converted.num_classes,
-            "has_head": converted.has_head, "head": list(converted.head),
-            "source": converted.source, "checkpoint": os.path.abspath(checkpoint_path)}
-    with open(os.path.join(staging, PRETRAINED_JSON), "w") as f:
-      json.dump(meta, f, indent=2)
-    if os.path.isdir(out_dir):
-      os.rmdir(out_dir)  # empty (checked above)
-    os.rename(staging, out_dir)
-  except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
-    raise
+  meta = {"model": model_name, "num_classes": converted.num_classes,
+          "has_head": converted.has_head, "head": list(converted.head),
+          "source": converted.source, "checkpoint": os.path.abspath(checkpoint_path)}
+  checkpoint.write_pretrained(out_dir, converted.params, converted.batch_stats, meta)
 
 
 def build_for_checkpoint(model_name: str, state: dict[str, np.ndarray]) -> Any:
@@ -426,52 +387,25 @@ def convert_file(model_name: str, checkpoint_path: str, out_dir: str) -> Convert
 
 # ------------------------------------------------------------------------------ CLI
 
-_FLAGS: dict[str, Any] = {}
+FLAGS = flags.FLAGS
 
 
-def _define_flags() -> None:
-  """Defined only when run as a CLI: tests import this module beside other tools' flags."""
-  _FLAGS["model"] = flags.DEFINE_string("model", None, "cnn_jax model name, e.g. convnextv2_tiny.")
-  _FLAGS["checkpoint"] = flags.DEFINE_string("checkpoint", None, "A .safetensors/.pth/.pt file.")
-  _FLAGS["out"] = flags.DEFINE_string("out", None, "New directory for the converted checkpoint.")
-
-
-def _fail(message: str) -> None:
-  """One line on stderr, exit code 2 (as cnn_jax.main's)."""
-  print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.exit(2)
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    _fail(str(e).splitlines()[0])
-  raise AssertionError("unreachable")
+def define_flags() -> None:
+  flags.DEFINE_string("model", None, "cnn_jax model name, e.g. convnextv2_tiny.")
+  flags.DEFINE_string("checkpoint", None, "A .safetensors/.pth/.pt file.")
+  flags.DEFINE_string("out", None, "New directory for the converted checkpoint.")
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    _fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  _MODEL, _CHECKPOINT, _OUT = _FLAGS["model"], _FLAGS["checkpoint"], _FLAGS["out"]
-  for flag in (_MODEL, _CHECKPOINT, _OUT):
-    if not flag.value:
-      _fail(f"--{flag.name} is required")
-  try:
-    converted = convert_file(_MODEL.value, _CHECKPOINT.value, _OUT.value)
-  except UserError as e:
-    _fail(str(e))
+  cli.no_extra_args(argv)
+  cli.require_flags("model", "checkpoint", "out")
+  converted = convert_file(FLAGS.model, FLAGS.checkpoint, FLAGS.out)
   n_params = sum(v.size for v in converted.params.values())
   head = (f"{converted.num_classes}-class head" if converted.has_head
           else "no head (use --config.init_head=drop)")
-  print(f"{_MODEL.value}: {n_params:,} parameters from {converted.source} -> {_OUT.value} "
+  print(f"{FLAGS.model}: {n_params:,} parameters from {converted.source} -> {FLAGS.out} "
         f"({head})", flush=True)
 
 
-def run() -> None:
-  _define_flags()
-  app.run(main, flags_parser=_parse_flags)
-
-
 if __name__ == "__main__":
-  run()
+  cli.run(main, define_flags)

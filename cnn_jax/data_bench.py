@@ -14,22 +14,24 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 import time
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
+
+from cnn_jax import cli
 
 FLAGS = flags.FLAGS
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with get_config().",
-                                          lock_config=True)
-_STEPS = flags.DEFINE_integer("steps", 20, "Measured training batches.")
-_WARMUP = flags.DEFINE_integer("warmup_steps", 3, "Batches pulled before timing starts.")
-_NUM_IMAGES = flags.DEFINE_integer("num_images", 512, "Generated JPEGs (imagefolder source).")
-_NUM_CLASSES = flags.DEFINE_integer("num_classes", 8, "Classes of the generated JPEGs.")
-_JPEG_DIR = flags.DEFINE_string("jpeg_dir", "", "Where to write/reuse the generated JPEGs "
-                                "(default: a temporary directory, removed at exit).")
+
+
+def define_flags() -> None:
+  cli.define_config_flag()
+  flags.DEFINE_integer("steps", 20, "Measured training batches.")
+  flags.DEFINE_integer("warmup_steps", 3, "Batches pulled before timing starts.")
+  flags.DEFINE_integer("num_images", 512, "Generated JPEGs (imagefolder source).")
+  flags.DEFINE_integer("num_classes", 8, "Classes of the generated JPEGs.")
+  flags.DEFINE_string("jpeg_dir", "", "Where to write/reuse the generated JPEGs "
+                      "(default: a temporary directory, removed at exit).")
 
 
 def write_jpegs(root: str, num_images: int, num_classes: int, seed: int = 0) -> None:
@@ -96,37 +98,28 @@ def bench(config, steps: int, warmup_steps: int) -> float:
 
 
 def main(argv: list[str]) -> None:
-  from cnn_jax.errors import UserError
-
-  if len(argv) > 1:
-    print(f"error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
-    sys.exit(2)
-  config = _CONFIG.value
-  if config is None:
-    print("error: --config is required", file=sys.stderr)
-    sys.exit(2)
+  cli.no_extra_args(argv)
+  config = cli.config_value("config", "configs/data_examples/imagenet_bench.py")
   cleanup = None
   try:
     if config.data.source == "imagefolder" and not config.data.data_dir:
-      root = _JPEG_DIR.value or tempfile.mkdtemp(prefix="cnn_jax_bench_")
-      cleanup = None if _JPEG_DIR.value else root
+      root = FLAGS.jpeg_dir or tempfile.mkdtemp(prefix="cnn_jax_bench_")
+      cleanup = None if FLAGS.jpeg_dir else root
       if not os.path.isdir(os.path.join(root, "train")):
         t = time.perf_counter()
-        write_jpegs(root, _NUM_IMAGES.value, _NUM_CLASSES.value)
-        print(f"wrote {_NUM_IMAGES.value} train JPEGs to {root} in "
+        write_jpegs(root, FLAGS.num_images, FLAGS.num_classes)
+        print(f"wrote {FLAGS.num_images} train JPEGs to {root} in "
               f"{time.perf_counter() - t:.1f} s", flush=True)
       with config.unlocked():
         config.data.data_dir = root
         config.data.train_split, config.data.eval_split = "train", "val"
-    bench(config, _STEPS.value, _WARMUP.value)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
+    bench(config, FLAGS.steps, FLAGS.warmup_steps)
   finally:
     if cleanup:
       shutil.rmtree(cleanup, ignore_errors=True)
 
 
 if __name__ == "__main__":
+  # The input pipeline alone: no accelerator to claim.
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  app.run(main)
+  cli.run(main, define_flags)

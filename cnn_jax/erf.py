@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+from cnn_jax import cli
 from cnn_jax.errors import UserError
 
 RATIO_THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
@@ -36,9 +36,7 @@ RATIO_THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
 FLAGS = flags.FLAGS
 
 
-def _define_flags() -> None:
-  """Only when run as a program: cnn_jax.summary defines --model and friends at import, and a
-  process that imports both (tests, notebooks) must not see them defined twice."""
+def define_flags() -> None:
   flags.DEFINE_string("model", None, "Registered model name (ignored with --checkpoint, which "
                       "names its own).")
   flags.DEFINE_integer("image_size", 224, "Input side in pixels.")
@@ -212,49 +210,45 @@ def _images(num: int, size: int, channels: int, seed: int, config: Any | None) -
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  cli.no_extra_args(argv)
   if FLAGS.num_images < 1 or FLAGS.batch_size < 1 or FLAGS.image_size < 1:
-    _fail("--num_images, --batch_size and --image_size must be >= 1")
+    raise UserError("--num_images, --batch_size and --image_size must be >= 1")
   if FLAGS.inputs == "data" and not FLAGS.checkpoint:
-    _fail("--inputs=data needs --checkpoint (the data comes from its config)")
+    raise UserError("--inputs=data needs --checkpoint (the data comes from its config)")
   if not FLAGS.checkpoint and not FLAGS.model:
-    _fail("give --model NAME or --checkpoint WORKDIR")
+    raise UserError("give --model NAME or --checkpoint WORKDIR")
   from flax import nnx
 
   from cnn_jax.models import create_model
 
+  if FLAGS.checkpoint:
+    model, config = load_trained_model(FLAGS.checkpoint)
+    name = config.model.name
+  else:
+    config, name = None, FLAGS.model
+    kwargs = {} if FLAGS.in_channels is None else {"in_channels": FLAGS.in_channels}
+    try:
+      model = create_model(name, rngs=nnx.Rngs(FLAGS.seed), image_size=FLAGS.image_size,
+                           **kwargs)
+    except UserError as e:
+      if "image_size" not in str(e):
+        raise
+      model = create_model(name, rngs=nnx.Rngs(FLAGS.seed), **kwargs)
+  channels = FLAGS.in_channels or getattr(model, "in_channels", None) or 3
+  images = _images(FLAGS.num_images, FLAGS.image_size, channels, FLAGS.seed,
+                   config if FLAGS.inputs == "data" else None)
   try:
-    if FLAGS.checkpoint:
-      model, config = load_trained_model(FLAGS.checkpoint)
-      name = config.model.name
-    else:
-      config, name = None, FLAGS.model
-      kwargs = {} if FLAGS.in_channels is None else {"in_channels": FLAGS.in_channels}
-      try:
-        model = create_model(name, rngs=nnx.Rngs(FLAGS.seed), image_size=FLAGS.image_size,
-                             **kwargs)
-      except UserError as e:
-        if "image_size" not in str(e):
-          raise
-        model = create_model(name, rngs=nnx.Rngs(FLAGS.seed), **kwargs)
-    channels = FLAGS.in_channels or getattr(model, "in_channels", None) or 3
-    images = _images(FLAGS.num_images, FLAGS.image_size, channels, FLAGS.seed,
-                     config if FLAGS.inputs == "data" else None)
-    try:
-      erf = erf_map(model, images, FLAGS.batch_size)
-    except (ValueError, TypeError) as e:
-      raise UserError(f"{name} cannot take {images.shape[1]}x{images.shape[2]}x"
-                      f"{images.shape[3]} inputs: {str(e).splitlines()[0]}") from None
-    log_map = normalised_log_map(erf)
-    ratios = area_ratios(log_map)
-    out = FLAGS.out or os.path.join("runs", "erf", f"{name}_{FLAGS.image_size}")
-    try:
-      os.makedirs(out, exist_ok=True)
-    except OSError as e:
-      raise UserError(f"cannot create {out}: {e.strerror or e}") from None
-  except UserError as e:
-    _fail(str(e))
+    erf = erf_map(model, images, FLAGS.batch_size)
+  except (ValueError, TypeError) as e:
+    raise UserError(f"{name} cannot take {images.shape[1]}x{images.shape[2]}x"
+                    f"{images.shape[3]} inputs: {str(e).splitlines()[0]}") from None
+  log_map = normalised_log_map(erf)
+  ratios = area_ratios(log_map)
+  out = FLAGS.out or os.path.join("runs", "erf", f"{name}_{FLAGS.image_size}")
+  try:
+    os.makedirs(out, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"cannot create {out}: {e.strerror or e}") from None
   weights = f"checkpoint {FLAGS.checkpoint}" if FLAGS.checkpoint else "random init"
   title = (f"ERF {name} @{FLAGS.image_size}, {weights}, "
            f"{FLAGS.num_images} {FLAGS.inputs} images")
@@ -270,15 +264,5 @@ def main(argv: Sequence[str]) -> None:
   print(f"wrote {out}/erf.png, erf.npy, erf.json")
 
 
-def _fail(message: str) -> None:
-  print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.exit(2)
-
-
-def run() -> None:
-  _define_flags()
-  app.run(main)
-
-
 if __name__ == "__main__":
-  run()
+  cli.run(main, define_flags)

@@ -23,10 +23,8 @@ stem and decoder convs with timm's `trunc_normal_` default std 1.0.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -403,27 +401,7 @@ def export_encoder(fcmae_workdir: str, out_dir: str, *, model_name: str) -> None
   `python -m cnn_jax.convert` writes and `checkpoint.load_pretrained` reads), so a fine-tuning
   config loads it with `--config.init_from=OUT_DIR --config.init_head=drop`. Replaces an
   earlier export."""
-  import orbax.checkpoint as ocp
-
-  # Written here rather than through cnn_jax.convert: importing that CLI module defines absl
-  # flags that clash with other tools' in one process.
-  params = encoder_params(fcmae_workdir)
-  nested: dict[str, Any] = {}
-  for path, value in params.items():
-    node = nested
-    for part in path[:-1]:
-      node = node.setdefault(part, {})
-    node[path[-1]] = value
-  out_dir = os.path.abspath(out_dir)
-  if os.path.isdir(out_dir):
-    shutil.rmtree(out_dir)
-  os.makedirs(out_dir)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.join(out_dir, checkpoint.PRETRAINED_WEIGHTS), {"params": nested})
-  checkpointer.wait_until_finished()
-  checkpointer.close()
   meta = {"model": model_name, "num_classes": None, "has_head": False, "head": ["head"],
           "source": "cnn_jax FCMAE encoder",
           "checkpoint": os.path.join(os.path.abspath(fcmae_workdir), "checkpoints")}
-  with open(os.path.join(out_dir, checkpoint.PRETRAINED_JSON), "w") as f:
-    json.dump(meta, f, indent=2)
+  checkpoint.write_pretrained(out_dir, encoder_params(fcmae_workdir), {}, meta, replace=True)

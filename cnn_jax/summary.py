@@ -45,16 +45,16 @@ import dataclasses
 import inspect
 import json
 import math
-import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 from flax import nnx
 
+from cnn_jax import cli
 from cnn_jax.errors import UserError
 from cnn_jax.models import registry
 from cnn_jax.models import layers
@@ -474,35 +474,33 @@ def format_summary(r: dict[str, Any], items: bool = True) -> str:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "Registered model name, e.g. resnet50.")
-flags.DEFINE_integer("image_size", None, "Input side in pixels (default: the model's own).")
-flags.DEFINE_integer("batch_size", 1, "Batch size for the batch totals.")
-flags.DEFINE_integer("num_classes", None, "Classes of the head (default: the model's own).")
-flags.DEFINE_integer("in_channels", None, "Input channels (default: the model's own).")
-flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
-                  "Compute dtype (changes activation bytes only).")
-flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
-flags.DEFINE_bool("items", True, "List the entries of list-valued stages (blocks.0, ...).")
+
+
+def define_flags() -> None:
+  flags.DEFINE_string("model", None, "Registered model name, e.g. resnet50.")
+  flags.DEFINE_integer("image_size", None, "Input side in pixels (default: the model's own).")
+  flags.DEFINE_integer("batch_size", 1, "Batch size for the batch totals.")
+  flags.DEFINE_integer("num_classes", None, "Classes of the head (default: the model's own).")
+  flags.DEFINE_integer("in_channels", None, "Input channels (default: the model's own).")
+  flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
+                    "Compute dtype (changes activation bytes only).")
+  flags.DEFINE_bool("json", False, "Print one JSON object instead of the table.")
+  flags.DEFINE_bool("items", True, "List the entries of list-valued stages (blocks.0, ...).")
 
 
 def main(argv: Sequence[str]) -> None:
-  try:
-    if len(argv) > 1:
-      raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS.model:
-      raise UserError("--model is required (see --helpfull for the flags; "
-                      f"models: {', '.join(registry.list_models())})")
-    kwargs: dict[str, Any] = {"num_classes": FLAGS.num_classes,
-                              "in_channels": FLAGS.in_channels}
-    if FLAGS.dtype:
-      kwargs["dtype"] = jnp.dtype(FLAGS.dtype)
-    result = summarize(FLAGS.model, image_size=FLAGS.image_size, batch_size=FLAGS.batch_size,
-                       **kwargs)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  cli.no_extra_args(argv)
+  if not FLAGS.model:
+    raise UserError("--model is required (see --helpfull for the flags; "
+                    f"models: {', '.join(registry.list_models())})")
+  kwargs: dict[str, Any] = {"num_classes": FLAGS.num_classes,
+                            "in_channels": FLAGS.in_channels}
+  if FLAGS.dtype:
+    kwargs["dtype"] = jnp.dtype(FLAGS.dtype)
+  result = summarize(FLAGS.model, image_size=FLAGS.image_size, batch_size=FLAGS.batch_size,
+                     **kwargs)
   print(json.dumps(result) if FLAGS.json else format_summary(result, FLAGS.items))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, define_flags)
