@@ -1,18 +1,21 @@
-"""Settings of the process itself that must be in place before the interpreter starts.
+"""Settings of the process itself that must be in place before JAX starts its backend.
+
+The command-line tools apply them through `cli.run` (`cli.apply_process_settings`); importing
+cnn_jax changes nothing, so a notebook or a script decides for itself (call `set_xla_flags()`
+before the first JAX computation to get the same convolutions).
 
 Transparent huge pages for the heap: XLA:CPU allocates every step's temporaries afresh, and with
-the kernel's default `madvise` policy glibc backs them with 4 KiB pages, so a ResNet-50 train step
-spends much of its time in page faults on gigabytes of new memory (a fresh-output elementwise op
-on a 100 MB array: ~90 ms, ~10 ms with huge pages or a reused buffer). glibc >= 2.35 asks for
-huge pages when `GLIBC_TUNABLES` holds `glibc.malloc.hugetlb=1`, read only at process start, so
-the command-line tools re-run themselves once with it set. Results are unchanged; only speed.
+the kernel's default `madvise` policy glibc backs them with 4 KiB pages, so a train step spends
+much of its time in page faults on gigabytes of new memory. glibc >= 2.35 asks for huge pages
+when `GLIBC_TUNABLES` holds `glibc.malloc.hugetlb=1`, read only at process start, so the heavy
+tools (`HEAVY_TOOLS`) re-run themselves once with it set. Results are unchanged; only speed.
 `CNN_JAX_HUGEPAGES=0` opts out; a `GLIBC_TUNABLES` that already sets hugetlb is respected.
 
-XLA:CPU flags (`XLA_CPU_FLAGS`), added to `XLA_FLAGS` when cnn_jax is imported, i.e. before JAX
-starts its backend in any program that imports cnn_jax first: convolutions by XLA's own kernels
-rather than YNNPACK's, faster on every model measured and no change to results beyond float
-rounding. A flag that `XLA_FLAGS` already names keeps the user's value; `CNN_JAX_XLA_FLAGS=0`
-adds none.
+XLA:CPU flags (`XLA_CPU_FLAGS`), added to `XLA_FLAGS`: convolutions by XLA's own kernels rather
+than YNNPACK's, faster on every model measured and no change to results beyond float rounding.
+A flag that `XLA_FLAGS` already names keeps the user's value; `CNN_JAX_XLA_FLAGS=0` adds none.
+Both settings are environment variables, so the processes a tool starts (sweep points, SLURM
+jobs) inherit them. The figures behind both choices: experiments/cpu_speed/README.md.
 """
 
 from __future__ import annotations
@@ -23,16 +26,14 @@ import sys
 from collections.abc import Mapping, Sequence
 
 HUGEPAGE_TUNABLE = "glibc.malloc.hugetlb=1"
-# `python -m cnn_jax.<tool>` launches that run compiled steps.
-HEAVY_TOOLS = ("cnn_jax.main", "cnn_jax.sweep", "cnn_jax.bench", "cnn_jax.erf",
-               "cnn_jax.data_bench")
+# `python -m cnn_jax.<tool>` launches that run compiled steps, or that start processes which do
+# and inherit this environment (sweep points, the SLURM jobs of launch). Light tools (convert,
+# summary) would only pay the re-run.
+HEAVY_TOOLS = ("cnn_jax.main", "cnn_jax.sweep", "cnn_jax.launch", "cnn_jax.bench",
+               "cnn_jax.erf", "cnn_jax.predict", "cnn_jax.data_bench")
 
-
-# Measured with `python -m cnn_jax.bench` on the project's 2-core AVX-512 CPU, jax 0.10.2, train
-# step, YNNPACK convs -> XLA's: ResNet-50 batch 32 4.24/4.32 -> 3.33/3.19 s (two rounds; one 3x3
-# conv at 56 px, 64 channels: forward 34 -> 26 ms, both gradients 159 -> 65 ms); LeNet-5 14.9 ->
-# 9.8 ms, ResNet-20 308 -> 272 ms (batch 128, 32 px); AlexNet 551 -> 471 ms; ConvNeXt V2-Atto
-# 1.02 -> 1.00 s (its convs are matmuls and shifts on CPU, see models/layers.py).
+# YNNPACK's conv kernels lose to XLA's own on the convs' gradients, which dominate a CNN's CPU
+# step.
 XLA_CPU_FLAGS = {"--xla_cpu_experimental_ynn_fusion_type": "-individual_convolution"}
 
 
@@ -79,7 +80,7 @@ def hugepage_env(argv: Sequence[str], environ: Mapping[str, str],
 def reexec_with_hugepages() -> None:
   """Replaces this process with the same command under huge pages, when `hugepage_env` says so.
 
-  Called from cnn_jax/__init__.py, i.e. before jax is imported."""
+  Called by `cli.run` before the tool's flags are parsed (and so before any JAX backend)."""
   if not sys.platform.startswith("linux"):
     return
   argv = list(getattr(sys, "orig_argv", []))

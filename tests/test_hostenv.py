@@ -1,5 +1,8 @@
-"""The command-line tools re-run themselves once with glibc's huge-page tunable (hostenv)."""
+"""The process settings of hostenv: the heavy command-line tools re-run themselves once with
+glibc's huge-page tunable, every tool adds the XLA:CPU flags, and importing cnn_jax does
+neither."""
 
+import json
 import os
 import platform
 import subprocess
@@ -24,8 +27,16 @@ def test_heavy_tools_get_the_tunable_once_and_keep_other_tunables():
   assert hostenv.hugepage_env(MAIN, {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, GLIBC) is None
 
 
+@pytest.mark.parametrize("tool", ["cnn_jax.main", "cnn_jax.sweep", "cnn_jax.launch",
+                                  "cnn_jax.predict", "cnn_jax.erf", "cnn_jax.bench"])
+def test_tools_that_run_compiled_steps_or_start_processes_that_do_are_heavy(tool):
+  env = hostenv.hugepage_env(["python", "-m", tool], {}, GLIBC)
+  assert env == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+
+
 @pytest.mark.parametrize("argv,environ,libc", [
     (["python", "-m", "cnn_jax.summary", "--model", "lenet5"], {}, GLIBC),  # not a heavy tool
+    (["python", "-m", "cnn_jax.convert", "--model", "resnet18"], {}, GLIBC),
     (["python", "-m", "pytest"], {}, GLIBC),
     (["python", "script.py"], {}, GLIBC),
     (MAIN, {"CNN_JAX_HUGEPAGES": "0"}, GLIBC),                              # opted out
@@ -64,22 +75,60 @@ def test_xla_cpu_flags_are_added_once_and_a_users_own_value_wins():
   assert hostenv.xla_flags({"CNN_JAX_XLA_FLAGS": "0"}) is None
 
 
-def _compiled_conv_text(environ_overrides: dict) -> str:
-  """The compiled HLO of a 3x3 conv in a fresh process that imports cnn_jax before jax."""
-  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "CNN_JAX_XLA_FLAGS")}
+# Run inside the probed process: does XLA:CPU hand a 3x3 conv to YNNPACK, and what are
+# XLA_FLAGS and GLIBC_TUNABLES there?
+_PROBE = """
+import json, os, jax, jax.numpy as jnp
+x, w = jnp.ones((8, 28, 28, 32)), jnp.ones((3, 3, 32, 32))
+conv = lambda x, w: jax.lax.conv_general_dilated(
+    x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+ynn = '__ynn_fusion' in jax.jit(conv).lower(x, w).compile().as_text()
+probe = {'ynn': ynn, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+         'tunables': os.environ.get('GLIBC_TUNABLES', '')}
+"""
+
+
+def _clean_env(environ_overrides: dict) -> dict:
+  drop = ("XLA_FLAGS", "CNN_JAX_XLA_FLAGS", "GLIBC_TUNABLES", "CNN_JAX_HUGEPAGES")
+  env = {k: v for k, v in os.environ.items() if k not in drop}
   env.update(environ_overrides)
-  code = ("import cnn_jax, jax, jax.numpy as jnp\n"
-          "x, w = jnp.ones((8, 28, 28, 32)), jnp.ones((3, 3, 32, 32))\n"
-          "conv = lambda x, w: jax.lax.conv_general_dilated(\n"
-          "    x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))\n"
-          "print(jax.jit(conv).lower(x, w).compile().as_text())\n")
-  result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env,
+  return env
+
+
+def _probe_tool(tmp_path, environ_overrides: dict) -> dict:
+  """The probe, run by `python -m cnn_jax.main` while it loads its config file."""
+  record = tmp_path / "probe.json"
+  config = tmp_path / "probe_config.py"
+  config.write_text("def get_config():\n" + "".join(f"  {line}\n" for line in _PROBE.split("\n"))
+                    + f"  open({str(record)!r}, 'w').write(json.dumps(probe))\n"
+                    "  raise SystemExit(3)\n")
+  result = subprocess.run([sys.executable, "-m", "cnn_jax.main", f"--config={config}",
+                           f"--workdir={tmp_path / 'w'}"], cwd=REPO_ROOT,
+                          env=_clean_env(environ_overrides), capture_output=True, text=True,
+                          timeout=120)
+  assert record.exists(), result.stderr[-2000:]
+  return json.loads(record.read_text())
+
+
+def test_a_tool_gives_convolutions_to_xlas_own_kernels(tmp_path):
+  (tmp_path / "default").mkdir()
+  (tmp_path / "opt_out").mkdir()
+  probe = _probe_tool(tmp_path / "default", {})
+  assert not probe["ynn"] and probe["xla_flags"] == " ".join(
+      f"{name}={value}" for name, value in hostenv.XLA_CPU_FLAGS.items())
+  # The opt-out, and the control: without the flag XLA:CPU hands this conv to YNNPACK.
+  opted_out = _probe_tool(tmp_path / "opt_out", {"CNN_JAX_XLA_FLAGS": "0"})
+  assert opted_out["ynn"] and opted_out["xla_flags"] == ""
+
+
+def test_importing_cnn_jax_sets_nothing_and_re_runs_nothing():
+  # As if launched as `python -m cnn_jax.main`, but only importing: no XLA flag, no re-run.
+  code = ("import sys, os\n"
+          "sys.orig_argv[:] = [sys.executable, '-m', 'cnn_jax.main']\n"
+          "os.execve = lambda *args: sys.exit('re-ran')\n"
+          "import cnn_jax, cnn_jax.main, cnn_jax.train\n" + _PROBE + "print(json.dumps(probe))\n")
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=_clean_env({}),
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr[-2000:]
-  return result.stdout
-
-
-def test_importing_cnn_jax_gives_convolutions_to_xlas_own_kernels():
-  assert "__ynn_fusion" not in _compiled_conv_text({})
-  # The control: without the flag XLA:CPU hands this conv to YNNPACK.
-  assert "__ynn_fusion" in _compiled_conv_text({"CNN_JAX_XLA_FLAGS": "0"})
+  probe = json.loads(result.stdout.strip().splitlines()[-1])
+  assert probe == {"ynn": True, "xla_flags": "", "tunables": ""}
