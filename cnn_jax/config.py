@@ -68,14 +68,14 @@ def get_config() -> ml_collections.ConfigDict:
       {"mixup_alpha": 0.0, "cutmix_alpha": 0.0, "prob": 1.0, "switch_prob": 0.5})
 
   config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = "adamw"      # adamw | sgd
+  config.optimizer.name = "adamw"      # adamw | sgd | lamb | lars (cnn_jax/optim.py)
   config.optimizer.learning_rate = 1e-3
   config.optimizer.weight_decay = 0.0
   config.optimizer.weight_decay_on = "kernels"  # kernels | all
-  config.optimizer.b1 = 0.9
+  config.optimizer.b1 = 0.9            # b1, b2, eps: adamw, lamb
   config.optimizer.b2 = 0.999
   config.optimizer.eps = 1e-8
-  config.optimizer.momentum = 0.9
+  config.optimizer.momentum = 0.9      # momentum, nesterov: sgd, lars
   config.optimizer.nesterov = False
   config.optimizer.grad_clip_norm = 0.0  # 0 = off
   config.optimizer.scale_lr_by_batch_over = 0  # e.g. 256: lr = learning_rate * batch / 256
@@ -83,7 +83,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.grad_accum_steps = 1  # > 1: one update every k steps (optax.MultiSteps)
 
   config.schedule = ml_collections.ConfigDict()
-  config.schedule.name = "warmup_cosine"  # constant | warmup_cosine | onecycle
+  config.schedule.name = "warmup_cosine"  # constant | warmup_cosine | onecycle | step
   config.schedule.warmup_epochs = 0.0
   config.schedule.init_lr_fraction = 0.0
   config.schedule.end_lr_fraction = 0.0
@@ -112,8 +112,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   # How convolutions are computed (same parameters and results): "auto" = on CPU the cheaper
   # exact forms of cnn_jax/models/layers.py (depthwise by shifted multiply-adds, 1x1 and
-  # patchify convs as matmuls, max pooling by slices: 3-4.5x faster ResNet-50/ConvNeXt-T train
-  # steps), XLA's conv elsewhere; "xla" = XLA's conv everywhere; "rewrite" = the forms anywhere.
+  # patchify convs as matmuls, max pooling by slices), XLA's conv elsewhere, because XLA:CPU's
+  # own convs are several times slower for these (experiments/cpu_speed); "xla" = XLA's conv
+  # everywhere; "rewrite" = the forms anywhere.
   config.conv_impl = "auto"
 
   config.mesh = ml_collections.ConfigDict()
