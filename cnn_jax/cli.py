@@ -12,10 +12,11 @@ A tool defines its flags in a function and hands it with its `main(argv)` to `ru
       cli.run(main, define_flags)
 
 Flags are defined only when the tool runs, so tests and notebooks can import any number of
-tools side by side. `run` applies the process settings of the heavy tools (huge pages, XLA:CPU
-flags; see hostenv.py) before JAX starts its backend, turns a flag or config error and any
-`UserError` into one `error:` line on stderr with exit code 2, and keeps absl's INFO logging
-quiet unless `--verbosity` is given.
+tools side by side. `run` applies the process settings before JAX starts its backend (XLA:CPU
+flags for every tool, and a re-run with huge pages for the heavy ones; see hostenv.py: importing
+cnn_jax applies neither), turns a flag or config error and any `UserError` into one `error:`
+line on stderr with exit code 2, and keeps absl's INFO logging quiet unless `--verbosity` is
+given.
 """
 
 from __future__ import annotations
@@ -202,7 +203,8 @@ def require_flags(*names: str) -> None:
 # -------------------------------------------------------------------------------- run
 
 def apply_process_settings() -> None:
-  """Huge pages (re-runs the process once) and XLA:CPU flags, before JAX starts a backend."""
+  """Huge pages (re-runs a heavy tool's process once) and XLA:CPU flags, before JAX starts a
+  backend; the opt-outs are CNN_JAX_HUGEPAGES=0 and CNN_JAX_XLA_FLAGS=0."""
   hostenv.reexec_with_hugepages()
   hostenv.set_xla_flags()
 

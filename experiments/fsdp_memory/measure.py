@@ -246,5 +246,7 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+  from cnn_jax import hostenv
+  hostenv.set_xla_flags()  # The figures in results/ were measured with the tools' XLA flags.
   _define_flags()
   app.run(main)
