@@ -14,8 +14,9 @@ tools (`HEAVY_TOOLS`) re-run themselves once with it set. Results are unchanged;
 XLA:CPU flags (`XLA_CPU_FLAGS`), added to `XLA_FLAGS`: convolutions by XLA's own kernels rather
 than YNNPACK's, faster on every model measured and no change to results beyond float rounding.
 A flag that `XLA_FLAGS` already names keeps the user's value; `CNN_JAX_XLA_FLAGS=0` adds none.
-Both settings are environment variables, so the processes a tool starts (sweep points, SLURM
-jobs) inherit them. The figures behind both choices: experiments/cpu_speed/README.md.
+Both settings are environment variables, so the processes a tool starts inherit them (and
+sbatch hands them to SLURM jobs under its default `--export=ALL`). The figures behind both
+choices: experiments/cpu_speed/README.md.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ import sys
 from collections.abc import Mapping, Sequence
 
 HUGEPAGE_TUNABLE = "glibc.malloc.hugetlb=1"
-# `python -m cnn_jax.<tool>` launches that run compiled steps, or that start processes which do
-# and inherit this environment (sweep points, the SLURM jobs of launch). Light tools (convert,
-# summary) would only pay the re-run.
+# `python -m cnn_jax.<tool>` launches that run compiled steps, or start processes that do and
+# inherit this environment (launch's SLURM jobs, sweep's points). Light tools (convert, summary)
+# would only pay the re-run.
 HEAVY_TOOLS = ("cnn_jax.main", "cnn_jax.sweep", "cnn_jax.launch", "cnn_jax.bench",
                "cnn_jax.erf", "cnn_jax.predict", "cnn_jax.data_bench")
 
