@@ -9,14 +9,17 @@ uint32 data, which every Orbax version reads back.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 from flax import nnx
 
 from cnn_jax.errors import UserError
@@ -254,6 +257,16 @@ def apply_pretrained(params: Any, model_state: Any, meta: dict[str, Any],
   return params, model_state
 
 
+@contextlib.contextmanager
+def _quiet_absl() -> Iterator[None]:
+  level = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  try:
+    yield
+  finally:
+    absl_logging.set_verbosity(level)
+
+
 def read_run_weights(workdir: str) -> tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]:
   """(step, flat params, flat model state) of a training run's checkpoint: the best one
   (WORKDIR/checkpoints_best) when the run kept one, else the latest."""
@@ -266,20 +279,19 @@ def read_run_weights(workdir: str) -> tuple[int, dict[str, np.ndarray], dict[str
       step = manager.latest_step()
       if step is None:
         continue
-      item = os.path.join(directory, str(step), "default")
-      checkpointer = ocp.PyTreeCheckpointer()
-      try:
-        saved = checkpointer.metadata(item)
-        saved = getattr(saved, "item_metadata", saved)
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        # Only the parameters and model state: the optimizer state is not needed to predict.
-        wanted = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                              {k: saved[k] for k in ("params", "model_state")})
-        tree = checkpointer.restore(item, args=ocp.args.PyTreeRestore(
+      with ocp.StandardCheckpointer() as reader, _quiet_absl():
+        # Orbax warns that the step's item lacks a metadata file of its own; the tree's
+        # metadata, which is all this needs, is there.
+        saved = reader.metadata(os.path.join(directory, str(step), "default"))
+      saved = getattr(saved, "item_metadata", saved)
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      # Only the parameters and model state: the optimizer state is not needed to predict.
+      wanted = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                            {k: saved[k] for k in ("params", "model_state")})
+      with _quiet_absl():
+        tree = manager.restore(step, args=ocp.args.PyTreeRestore(
             item=wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
             partial_restore=True))
-      finally:
-        checkpointer.close()
     finally:
       manager.close()
     tree = jax.tree.map(np.asarray, tree)
