@@ -426,6 +426,11 @@ def _read_weights(model_name: str, path: str, options: dict[str, Any]
   PyTorch checkpoint file (converted here, in memory)."""
   if os.path.isdir(path):
     from cnn_jax import checkpoint  # pylint: disable=import-outside-toplevel
+    if not os.path.isfile(os.path.join(path, checkpoint.PRETRAINED_JSON)):
+      run = (" (it looks like a training run's WORKDIR: python -m cnn_jax.predict --weights "
+             "takes those)" if os.path.isfile(os.path.join(path, "config.json")) else "")
+      raise UserError(f"{path} is not a converted checkpoint (no {checkpoint.PRETRAINED_JSON})"
+                      f"; write one with python -m cnn_jax.convert{run}")
     return checkpoint.read_pretrained(path)
   if not path.endswith(CHECKPOINT_SUFFIXES):
     raise UserError(f"pretrained={path!r} is neither a directory written by "
