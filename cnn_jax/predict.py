@@ -272,11 +272,11 @@ class Predictor:
   def __call__(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(top-k probabilities, top-k indices, Grad-CAM maps of the top-1 class or None)."""
     x = self.padded(images)
-    probabilities, indices = self._top(self.state, x)
+    probabilities, indices = (np.asarray(a) for a in self._top(self.state, x))
     cams = None
     if self.cam:
       cams = np.asarray(self._grad_cam(self.state, x, indices[:, 0]))[:len(images)]
-    return (np.asarray(probabilities)[:len(images)], np.asarray(indices)[:len(images)], cams)
+    return probabilities[:len(images)], indices[:len(images)], cams
 
 
 # ------------------------------------------------------------------------------- CAM images
