@@ -139,7 +139,6 @@ def eval_source(data: str, source: str, split: str):
 def evaluate(row: Checkpoint, path: str, source, limit: int, batch_size: int,
              num_threads: int) -> tuple[float, int]:
   """(top-1 %, images) of the checkpoint at `path` on `source`."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
 
   from cnn_jax import predict  # pylint: disable=import-outside-toplevel
   from cnn_jax.data import class_names, pipeline, transforms  # pylint: disable=import-outside-toplevel
