@@ -9,16 +9,19 @@ uint32 data, which every Orbax version reads back.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 from flax import nnx
 
 from cnn_jax.errors import UserError
@@ -252,8 +255,16 @@ def load_pretrained(params: Any, model_state: Any, directory: str, init_head: st
   if init_head not in INIT_HEAD_CHOICES:
     raise UserError(f"init_head={init_head!r}; choose from {', '.join(INIT_HEAD_CHOICES)}")
   meta, saved_params, saved_stats = read_pretrained(directory)
+  return apply_pretrained(params, model_state, meta, saved_params, saved_stats, init_head,
+                          f"{directory} ({meta.get('model', '?')})")
+
+
+def apply_pretrained(params: Any, model_state: Any, meta: dict[str, Any],
+                     saved_params: dict[str, np.ndarray], saved_stats: dict[str, np.ndarray],
+                     init_head: str, source: str) -> tuple[Any, Any]:
+  """`load_pretrained` on weights already read: flat {dotted name: array} dicts and their
+  metadata ("head": the classifier's paths, "num_classes"); `source` names them in errors."""
   heads = tuple(meta.get("head", ()))
-  source = f"{directory} ({meta.get('model', '?')})"
 
   def is_head(name: str) -> bool:
     return any(name == h or name.startswith(h + ".") for h in heads)
@@ -295,3 +306,51 @@ def load_pretrained(params: Any, model_state: Any, directory: str, init_head: st
                 if isinstance(variable, nnx.BatchStat)}
   model_state = fill(model_state, saved_stats, stat_names)
   return params, model_state
+
+
+@contextlib.contextmanager
+def _quiet_absl() -> Iterator[None]:
+  level = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  try:
+    yield
+  finally:
+    absl_logging.set_verbosity(level)
+
+
+def read_run_weights(workdir: str) -> tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]:
+  """(step, flat params, flat model state) of a training run's checkpoint: the best one
+  (WORKDIR/checkpoints_best) when the run kept one, else the latest."""
+  for sub in ("checkpoints_best", "checkpoints"):
+    directory = os.path.join(os.path.abspath(workdir), sub)
+    if not os.path.isdir(directory):
+      continue
+    manager = ocp.CheckpointManager(directory)
+    try:
+      step = manager.latest_step()
+      if step is None:
+        continue
+      with ocp.StandardCheckpointer() as reader, _quiet_absl():
+        # Orbax warns that the step's item lacks a metadata file of its own; the tree's
+        # metadata, which is all this needs, is there.
+        saved = reader.metadata(os.path.join(directory, str(step), "default"))
+      saved = getattr(saved, "item_metadata", saved)
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      # Only the parameters and model state: the optimizer state is not needed to predict.
+      wanted = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                            {k: saved[k] for k in ("params", "model_state")})
+      with _quiet_absl():
+        tree = manager.restore(step, args=ocp.args.PyTreeRestore(
+            item=wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
+            partial_restore=True))
+    finally:
+      manager.close()
+    tree = jax.tree.map(np.asarray, tree)
+
+    def names(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+      # A saved nnx.State keeps each Variable's array under "value".
+      return {k.removesuffix(".value"): v for k, v in flat.items()}
+
+    return step, names(_flatten(tree["params"])), names(_flatten(tree["model_state"]))
+  raise UserError(f"{workdir} holds no checkpoint (checkpoints/ or checkpoints_best/); did the "
+                  "run save one?")

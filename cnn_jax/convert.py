@@ -362,17 +362,85 @@ def save_pretrained(out_dir: str, converted: Converted, *, model_name: str,
   checkpoint.write_pretrained(out_dir, converted.params, converted.batch_stats, meta)
 
 
-def build_for_checkpoint(model_name: str, state: dict[str, np.ndarray]) -> Any:
-  """The abstract model `model_name` with the checkpoint's number of classes."""
+def build_for_checkpoint(model_name: str, state: dict[str, np.ndarray],
+                         options: dict[str, Any] | None = None) -> Any:
+  """The abstract model `model_name` (with `options`) and the checkpoint's number of classes."""
   from flax import nnx  # pylint: disable=import-outside-toplevel
 
   from cnn_jax.models import create_model  # pylint: disable=import-outside-toplevel
 
-  model = nnx.eval_shape(lambda: create_model(model_name, rngs=nnx.Rngs(0)))
+  options = dict(options or {})
+  model = nnx.eval_shape(lambda: create_model(model_name, rngs=nnx.Rngs(0), **options))
   num_classes = checkpoint_num_classes(model, state)
   if num_classes is not None and num_classes != getattr(model, "num_classes", None):
-    model = nnx.eval_shape(lambda: create_model(model_name, rngs=nnx.Rngs(0),
-                                                num_classes=num_classes))
+    options["num_classes"] = num_classes
+    model = nnx.eval_shape(lambda: create_model(model_name, rngs=nnx.Rngs(0), **options))
+  return model
+
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+def _read_weights(model_name: str, path: str, options: dict[str, Any]
+                  ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
+  """(metadata, flat params, flat BatchNorm statistics) of a converted directory or a
+  PyTorch checkpoint file (converted here, in memory)."""
+  if os.path.isdir(path):
+    from cnn_jax import checkpoint  # pylint: disable=import-outside-toplevel
+    if not os.path.isfile(os.path.join(path, checkpoint.PRETRAINED_JSON)):
+      run = (" (it looks like a training run's WORKDIR: python -m cnn_jax.predict --weights "
+             "takes those)" if os.path.isfile(os.path.join(path, "config.json")) else "")
+      raise UserError(f"{path} is not a converted checkpoint (no {checkpoint.PRETRAINED_JSON})"
+                      f"; write one with python -m cnn_jax.convert{run}")
+    return checkpoint.read_pretrained(path)
+  if not path.endswith(CHECKPOINT_SUFFIXES):
+    raise UserError(f"pretrained={path!r} is neither a directory written by "
+                    f"python -m cnn_jax.convert nor a checkpoint file "
+                    f"({', '.join(CHECKPOINT_SUFFIXES)})")
+  state = read_state_dict(path)
+  # Converted at the checkpoint's own number of classes: every tensor must find its weight.
+  converted = convert_state_dict(
+      build_for_checkpoint(model_name, state, {k: v for k, v in options.items()
+                                               if k != "num_classes"}), state)
+  meta = {"model": model_name, "num_classes": converted.num_classes,
+          "has_head": converted.has_head, "head": list(converted.head),
+          "source": converted.source}
+  return (meta, {_dotted(k): v for k, v in converted.params.items()},
+          {_dotted(k): v for k, v in converted.batch_stats.items()})
+
+
+def load_model(model_name: str, pretrained: str, *, rngs: Any,
+               options: dict[str, Any]) -> Any:
+  """`create_model(name, pretrained=PATH, **options)`: the model with PATH's weights, in eval
+  mode. The checkpoint's number of classes unless `options` says another (a fresh head)."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+
+  from cnn_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  from cnn_jax.models import registry  # pylint: disable=import-outside-toplevel
+
+  path = os.path.expanduser(pretrained)
+  if not os.path.exists(path):
+    raise UserError(f"pretrained weights {pretrained!r} not found")
+  meta, params_flat, stats_flat = _read_weights(model_name, path, options)
+  options = dict(options)
+  saved_classes = meta.get("num_classes")
+  if "num_classes" not in options and saved_classes is not None:
+    options["num_classes"] = saved_classes
+  keeps_head = bool(meta.get("has_head", True)) and saved_classes is not None and \
+      options.get("num_classes", saved_classes) == saved_classes
+  model = registry.build(model_name, registry.get_constructor(model_name), rngs, options)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  source = f"{pretrained} ({meta.get('source') or meta.get('model', '?')})"
+  try:
+    params, rest = checkpoint.apply_pretrained(params, rest, meta, params_flat, stats_flat,
+                                               "keep" if keeps_head else "drop", source)
+  except UserError as e:
+    if meta.get("model") not in (None, model_name):
+      raise UserError(f"{pretrained} was converted for {meta['model']}, not {model_name}: "
+                      f"{e}") from None
+    raise
+  model = nnx.merge(graphdef, params, rest)
+  model.eval()
   return model
 
 

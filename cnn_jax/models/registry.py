@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -38,11 +39,33 @@ def get_constructor(name: str) -> Callable[..., nnx.Module]:
   return _MODELS[name]
 
 
-def create_model(name: str, *, rngs: nnx.Rngs, **kwargs: Any) -> nnx.Module:
-  """Builds the named variant; kwargs go to its constructor (num_classes, in_channels, ...)."""
+def create_model(name: str, pretrained: str | os.PathLike | None = None, *,
+                 rngs: nnx.Rngs | None = None, **options: Any) -> nnx.Module:
+  """Builds the named variant; options go to its constructor (num_classes, in_channels, ...).
+
+  pretrained: a directory written by `python -m cnn_jax.convert`, or a `.safetensors` / `.pth`
+  / `.pt` checkpoint from timm, torchvision or the official ConvNeXt repositories (converted in
+  memory with the same converter and checks). The model then comes back in eval mode with the
+  checkpoint's number of classes; a different `num_classes=` keeps a fresh head (as
+  `init_head=drop`). rngs defaults to `nnx.Rngs(0)`: it seeds what the weights do not cover
+  (a fresh head, dropout streams).
+  """
   constructor = get_constructor(name)
+  rngs = nnx.Rngs(0) if rngs is None else rngs
+  if pretrained is None:
+    return build(name, constructor, rngs, options)
+  # Imported here, not at the top: reading and mapping checkpoints is tool-level code (orbax,
+  # safetensors, torch) that sits above the models; only this call needs it, so importing
+  # cnn_jax.models never pulls it in and the import arrows still run models -> layers.
+  from cnn_jax import convert  # pylint: disable=import-outside-toplevel
+  return convert.load_model(name, os.fspath(pretrained), rngs=rngs, options=options)
+
+
+def build(name: str, constructor: Callable[..., nnx.Module], rngs: nnx.Rngs,
+          options: dict[str, Any]) -> nnx.Module:
+  """The constructor's model, with its option errors as the user's (one line)."""
   try:
-    return constructor(rngs=rngs, **kwargs)
+    return constructor(rngs=rngs, **options)
   except TypeError as e:
     # An unexpected keyword from a config override is the user's mistake, not ours.
     if "unexpected keyword argument" in str(e):
