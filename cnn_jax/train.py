@@ -238,6 +238,14 @@ def jit_train_step(task: Task, config: ml_collections.ConfigDict, info: data.Dat
       out_shardings=(state_shardings, parallel.replicated(mesh)), donate_argnums=(0,))
 
 
+def jit_eval_step(task: Task, mesh: jax.sharding.Mesh, graphdef: nnx.GraphDef,
+                  state_shardings: Any) -> Callable[..., dict[str, Any]]:
+  """The loop's eval step: state as in training, batch split over `data`, sums replicated."""
+  return jax.jit(functools.partial(task.eval_step, graphdef=graphdef),
+                 in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
+                 out_shardings=parallel.replicated(mesh))
+
+
 def _prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -387,12 +395,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state = ckpt.restore(state, start_step)
     print(f"resumed from {workdir} at step {start_step}", flush=True)
 
-  batch_sharding = parallel.batch_sharding(mesh)
-  replicated = parallel.replicated(mesh)
   train_fn = jit_train_step(task, config, info, mesh, train_graphdef, tx, schedule,
                             state_shardings)
-  eval_fn = jax.jit(functools.partial(task.eval_step, graphdef=eval_graphdef),
-                    in_shardings=(state_shardings, batch_sharding), out_shardings=replicated)
+  eval_fn = jit_eval_step(task, mesh, eval_graphdef, state_shardings)
 
   writer = metrics.MetricWriter(workdir)
   step_hook = task.make_step_hook(
