@@ -1,12 +1,14 @@
 """The PyTorch half of `python -m cnn_jax.bench --vs_torch`: the same model in PyTorch eager.
 
-Started by cnn_jax/bench.py as `PYTHON cnn_jax/bench_torch.py --model ... --modes train,infer`
-with the Python of `--torch_python`, so it imports nothing from JAX and, of cnn_jax, only its
-sibling timing.py (standard library only); besides that, torch and timm (torchvision for the
-names timm lacks). It prints one JSON line: {"results": {mode: figures}} or {"error": "..."}.
-With `--serve` it builds the model, prints {"ready": ...} and then times steps on request
-("train 1" on stdin -> {"times": [...]}), which lets the JAX side alternate single steps of the
-two frameworks.
+Two sides in one file. The worker (`create_model`, `main`) runs as
+`PYTHON cnn_jax/bench_torch.py --serve --model ...` in the Python of `--torch_python`, which may
+have torch but neither jax nor cnn_jax: it imports only the standard library, its siblings
+timing.py and errors.py (standard library only) and torch and timm (torchvision for the names
+timm lacks). With `--serve` it builds the model, prints {"ready": ...} and then times steps on
+request ("train 1" on stdin -> {"times": [...]}); without it, it times `--modes` once and prints
+{"results": {mode: figures}}; on failure, {"error": "..."}.
+The client (`check_torch`, `TorchWorker`, `paired_times`, `compare`) runs in the JAX process,
+starts the worker and alternates its steps with JAX's; it needs no jax either.
 
 The train step is what cnn_jax's `train.train_step` does: forward, cross-entropy, backward and
 an AdamW update (weight decay 0, as the benchmark's config); inference is an eval-mode forward
@@ -20,15 +22,24 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import resource
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
+from typing import Any
 
 if __package__:  # imported as cnn_jax.bench_torch
+  from cnn_jax.errors import UserError
   from cnn_jax.timing import step_time_stats
 else:  # run as a script, maybe by a Python without cnn_jax: its directory is sys.path[0]
+  from errors import UserError
   from timing import step_time_stats
 
+
+# ----------------------------------------------------------------------------- worker side
 
 def create_model(name: str, num_classes: int, in_channels: int, image_size: int):
   """(model, source): timm's model of this name, else torchvision's."""
@@ -156,6 +167,150 @@ def main(argv: list[str] | None = None) -> int:
     }
   print(json.dumps({"results": results}), flush=True)
   return 0
+
+
+# ----------------------------------------------------------------------------- client side
+
+TORCH_INSTALL = "pip install torch==2.14.1 torchvision==0.29.1 timm==1.0.31"
+# Idle time before each turn once the other framework has run: their thread pools spin for a
+# moment after their work ends, and that must not land in the next step's time.
+_SETTLE_S = 0.2
+# Timed steps per turn. Each turn also runs one untimed step first: the first step after the
+# other framework's turn runs up to ~40 % slower (measured on this project's CPU VM for cnn_jax
+# after a 2 s sleep: ResNet-50 b32 5.2-5.5 s vs 3.7-4.0 s back to back, the next step normal
+# again; likely the VM reclaiming memory freed at the end of a step). A training loop never
+# waits between steps, so that step is not what users get.
+_TURN_STEPS = 2
+
+
+def check_torch(torch_python: str | None) -> str:
+  """The Python to run the worker with; UserError (how to install) if it lacks torch."""
+  python = torch_python or sys.executable
+  try:
+    probe = subprocess.run([python, "-c", "import torch, timm"], capture_output=True)
+  except OSError as e:
+    raise UserError(f"--torch_python={python!r} cannot be run: {e.strerror or e}") from None
+  if probe.returncode:
+    raise UserError(f"--vs_torch needs PyTorch and timm in {python} (an optional extra: "
+                    f"{TORCH_INSTALL}, or pass --torch_python=A_PYTHON_WITH_TORCH)")
+  return python
+
+
+class TorchWorker:
+  """This file run with `--serve` in a second process: times PyTorch steps on request."""
+
+  def __init__(self, python: str, model_name: str, *, batch_size: int, image_size: int,
+               in_channels: int, num_classes: int, dtype: str):
+    self._stderr = tempfile.TemporaryFile(mode="w+")
+    self._proc = subprocess.Popen(
+        [python, os.path.abspath(__file__), "--serve", "--model", model_name, "--batch_size",
+         str(batch_size), "--image_size", str(image_size), "--in_channels", str(in_channels),
+         "--num_classes", str(num_classes), "--dtype", dtype],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
+        bufsize=1)
+    self.meta = self._reply()["ready"]
+
+  def _reply(self) -> dict[str, Any]:
+    for line in self._proc.stdout:
+      if line.startswith("{"):
+        out = json.loads(line)
+        if "error" in out:
+          self.close()
+          raise UserError(f"PyTorch side: {out['error']}")
+        return out
+    self._stderr.seek(0)
+    last = (self._stderr.read().strip().splitlines() or ["no output"])[-1]
+    self.close()
+    raise RuntimeError(f"the PyTorch benchmark process failed: {last}")
+
+  def run_steps(self, mode: str, count: int) -> list[float]:
+    self._proc.stdin.write(f"{mode} {count}\n")
+    self._proc.stdin.flush()
+    return self._reply()["times"]
+
+  def close(self) -> None:
+    if self._proc.poll() is None:
+      try:
+        self._proc.stdin.write("quit\n")
+        self._proc.stdin.flush()
+        self._proc.wait(timeout=60)
+      except (OSError, subprocess.TimeoutExpired):
+        self._proc.kill()
+    self._stderr.close()
+
+
+def paired_times(time_jax: Callable[[int], list[float]], worker: TorchWorker, mode: str,
+                 steps: int, warmup: int
+                 ) -> tuple[list[float], list[float], list[float], list[float]]:
+  """Alternates turns of the two frameworks, one untimed step and up to `_TURN_STEPS` timed
+  ones each, until each has `steps` timed steps: (jax warm-up, jax, torch warm-up, torch).
+  `time_jax(n)` runs n JAX steps and returns their times."""
+  jax_warm = time_jax(warmup)
+  torch_warm = worker.run_steps(mode, warmup) if warmup else []
+  jax_times, torch_times = [], []
+  while len(jax_times) < steps:
+    count = min(_TURN_STEPS, steps - len(jax_times))
+    time.sleep(_SETTLE_S)
+    jax_times += time_jax(1 + count)[1:]
+    time.sleep(_SETTLE_S)
+    torch_times += worker.run_steps(mode, 1 + count)[1:]
+  return jax_warm, jax_times, torch_warm, torch_times
+
+
+def torch_result(meta: dict[str, Any], mode: str, warm_times: list[float],
+                 times: list[float]) -> dict[str, Any]:
+  """The worker's figures for one mode of a paired run."""
+  stats = step_time_stats(times)
+  return {**meta, "mode": mode, "steps": len(times), "warmup": len(warm_times),
+          "images_per_sec": meta["batch_size"] / stats["median"], "step_time_s": stats,
+          "step_times_s": times, "warmup_times_s": warm_times}
+
+
+def compare(prepare: Callable[..., Any], python: str, model_name: str, steps: int,
+            warmup: int) -> dict[str, Any]:
+  """Train and infer in both frameworks, in turns (`paired_times`), so that a change in the
+  machine's load hits both alike. `prepare(mode=...)` builds the JAX step: an object with
+  `fields` (its sizes), `time_steps(n)` and `result(warm_times, times)` (cnn_jax.bench's
+  PreparedStep). Returns bench's report without its "host"."""
+  step = prepare(mode="train")
+  worker = TorchWorker(python, model_name, **{
+      k: step.fields[k] for k in ("batch_size", "image_size", "in_channels", "num_classes",
+                                  "dtype")})
+  report: dict[str, Any] = {"jax": [], "torch": {}, "ratio_vs_torch": {},
+                            "ratio_vs_torch_per_pair": {}}
+  try:
+    for mode in ("train", "infer"):
+      step = step or prepare(mode=mode)
+      jax_warm, jax_times, torch_warm, torch_times = paired_times(
+          step.time_steps, worker, mode, steps, warmup)
+      jax_result = step.result(jax_warm, jax_times)
+      torch_figures = torch_result(worker.meta, mode, torch_warm, torch_times)
+      report["jax"].append(jax_result)
+      report["torch"][mode] = torch_figures
+      report["ratio_vs_torch"][mode] = (torch_figures["step_time_s"]["median"]
+                                        / jax_result["step_time_s"]["median"])
+      report["ratio_vs_torch_per_pair"][mode] = step_time_stats(
+          [t / j for t, j in zip(torch_times, jax_times)])
+      step = None  # One mode at a time: only one model state and program occupy memory.
+  finally:
+    worker.close()
+  return report
+
+
+def report_lines(report: dict[str, Any]) -> list[str]:
+  """The PyTorch figures and ratios of a `compare` report, for bench's printed table."""
+  lines = []
+  for mode, r in (report.get("torch") or {}).items():
+    t = r["step_time_s"]
+    lines.append(f"PyTorch {r['source']} {mode}: median {t['median'] * 1e3:.1f} ms (p10 "
+                 f"{t['p10'] * 1e3:.1f}, p90 {t['p90'] * 1e3:.1f}), {r['images_per_sec']:.1f} "
+                 f"images/s; torch {r['torch_version']}, {r['threads']} threads")
+  for mode, ratio in (report.get("ratio_vs_torch") or {}).items():
+    pairs = report["ratio_vs_torch_per_pair"][mode]
+    lines.append(f"ratio {mode}: {ratio:.2f}x  (PyTorch median step time / cnn_jax median step "
+                 f"time, > 1 = cnn_jax faster; per alternating pair p10 {pairs['p10']:.2f}, "
+                 f"median {pairs['median']:.2f}, p90 {pairs['p90']:.2f})")
+  return lines
 
 
 if __name__ == "__main__":

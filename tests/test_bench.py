@@ -9,8 +9,7 @@ import sys
 
 import pytest
 
-from cnn_jax import bench
-from cnn_jax.errors import UserError
+from cnn_jax import bench, bench_torch, perf
 from tests.helpers import run_cli
 
 JAX_FIELDS = {
@@ -93,14 +92,7 @@ def test_vs_torch_without_torch_says_how_to_install():
   assert result.returncode == 2
   assert result.stderr.strip().splitlines() == [
       f"error: --vs_torch needs PyTorch and timm in {sys.executable} (an optional extra: "
-      f"{bench.TORCH_INSTALL}, or pass --torch_python=A_PYTHON_WITH_TORCH)"]
-
-
-def test_fcmae_mode_needs_the_fcmae_module():
-  if importlib.util.find_spec("cnn_jax.fcmae") is not None:
-    pytest.skip("cnn_jax.fcmae exists")
-  with pytest.raises(UserError, match="fcmae"):
-    bench.benchmark_jax("convnextv2_atto", mode="fcmae", batch_size=8, steps=1)
+      f"{bench_torch.TORCH_INSTALL}, or pass --torch_python=A_PYTHON_WITH_TORCH)"]
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="torch and timm are an optional extra")
@@ -113,7 +105,7 @@ def test_vs_torch_ratios():
 
 
 def test_paired_times_alternate_the_frameworks(monkeypatch):
-  monkeypatch.setattr(bench, "_SETTLE_S", 0.0)
+  monkeypatch.setattr(bench_torch, "_SETTLE_S", 0.0)
   calls = []
 
   class FakeWorker:
@@ -121,30 +113,28 @@ def test_paired_times_alternate_the_frameworks(monkeypatch):
       calls.extend(["torch"] * count)
       return [0.5] * count
 
-  def jax_step():
-    calls.append("jax")
+  def time_jax(count):
+    calls.extend(["jax"] * count)
+    return [0.1] * count
 
-  jax_warm, jax_times, torch_warm, torch_times = bench._paired_times(
-      jax_step, FakeWorker(), "train", steps=3, warmup=1)
+  jax_warm, jax_times, torch_warm, torch_times = bench_torch.paired_times(
+      time_jax, FakeWorker(), "train", steps=3, warmup=1)
   # Warm-up, then turns of one untimed step and up to two timed ones.
   assert calls == ["jax", "torch"] + ["jax"] * 3 + ["torch"] * 3 + ["jax"] * 2 + ["torch"] * 2
   assert len(jax_warm) == len(torch_warm) == 1 and len(jax_times) == len(torch_times) == 3
 
 
 def test_peak_table_and_stats():
-  assert bench.table_peak_flops("NVIDIA H100 PCIe", "bfloat16") == 756e12
-  assert bench.table_peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
-  assert bench.table_peak_flops("TPU v4", "float32") == 275e12
-  assert bench.table_peak_flops("cpu", "float32") is None
+  assert perf.table_peak_flops("NVIDIA H100 PCIe", "bfloat16") == 756e12
+  assert perf.table_peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
+  assert perf.table_peak_flops("TPU v4", "float32") == 275e12
+  assert perf.table_peak_flops("cpu", "float32") is None
   stats = bench.step_time_stats([3.0, 1.0, 2.0, 4.0, 5.0])
   assert stats["median"] == 3.0 and stats["min"] == 1.0 and stats["max"] == 5.0
   assert stats["p10"] == pytest.approx(1.4) and stats["p90"] == pytest.approx(4.6)
 
 
 def test_fcmae_mode_on_a_tiny_encoder():
-  fcmae = pytest.importorskip("cnn_jax.fcmae")
-  if not hasattr(fcmae, "build_model"):
-    pytest.skip("cnn_jax.fcmae has no build_model yet")
   r = bench.benchmark_jax("convnextv2_atto", mode="fcmae", batch_size=8, image_size=64, steps=1,
                           warmup=0, num_devices=1,
                           model_kwargs={"depths": (1, 1, 1, 1), "dims": (8, 16, 32, 64)})
@@ -154,8 +144,8 @@ def test_fcmae_mode_on_a_tiny_encoder():
 
 def test_vs_torch_report_with_a_stand_in_worker(monkeypatch):
   """run()'s pairing and ratios, with the PyTorch process replaced by a fixed-time stand-in."""
-  monkeypatch.setattr(bench, "_SETTLE_S", 0.0)
-  monkeypatch.setattr(bench, "check_torch", lambda python: "python")
+  monkeypatch.setattr(bench_torch, "_SETTLE_S", 0.0)
+  monkeypatch.setattr(bench_torch, "check_torch", lambda python: "python")
 
   class StandIn:
     def __init__(self, python, model_name, **sizes):
@@ -168,7 +158,7 @@ def test_vs_torch_report_with_a_stand_in_worker(monkeypatch):
     def close(self):
       pass
 
-  monkeypatch.setattr(bench, "TorchWorker", StandIn)
+  monkeypatch.setattr(bench_torch, "TorchWorker", StandIn)
   report = bench.run("lenet5", vs_torch=True, batch_size=8, steps=2, warmup=1, num_devices=1)
   assert [r["mode"] for r in report["jax"]] == ["train", "infer"]
   for r in report["jax"]:
