@@ -6,25 +6,22 @@
       [--torch_python /path/to/venv_with_torch/bin/python]
 
 The timed step is the training loop's own, built by its functions (`train.create_train_state`,
-`train.jit_train_step` / `jit_eval_step` with the `Task` of the mode), so it has the loop's
-shardings and buffer donation: `--mode train` times `train.train_step` (forward, cross-entropy,
-backward, AdamW update), `infer` `train.eval_step` on the eval-mode model, `fcmae` the FCMAE
-pre-training step (ConvNeXt encoders). The data are one batch of the synthetic source, placed on
-the devices once, so only the model is measured; `--with_data` pulls every batch from the
-synthetic grain pipeline (uint8 decode, ImageNet augmentation) and shards it each step.
-Compilation is timed on its own (`lower().compile()`); `--warmup` steps run before the timed
-ones, each of which ends with `block_until_ready`.
+`train.jit_train_step` / `jit_eval_step`, the mode's `Task`), with the loop's shardings and
+buffer donation: `--mode train` times `train.train_step` (forward, cross-entropy, backward, AdamW
+update), `infer` `train.eval_step` (eval-mode forward), `fcmae` the FCMAE pre-training step. The
+data are one synthetic batch placed on the devices once, so only the model is measured;
+`--with_data` pulls every batch from the synthetic grain pipeline and shards it each step.
+Compilation is timed on its own; `--warmup` steps run before the timed ones, each of which ends
+with `block_until_ready`.
 
-MFU (cnn_jax/perf.py) = model FLOPs per step / median step time / peak FLOP/s. Model FLOPs are
-`cnn_jax.summary`'s (2 x the conv and matmul MACs of the forward); a train step counts 3 x the
-forward, the usual convention, so rematerialisation does not raise it. XLA's own count of the
-compiled program is reported beside it (`xla_flops_per_step`).
+MFU = model FLOPs per step / median step time / peak FLOP/s (cnn_jax/perf.py); a train step
+counts 3 x the forward's FLOPs, the usual convention, so rematerialisation does not raise it.
+XLA's own count of the compiled program is reported beside it (`xla_flops_per_step`).
 
-`--vs_torch` also times the train step and inference of the same model (timm, else torchvision)
-in PyTorch eager, in turns with JAX's, in a second process started with `--torch_python`
-(cnn_jax/bench_torch.py), and prints the speed ratios PyTorch time / cnn_jax time (> 1: cnn_jax
-is faster). On shared machines absolute times drift; ratios from one run are the figure to
-compare.
+`--vs_torch` also times train and inference of the same model (timm, else torchvision) in
+PyTorch eager, in turns with JAX, in a process of `--torch_python` (cnn_jax/bench_torch.py), and
+prints the ratios PyTorch time / cnn_jax time (> 1: cnn_jax is faster). On shared machines
+absolute times drift; ratios from one run are the figure to compare.
 """
 
 from __future__ import annotations
@@ -36,7 +33,7 @@ import os
 import platform
 import resource
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from absl import flags
@@ -50,15 +47,13 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 # ----------------------------------------------------------------------------- JAX side
 
-def bench_config(model_name: str, *, mode: str, batch_size: int, image_size: int,
-                 in_channels: int, num_classes: int, model_kwargs: dict[str, Any],
-                 num_devices: int) -> Any:
+def bench_config(model_name: str, *, batch_size: int, image_size: int, in_channels: int,
+                 num_classes: int, model_kwargs: dict[str, Any], num_devices: int) -> Any:
   """A training config for the synthetic source at this size: what the timed steps are
   built from."""
   from cnn_jax import config as base_config
 
   config = base_config.get_config()
-  config.task = "fcmae" if mode == "fcmae" else "classification"
   config.model = {"name": model_name, **model_kwargs}
   config.data.update(dict(source="synthetic", name="synthetic", image_size=image_size,
                           channels=in_channels, batch_size=batch_size,
@@ -69,10 +64,8 @@ def bench_config(model_name: str, *, mode: str, batch_size: int, image_size: int
   config.data.synthetic.update(dict(num_classes=num_classes, num_train=batch_size * 4,
                                     num_eval=batch_size))
   config.mesh.num_devices = num_devices
-  # AdamW at a constant rate: the step every config here trains with, and the one the
-  # PyTorch side runs.
-  config.optimizer.name = "adamw"
-  config.schedule.name = "constant"
+  # AdamW at a constant rate, as the PyTorch side runs it.
+  config.optimizer.name, config.schedule.name = "adamw", "constant"
   return config
 
 
@@ -164,7 +157,7 @@ def prepare_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
   image_size, in_channels = info["image_size"], info["in_channels"]
   num_classes, forward_flops = info["num_classes"], info["batch"]["flops"]
 
-  config = bench_config(model_name, mode=mode, batch_size=batch_size, image_size=image_size,
+  config = bench_config(model_name, batch_size=batch_size, image_size=image_size,
                         in_channels=in_channels, num_classes=num_classes,
                         model_kwargs=model_kwargs, num_devices=num_devices)
   mesh = parallel.create_mesh(config)
@@ -211,8 +204,7 @@ def prepare_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
   example = next_batch()
   start = time.perf_counter()
   lowered = step_fn.lower(state, example)
-  lower_s = time.perf_counter() - start
-  start = time.perf_counter()
+  lower_s, start = time.perf_counter() - start, time.perf_counter()
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
 
@@ -237,15 +229,11 @@ def benchmark_jax(model_name: str, *, steps: int = 20, warmup: int = 3,
   """Times `mode` for one model in JAX; returns every figure as a JSON-serialisable dict.
 
   kwargs: those of `prepare_jax`."""
-  _check_steps(steps, warmup)
+  if steps < 1 or warmup < 0:
+    raise UserError(f"need steps >= 1 and warmup >= 0 (got {steps}, {warmup})")
   prepared = prepare_jax(model_name, **kwargs)
   warm_times = prepared.time_steps(warmup)
   return prepared.result(warm_times, prepared.time_steps(steps))
-
-
-def _check_steps(steps: int, warmup: int) -> None:
-  if steps < 1 or warmup < 0:
-    raise UserError(f"need steps >= 1 and warmup >= 0 (got {steps}, {warmup})")
 
 
 def run(model_name: str, *, mode: str = "train", vs_torch: bool = False,
@@ -258,7 +246,6 @@ def run(model_name: str, *, mode: str = "train", vs_torch: bool = False,
   from cnn_jax.models import layers
 
   train.check_conv_impl(conv_impl)
-  _check_steps(steps, warmup)
   if vs_torch and mode == "fcmae":
     raise UserError("--vs_torch compares the supervised train step and inference; "
                     "use --mode train or infer")
@@ -337,8 +324,7 @@ def define_flags() -> None:
   flags.DEFINE_integer("num_classes", None, "Classes of the head (default: the model's own).")
   flags.DEFINE_integer("num_devices", -1, "Devices of the data-parallel mesh (-1 = all).")
   flags.DEFINE_bool("with_data", False, "Feed every step from the synthetic input pipeline.")
-  flags.DEFINE_bool("vs_torch", False, "Also time train and inference in PyTorch eager; print "
-                    "the ratios.")
+  flags.DEFINE_bool("vs_torch", False, "Also time train and infer in PyTorch; print the ratios.")
   flags.DEFINE_string("torch_python", None, "Python that has torch and timm, for --vs_torch "
                       "(default: this one).")
   flags.DEFINE_float("peak_flops", None, "Peak FLOP/s of all devices together, for MFU "

@@ -272,6 +272,8 @@ def compare(prepare: Callable[..., Any], python: str, model_name: str, steps: in
   machine's load hits both alike. `prepare(mode=...)` builds the JAX step: an object with
   `fields` (its sizes), `time_steps(n)` and `result(warm_times, times)` (cnn_jax.bench's
   PreparedStep). Returns bench's report without its "host"."""
+  if steps < 1 or warmup < 0:
+    raise UserError(f"need steps >= 1 and warmup >= 0 (got {steps}, {warmup})")
   step = prepare(mode="train")
   worker = TorchWorker(python, model_name, **{
       k: step.fields[k] for k in ("batch_size", "image_size", "in_channels", "num_classes",

@@ -1,7 +1,8 @@
 """The one exception type that means "the user asked for something we cannot do".
 
 Entry points catch it and print a single line on stderr with a non-zero exit;
-anything else is a programming error and keeps its traceback.
+anything else is a programming error and keeps its traceback. Standard library only:
+bench_torch.py imports this file as its sibling in a Python that may lack jax and cnn_jax.
 """
 
 

@@ -21,11 +21,11 @@ def main() -> None:
                                       image_size=image_size, num_devices=1)
               for mode in ("train", "fcmae")}
   for step in prepared.values():
-    bench._time_steps(step.run_step, 2)  # warm-up
+    step.time_steps(2)  # warm-up
   times = {mode: [] for mode in prepared}
   for _ in range(steps):
     for mode, step in prepared.items():
-      times[mode] += bench._time_steps(step.run_step, 1)
+      times[mode] += step.time_steps(1)
   ratios = [f / t for f, t in zip(times["fcmae"], times["train"])]
   print(f"{model} batch {batch} at {image_size} px, {steps} pairs: FCMAE / supervised step "
         f"time = {statistics.median(ratios):.3f} (median of pairs; quartiles "
