@@ -10,7 +10,7 @@ The timed step is the training loop's own, built by its functions (`train.create
 buffer donation: `--mode train` times `train.train_step` (forward, cross-entropy, backward, AdamW
 update), `infer` `train.eval_step` (eval-mode forward), `fcmae` the FCMAE pre-training step. The
 data are one synthetic batch placed on the devices once, so only the model is measured;
-`--with_data` pulls every batch from the synthetic grain pipeline and shards it each step.
+`--with_data` feeds every step from the synthetic grain pipeline, as the loop does.
 Compilation is timed on its own; `--warmup` steps run before the timed ones, each of which ends
 with `block_until_ready`.
 
@@ -194,9 +194,10 @@ def prepare_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
       batch = {**batch, "mask": np.ones(batch["label"].shape, np.float32)}
     return parallel.shard_batch(batch, mesh)
 
-  if with_data:
-    batches = train_batches.iterate(0)
-    next_batch = lambda: device_batch(next(batches))  # noqa: E731
+  if with_data:  # Fed as the loop feeds its steps, copies issued a few batches ahead.
+    batches = data.prefetch_to_device(train_batches.iterate(0), device_batch,
+                                      config.data.prefetch_to_device)
+    next_batch = lambda: next(batches)  # noqa: E731
   else:
     fixed = device_batch(train_batches.batch(0))
     next_batch = lambda: fixed  # noqa: E731

@@ -176,10 +176,9 @@ TORCH_INSTALL = "pip install torch==2.14.1 torchvision==0.29.1 timm==1.0.31"
 # moment after their work ends, and that must not land in the next step's time.
 _SETTLE_S = 0.2
 # Timed steps per turn. Each turn also runs one untimed step first: the first step after the
-# other framework's turn runs up to ~40 % slower (measured on this project's CPU VM for cnn_jax
-# after a 2 s sleep: ResNet-50 b32 5.2-5.5 s vs 3.7-4.0 s back to back, the next step normal
-# again; likely the VM reclaiming memory freed at the end of a step). A training loop never
-# waits between steps, so that step is not what users get.
+# other framework's turn runs markedly slower (experiments/cpu_speed/README.md; likely the VM
+# reclaiming memory freed at the end of a step). A training loop never waits between steps, so
+# that step is not what users get.
 _TURN_STEPS = 2
 
 
