@@ -6,6 +6,7 @@ divisible by the devices, ...) end with one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import ml_collections
 from absl import flags
 
 from cnn_jax import cli
@@ -31,22 +32,30 @@ def main(argv: list[str]) -> None:
     raise UserError("--workdir is required")
 
   # Imported after flag parsing: JAX reads XLA_FLAGS and platform flags at backend start.
-  from cnn_jax import parallel, train
+  from cnn_jax import parallel
 
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id)
-  try:
-    if config.task == "fcmae":
-      from cnn_jax import fcmae
-      final = fcmae.pretrain(config, FLAGS.workdir)
-    elif config.task == "classification":
-      final = train.train_and_evaluate(config, FLAGS.workdir)
-    else:
-      raise UserError(f"unknown task {config.task!r}; choose classification or fcmae")
-  except FloatingPointError as e:  # Diverged: say so in one line, keep the exit non-zero.
-    cli.fail(str(e), code=1)
+  # Several processes: one failing stops the others at once, naming it.
+  with parallel.stop_all_on_failure():
+    try:
+      final = run_training(config, FLAGS.workdir)
+    except FloatingPointError as e:  # Diverged: say so in one line, keep the exit non-zero.
+      cli.fail(str(e), code=1)
   for line in final_lines(final):
     print(line, flush=True)
+
+
+def run_training(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float] | None:
+  """The run a config asks for: FCMAE pre-training (which also exports the encoder) or
+  classification (config.task). The sweep and SLURM jobs run points through this too."""
+  from cnn_jax import train
+  if config.task == "fcmae":
+    from cnn_jax import fcmae
+    return fcmae.pretrain(config, workdir)
+  if config.task == "classification":
+    return train.train_and_evaluate(config, workdir)
+  raise UserError(f"unknown task {config.task!r}; choose classification or fcmae")
 
 
 def final_lines(final: dict[str, float] | None) -> list[str]:

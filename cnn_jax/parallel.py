@@ -10,7 +10,14 @@ and reduce-scatters.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -73,7 +80,7 @@ def state_sharding(state: Any, mesh: Mesh, strategy: str = "data_parallel",
 
 
 def initialize_distributed(coordinator_address: str | None, num_processes: int | None,
-                           process_id: int | None) -> None:
+                           process_id: int | None, auto: bool = False) -> None:
   """Joins a multi-process run (GPU cluster, TPU pod, or several CPU processes).
 
   Arguments left None come from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
@@ -88,7 +95,8 @@ def initialize_distributed(coordinator_address: str | None, num_processes: int |
   if process_id is None and "JAX_PROCESS_ID" in env:
     process_id = int(env["JAX_PROCESS_ID"])
   if coordinator_address is None:
-    if env.get("JAX_AUTO_DISTRIBUTED") == "1":
+    if auto or env.get("JAX_AUTO_DISTRIBUTED") == "1":
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
       jax.distributed.initialize()
     return
   if num_processes is None or process_id is None:
@@ -104,3 +112,101 @@ def shard_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax
   """Assembles the global batch from each process's rows, split over the `data` axis."""
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
+FAILURE_KEY = "cnn_jax/failed_process"
+
+
+def _one_line(e: BaseException) -> str:
+  text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+  return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+@contextlib.contextmanager
+def stop_all_on_failure(ack_timeout_s: float = 10.0) -> Iterator[None]:
+  """In a multi-process run, one process's failure stops all of them at once, each saying
+  which process failed and why.
+
+  Without it, a process that raises leaves the others blocked in the next collective until
+  jax.distributed's shutdown barrier times out (measured: 5 minutes, then every process aborts
+  with "another task died" and a C++ stack, not naming the task). Here the failing process
+  publishes one line in the coordination service's key-value store; a thread in every other
+  process waits on that key, prints it and exits 1. The failing process waits (at most
+  `ack_timeout_s`) until the others have read it, prints its own error (a UserError as one
+  `error:` line, exit 2; anything else with its traceback, exit 1) and exits without the
+  shutdown barrier, which could only time out now. The first failure wins: a process whose
+  collective broke because a peer left reports that peer's failure, not its own symptom.
+  """
+  if jax.process_count() == 1:
+    yield
+    return
+  from jax._src import distributed
+  client = distributed.global_state.client
+  me, count = jax.process_index(), jax.process_count()
+  finished = threading.Event()
+
+  def watch() -> None:
+    failures_in_a_row = 0
+    while not finished.is_set():
+      try:
+        message = client.blocking_key_value_get(FAILURE_KEY, 1000)
+      except Exception as e:  # A timeout (nothing failed yet) or the coordinator is gone.
+        if "DEADLINE_EXCEEDED" in str(e) or "deadline" in str(e).lower():
+          failures_in_a_row = 0
+          continue
+        failures_in_a_row += 1
+        if failures_in_a_row < 30 or finished.is_set():
+          time.sleep(1.0)
+          continue
+        message = f"lost the coordination service (process 0): {_one_line(e)}"
+      if finished.is_set():
+        return
+      print(f"error: stopping process {me} of {count}: {message}", file=sys.stderr, flush=True)
+      with contextlib.suppress(Exception):
+        client.key_value_set(f"{FAILURE_KEY}/ack/{me}", "1")
+      sys.stdout.flush()
+      os._exit(1)
+
+  watcher = threading.Thread(target=watch, name="cnn_jax-peer-failure", daemon=True)
+  watcher.start()
+  try:
+    yield
+  except BaseException as e:
+    finished.set()
+    if isinstance(e, SystemExit) and e.code in (0, None):
+      raise
+    from cnn_jax.errors import UserError
+    reason = (f"exit code {e.code}" if isinstance(e, SystemExit) else _one_line(e))
+    message = f"process {me} of {count} on {socket.gethostname()} failed: {reason}"
+    first = True
+    try:
+      client.key_value_set(FAILURE_KEY, message)
+    except Exception:  # Another process failed first: that is the cause to report.
+      first = False
+      with contextlib.suppress(Exception):
+        message = client.key_value_try_get(FAILURE_KEY)
+    if first:
+      deadline = time.monotonic() + ack_timeout_s
+      for other in range(count):
+        left_ms = int(1000 * (deadline - time.monotonic()))
+        if other == me or left_ms <= 0:
+          continue
+        with contextlib.suppress(Exception):
+          client.blocking_key_value_get(f"{FAILURE_KEY}/ack/{other}", left_ms)
+    if isinstance(e, SystemExit):  # cli.fail already said why
+      code = e.code if isinstance(e.code, int) else 1
+    elif isinstance(e, UserError):
+      print(f"error: {e}", file=sys.stderr)
+      code = 2
+    elif first:
+      traceback.print_exc()
+      code = 1
+    else:
+      print(f"error: stopping process {me} of {count}: {message}", file=sys.stderr)
+      code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  finally:
+    finished.set()
+  watcher.join(timeout=5)

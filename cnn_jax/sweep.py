@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import importlib.util
 import itertools
 import json
-import math
 import os
 import re
 import shlex
@@ -42,19 +40,20 @@ from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
+from cnn_jax import cli, launch
+# The sweep's configs load like any config file (configs/sweeps/* and the experiments use these
+# names from here).
+from cnn_jax.cli import load_config_file, load_module, resolve_path  # noqa: F401
 from cnn_jax.errors import UserError
 
 FLAGS = flags.FLAGS
+LAUNCHERS = ("local", "slurm")
 
 
-def _define_flags() -> None:
-  """Only when run as a program: cnn_jax.main defines --config and --workdir too, and a process
-  that imports both must not see them defined twice."""
-  config_flags.DEFINE_config_file(
-      "config", None, "Path to a sweep config (configs/sweeps/*.py).", lock_config=True)
+def define_flags() -> None:
+  cli.define_config_flag(help_text="Path to a sweep config (configs/sweeps/*.py).")
   flags.DEFINE_string("workdir", None, "Sweep workdir (default: the config's workdir).")
   flags.DEFINE_bool(
       "print_commands", False, "Write one `python -m cnn_jax.main ...` command per point to "
@@ -62,11 +61,21 @@ def _define_flags() -> None:
   flags.DEFINE_bool(
       "collect_only", False, "Train nothing: build the table and plots from the points' "
       "workdirs.")
+  flags.DEFINE_bool("status", False, "Print each point's state (pending / running / done / "
+                    "failed / stopped / not run), step and latest metric; change nothing.")
+  flags.DEFINE_enum("launcher", "local", LAUNCHERS, "local: on this machine (--parallel at "
+                    "once); slurm: one job array, one task per point (--slurm.*).")
+  flags.DEFINE_integer("parallel", 1, "local: points trained at once, each in its own "
+                       "process (1 = one after another in this process).")
+  flags.DEFINE_integer("gpus_per_point", 0, "local with --parallel > 1: GPUs given to each "
+                       "point (CUDA_VISIBLE_DEVICES); 0 = the points run on the CPU.")
+  launch.define_slurm_flag()
 
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = cli.REPO_ROOT
 FINAL_METRICS = "final_metrics.json"
 POINT_RECORD = "sweep_point.json"  # overrides, accumulated wall time, failure reason
+SUBMISSIONS = "submissions.json"   # every job submitted for the sweep, newest last
 
 
 @dataclasses.dataclass
@@ -81,60 +90,6 @@ BASE_CONFIG_ARG = "base_config_arg"  # a point key that is no config field: the 
 
 
 # ----------------------------------------------------------------------------- configs
-
-def fail(message: str) -> None:
-  """One line on stderr, exit code 2 (cnn_jax.main's contract; importing main would define its
-  flags a second time)."""
-  print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.exit(2)
-
-
-def _one_line(e: BaseException) -> str:
-  text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-  return " ".join(line.strip() for line in text.splitlines() if line.strip()) or type(e).__name__
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    fail(_one_line(e))
-  except KeyError as e:
-    fail(f"unknown field in a --config override of the sweep config: {_one_line(e)}")
-  except (AttributeError, ValueError, TypeError, OSError, SyntaxError) as e:
-    fail(f"bad --config: {_one_line(e)}")
-  raise AssertionError("unreachable")
-
-
-def resolve_path(path: str) -> str:
-  """A config path as given if it exists, else relative to the repository root."""
-  if os.path.isfile(path) or os.path.isabs(path):
-    return path
-  return os.path.join(REPO_ROOT, path)
-
-
-def load_module(full_path: str) -> Any:
-  """The Python file at `full_path` as a fresh module (a config file, or a sweep config that
-  builds on a sibling sweep's points)."""
-  spec = importlib.util.spec_from_file_location(f"sweep_file_{abs(hash(full_path))}", full_path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def load_config_file(path: str, arg: str = "") -> ml_collections.ConfigDict:
-  """get_config(arg) (or get_config() when arg is "") of a config file, locked."""
-  full_path = resolve_path(path)
-  if not os.path.isfile(full_path):
-    raise UserError(f"base config not found: {path}")
-  try:
-    module = load_module(full_path)
-    config = module.get_config(arg) if arg else module.get_config()
-  except Exception as e:  # A broken base config is the user's to fix: say why in one line.
-    raise UserError(f"cannot load base config {path}: {_one_line(e)}") from None
-  config.lock()
-  return config
-
 
 def set_override(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
   """config.<key> = value for a dotted key; UserError when the key or the value's type is wrong."""
@@ -154,7 +109,7 @@ def set_override(config: ml_collections.ConfigDict, key: str, value: Any) -> Non
     node[leaf] = value
   except (TypeError, ValueError) as e:
     raise UserError(f"bad value {value!r} for sweep override {key!r} "
-                    f"(the field holds {type(current).__name__}): {_one_line(e)}") from None
+                    f"(the field holds {type(current).__name__}): {cli.one_line(e)}") from None
 
 
 def _pairs(field: Any, what: str) -> list[tuple[str, Any]]:
@@ -191,9 +146,15 @@ def point_name(overrides: dict[str, Any]) -> str:
   return re.sub(r"[^A-Za-z0-9.=+-]+", "_", text.replace(" ", ""))[:180]
 
 
+def _load_base(path: str, arg: str) -> ml_collections.ConfigDict:
+  if not os.path.isfile(resolve_path(path)):
+    raise UserError(f"base config not found: {path}")
+  return load_config_file(path, arg)
+
+
 def build_points(sweep: ml_collections.ConfigDict) -> list[Point]:
   """Validates the whole sweep against the base config before anything runs."""
-  bases = {sweep.base_config_arg: load_config_file(sweep.base_config, sweep.base_config_arg)}
+  bases = {sweep.base_config_arg: _load_base(sweep.base_config, sweep.base_config_arg)}
   shared = _pairs(sweep.overrides, "overrides")
   grid = _pairs(sweep.grid, "grid")
   raw_points = list(sweep.points)
@@ -206,7 +167,7 @@ def build_points(sweep: ml_collections.ConfigDict) -> list[Point]:
   for overrides in expand_grid(raw_points, grid):
     arg = str(overrides.get(BASE_CONFIG_ARG, sweep.base_config_arg))
     if arg not in bases:
-      bases[arg] = load_config_file(sweep.base_config, arg)
+      bases[arg] = _load_base(sweep.base_config, arg)
     config = bases[arg].copy_and_resolve_references()
     config.lock()
     for key, value in [*shared, *overrides.items()]:
@@ -238,24 +199,14 @@ def point_command(sweep: ml_collections.ConfigDict, point: Point, sweep_workdir:
   return " ".join(shlex.quote(a) for a in args)
 
 
-def _read_json(path: str) -> dict[str, Any]:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return {}
-
-
-def _write_json(path: str, payload: dict[str, Any]) -> None:
-  with open(path, "w") as f:
-    json.dump(payload, f, indent=2, sort_keys=True, default=str)
+_read_json, _write_json = launch.read_json, launch.write_json
 
 
 def run_point(point: Point, workdir: str) -> str:
   """Trains one point unless it finished: 'skipped', 'finished' or 'failed: ...'."""
   if os.path.exists(os.path.join(workdir, FINAL_METRICS)):
     return "skipped"
-  from cnn_jax import train
+  from cnn_jax import main as main_tool
 
   os.makedirs(workdir, exist_ok=True)
   record_path = os.path.join(workdir, POINT_RECORD)
@@ -264,11 +215,7 @@ def run_point(point: Point, workdir: str) -> str:
   start = time.perf_counter()
   status = "finished"
   try:
-    if point.config.task == "fcmae":  # as cnn_jax.main: pre-training also exports the encoder
-      from cnn_jax import fcmae
-      fcmae.pretrain(point.config, workdir)
-    else:
-      train.train_and_evaluate(point.config, workdir)
+    main_tool.run_training(point.config, workdir)  # as cnn_jax.main runs a config
   except FloatingPointError as e:  # Diverged: a result of the sweep, not a reason to stop it.
     status = f"failed: {e}"
     record["error"] = str(e)
@@ -443,12 +390,195 @@ def plot_curves(points: Sequence[Point], sweep_workdir: str, metrics: Sequence[s
 
 # ----------------------------------------------------------------------------- entry point
 
-def run_sweep(sweep: ml_collections.ConfigDict, sweep_workdir: str, *,
-              print_commands: bool = False, collect_only: bool = False) -> list[dict[str, Any]]:
-  """Validates, then trains (or prints the commands of) every point; writes tables and plots.
+class PointJob(launch.TrainJob):
+  """One sweep point as a submitit job (a SLURM array task, or a local process): run_point
+  records its wall time and a divergence as the sequential sweep does."""
 
-  Returns the table rows (empty with print_commands)."""
+  def __init__(self, point: Point, workdir: str):
+    super().__init__(point.config, workdir)
+    self.point = point
+
+  def train(self) -> str:
+    status = run_point(self.point, self.workdir)
+    return "finished" if status == "skipped" else status
+
+
+def _is_done(sweep_workdir: str, point: Point) -> bool:
+  return os.path.exists(os.path.join(sweep_workdir, point.name, FINAL_METRICS))
+
+
+def point_jobs(sweep_workdir: str) -> dict[str, str]:
+  """{point name: id of the newest job submitted for it}."""
+  latest = {}
+  for submission in _read_json(os.path.join(sweep_workdir, SUBMISSIONS)).get("submissions", []):
+    latest.update(submission.get("points", {}))
+  return latest
+
+
+def _record_submission(sweep_workdir: str, entry: dict[str, Any]) -> None:
+  path = os.path.join(sweep_workdir, SUBMISSIONS)
+  record = _read_json(path)
+  record.setdefault("submissions", []).append(entry)
+  _write_json(path, record)
+
+
+def _submission_entry(launcher: str, params: dict[str, Any]) -> dict[str, Any]:
+  return {"submitted": launch.now(), "launcher": launcher, "git_commit": launch.git_commit(),
+          "command": shlex.join([sys.executable, "-m", "cnn_jax.sweep", *sys.argv[1:]]),
+          "cwd": os.getcwd(), "parameters": params}
+
+
+def _write_point_records(sweep_workdir: str, jobs: Sequence[tuple[Point, Any]],
+                         entry: dict[str, Any]) -> None:
+  """Each point's workdir says what was submitted for it (point 4 of the cluster workflow)."""
+  for point, job in jobs:
+    workdir = os.path.join(sweep_workdir, point.name)
+    launch.write_json(os.path.join(workdir, launch.SUBMISSION_RECORD), {
+        **{k: v for k, v in entry.items() if k != "points"}, "job_id": str(job.job_id),
+        "sbatch_script": str(job.paths.submission_file) if entry["launcher"] == "slurm" else None,
+        "log": str(job.paths.stdout).replace("%t", "0"), "overrides": point.overrides,
+        "config": json.loads(point.config.to_json_best_effort())})
+
+
+def submit_slurm(sweep: ml_collections.ConfigDict, points: Sequence[Point], sweep_workdir: str,
+                 slurm: ml_collections.ConfigDict) -> list[Any]:
+  """The points not done yet, as one SLURM job array; nothing when one of the sweep's jobs is
+  still queued or running (a second submission would train the same points twice)."""
+  launch.check_sbatch()
+  latest = point_jobs(sweep_workdir)
+  states = launch.queue_states(list(latest.values()))
+  active = sorted({job for name, job in latest.items() if launch.is_active(job, states)})
+  if active:
+    raise UserError(f"this sweep is already running (job {', '.join(active)} queued or "
+                    f"running); nothing submitted. Watch it with --status, or scancel it first")
+  todo = [p for p in points if not _is_done(sweep_workdir, p)]
+  if not todo:
+    print(f"all {len(points)} points are done; nothing submitted", flush=True)
+    return []
+  params = launch.executor_parameters(
+      slurm, job_name=f"cnn_jax:{sweep.name}"[:100], gpus_per_node=slurm.gpus_per_node,
+      array_parallelism=slurm.max_parallel)
+  executor = launch.slurm_executor(os.path.join(sweep_workdir, "slurm"), params,
+                                   slurm.max_requeues)
+  jobs = launch.submit(executor, [PointJob(p, os.path.join(sweep_workdir, p.name))
+                                  for p in todo])
+  entry = _submission_entry("slurm", params)
+  entry.update(job_id=str(jobs[0].job_id).split("_")[0],
+               sbatch_script=str(jobs[0].paths.submission_file),
+               points={p.name: str(j.job_id) for p, j in zip(todo, jobs)})
+  _record_submission(sweep_workdir, entry)
+  _write_point_records(sweep_workdir, list(zip(todo, jobs)), entry)
+  skipped = len(points) - len(todo)
+  print(f"submitted job {entry['job_id']}: {len(todo)} point(s)"
+        + (f", {skipped} already done" if skipped else "")
+        + (f", at most {slurm.max_parallel} at once" if slurm.max_parallel else "")
+        + f"; logs in {os.path.join(sweep_workdir, 'slurm')}/; "
+        f"watch with --status, tables with --collect_only", flush=True)
+  return jobs
+
+
+def run_local_parallel(points: Sequence[Point], sweep_workdir: str, parallel: int,
+                       gpus_per_point: int) -> None:
+  """Trains the points not done, `parallel` at a time, each in its own process (submitit's
+  LocalExecutor); slot i gets GPUs [i * gpus_per_point, (i + 1) * gpus_per_point)."""
+  import submitit
+  todo = [p for p in points if not _is_done(sweep_workdir, p)]
+  folder = os.path.join(sweep_workdir, "local")
+  executor = submitit.LocalExecutor(folder=folder)
+  # The job processes import cnn_jax from this checkout whatever their working directory.
+  os.environ["PYTHONPATH"] = os.pathsep.join(
+      [REPO_ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
+  entry = _submission_entry("local", {"parallel": parallel, "gpus_per_point": gpus_per_point})
+  running: dict[int, tuple[Point, Any]] = {}  # slot -> (point, job)
+  queue = list(todo)
+  submitted = []
+  while queue or running:
+    for slot in [s for s in range(parallel) if s not in running]:
+      if not queue:
+        break
+      point = queue.pop(0)
+      gpus = list(range(slot * gpus_per_point, (slot + 1) * gpus_per_point))
+      executor.update_parameters(timeout_min=60 * 24 * 365, gpus_per_node=gpus_per_point,
+                                 visible_gpus=gpus)
+      job = executor.submit(PointJob(point, os.path.join(sweep_workdir, point.name)))
+      running[slot] = (point, job)
+      submitted.append((point, job))
+      print(f"[sweep] {point.name}: started (log {job.paths.stdout})".replace("%t", "0"),
+            flush=True)
+    for slot, (point, job) in list(running.items()):
+      if job.done():
+        del running[slot]
+        try:
+          status = job.result()
+        except Exception as e:  # The job's own traceback is in its log.
+          status = f"failed: {cli.one_line(e).splitlines()[0][:300]}"
+        print(f"[sweep] {point.name}: {status}", flush=True)
+    time.sleep(0.5)
+  if submitted:
+    entry["points"] = {p.name: str(j.job_id) for p, j in submitted}
+    _record_submission(sweep_workdir, entry)
+    _write_point_records(sweep_workdir, submitted, entry)
+
+
+def status_rows(points: Sequence[Point], sweep_workdir: str) -> list[dict[str, Any]]:
+  """Each point's state from its workdir and, for submitted jobs, from squeue."""
+  latest = point_jobs(sweep_workdir)
+  states = launch.queue_states(list(latest.values()))
+  rows = []
+  for point in points:
+    workdir = os.path.join(sweep_workdir, point.name)
+    job = latest.get(point.name)
+    curves = read_curves(workdir)
+    record = _read_json(os.path.join(workdir, POINT_RECORD))
+    queued = states.get(job or "") or ("PENDING" if job and launch.is_active(job, states)
+                                      else None)
+    if _is_done(sweep_workdir, point):
+      state = "done"
+    elif queued in ("RUNNING", "COMPLETING"):
+      state = "running"
+    elif queued in launch.ACTIVE_STATES:
+      state = "pending"
+    elif record.get("error"):
+      state = "failed"
+    elif curves:
+      state = "stopped"
+    elif job:
+      state = "failed"  # submitted, gone from the queue, never trained: see its log
+    else:
+      state = "not run"
+    step = max((s for c in curves.values() for s, _ in c), default=None)
+    metric = next((m for m in ("eval/accuracy", "eval/loss", "train/loss") if m in curves),
+                  None)
+    rows.append({"point": point.name, "state": state, "job": job or "-", "step": step,
+                 "metric": f"{metric}={curves[metric][-1][1]:.4f}" if metric else "-"})
+  return rows
+
+
+def print_status(rows: Sequence[dict[str, Any]]) -> None:
+  columns = ("point", "state", "job", "step", "metric")
+  widths = {c: max(len(c), *(len(str(r[c] if r[c] is not None else "-")) for r in rows))
+            for c in columns}
+  print("  ".join(c.ljust(widths[c]) for c in columns))
+  for row in rows:
+    print("  ".join(str(row[c] if row[c] is not None else "-").ljust(widths[c])
+                    for c in columns))
+  counts = {}
+  for row in rows:
+    counts[row["state"]] = counts.get(row["state"], 0) + 1
+  print(", ".join(f"{n} {state}" for state, n in counts.items()), flush=True)
+
+
+def run_sweep(sweep: ml_collections.ConfigDict, sweep_workdir: str, *,
+              print_commands: bool = False, collect_only: bool = False, launcher: str = "local",
+              parallel: int = 1, gpus_per_point: int = 0,
+              slurm: ml_collections.ConfigDict | None = None) -> list[dict[str, Any]]:
+  """Validates, then trains (or prints the commands of, or submits) every point; writes tables
+  and plots once the points ran here.
+
+  Returns the table rows (empty with print_commands or a SLURM submission)."""
   points = build_points(sweep)
+  if launcher == "slurm" and not (print_commands or collect_only):
+    launch.check_sbatch()  # Before anything is written.
   try:
     os.makedirs(sweep_workdir, exist_ok=True)
   except OSError as e:
@@ -460,7 +590,12 @@ def run_sweep(sweep: ml_collections.ConfigDict, sweep_workdir: str, *,
       f.write("\n".join(commands) + "\n")
     print("\n".join(commands), flush=True)
     return []
-  if not collect_only:
+  if launcher == "slurm" and not collect_only:
+    submit_slurm(sweep, points, sweep_workdir, slurm or launch.slurm_config())
+    return []
+  if not collect_only and parallel > 1:
+    run_local_parallel(points, sweep_workdir, parallel, gpus_per_point)
+  elif not collect_only:
     for i, point in enumerate(points):
       print(f"[sweep {i + 1}/{len(points)}] {point.name}", flush=True)
       status = run_point(point, os.path.join(sweep_workdir, point.name))
@@ -478,34 +613,35 @@ _SWEEP_FIELDS = ("name", "base_config", "base_config_arg", "workdir", "overrides
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    fail(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not FLAGS["config"].present:
-    fail("--config is required, e.g. --config configs/sweeps/degradation_digits.py")
-  config_path = config_flags.get_config_filename(FLAGS["config"])
-  if not os.path.isfile(config_path.split(":", 1)[0]):
-    fail(f"sweep config file not found: {config_path.split(':', 1)[0]}")
-  try:
-    sweep = FLAGS.config
-  except OSError as e:
-    fail(f"bad --config: {_one_line(e.__cause__ or e)}")
+  cli.no_extra_args(argv)
+  if FLAGS["config"].present:
+    from ml_collections import config_flags
+    config_path = config_flags.get_config_filename(FLAGS["config"]).split(":", 1)[0]
+    if not os.path.isfile(config_path):
+      raise UserError(f"sweep config file not found: {config_path}")
+  sweep = cli.config_value("config", "configs/sweeps/degradation_digits.py")
   missing = [f for f in _SWEEP_FIELDS if f not in sweep]
   if missing:
-    fail(f"the sweep config lacks the fields {', '.join(missing)} (see cnn_jax/sweep.py)")
-  if FLAGS.print_commands and FLAGS.collect_only:
-    fail("--print_commands and --collect_only exclude each other")
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  try:
-    run_sweep(sweep, FLAGS.workdir or sweep.workdir, print_commands=FLAGS.print_commands,
-              collect_only=FLAGS.collect_only)
-  except UserError as e:
-    fail(str(e))
+    raise UserError(f"the sweep config lacks the fields {', '.join(missing)} "
+                    "(see cnn_jax/sweep.py)")
+  modes = [f for f in ("print_commands", "collect_only", "status") if FLAGS[f].value]
+  if len(modes) > 1:
+    raise UserError(f"--{' and --'.join(modes)} exclude each other")
+  if FLAGS.parallel < 1 or FLAGS.gpus_per_point < 0:
+    raise UserError("--parallel must be >= 1 and --gpus_per_point >= 0")
+  if FLAGS.launcher == "slurm" and FLAGS.parallel > 1:
+    raise UserError("--parallel is for --launcher local; on SLURM use --slurm.max_parallel")
+  workdir = FLAGS.workdir or sweep.workdir
+  if FLAGS.status:
+    print_status(status_rows(build_points(sweep), workdir))
+    return
+  run_sweep(sweep, workdir, print_commands=FLAGS.print_commands,
+            collect_only=FLAGS.collect_only, launcher=FLAGS.launcher, parallel=FLAGS.parallel,
+            gpus_per_point=FLAGS.gpus_per_point, slurm=FLAGS.slurm)
 
 
 def run() -> None:
-  _define_flags()
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main, define_flags)
 
 
 if __name__ == "__main__":

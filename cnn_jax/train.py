@@ -27,7 +27,7 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from cnn_jax import checkpoint, data, metrics, optim, parallel
+from cnn_jax import checkpoint, data, metrics, optim, parallel, workdir_lock
 from cnn_jax.errors import UserError
 from cnn_jax.models import create_model, layers
 
@@ -249,7 +249,9 @@ def jit_eval_step(task: Task, mesh: jax.sharding.Mesh, graphdef: nnx.GraphDef,
 def _prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_test")
+    # Each process probes with its own file: the processes of one run start together, and a
+    # shared name was removed by one while another still used it.
+    probe = os.path.join(workdir, f".write_test.{jax.process_index()}.{os.getpid()}")
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
@@ -353,7 +355,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   check_conv_impl(config.conv_impl)
   # The steps are traced inside the loop, so the whole run sits in the conv impl's scope.
-  with layers.conv_impl(config.conv_impl):
+  # Process 0 holds the workdir's lock: a second run on it stops, naming this one.
+  with layers.conv_impl(config.conv_impl), \
+       workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
     return _train_and_evaluate(config, workdir, task)
 
 

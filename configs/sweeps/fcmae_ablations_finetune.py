@@ -17,7 +17,8 @@ import os
 
 import ml_collections
 
-from cnn_jax.sweep import load_module, point_name
+from cnn_jax.cli import load_module
+from cnn_jax.sweep import point_name
 
 
 pretrain = load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)),

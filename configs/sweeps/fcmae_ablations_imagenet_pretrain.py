@@ -15,7 +15,7 @@ import os
 
 import ml_collections
 
-from cnn_jax.sweep import load_module
+from cnn_jax.cli import load_module
 
 
 POINTS = load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)),
