@@ -109,7 +109,7 @@ def executor_parameters(slurm: ml_collections.ConfigDict, *, job_name: str, node
   """submitit.SlurmExecutor parameters for `slurm` (the names are sbatch's)."""
   minutes = time_minutes(slurm.time)
   params: dict[str, Any] = dict(
-      job_name=job_name, nodes=nodes, ntasks_per_node=tasks_per_node,
+      job_name=re.sub(r"[^A-Za-z0-9_.:=+-]+", "_", job_name)[:100], nodes=nodes, ntasks_per_node=tasks_per_node,
       # An unparsable time goes to sbatch as given: SLURM's own error says what is wrong.
       time=minutes if minutes is not None else str(slurm.time),
       signal_delay_s=90, stderr_to_stdout=True,
@@ -362,7 +362,9 @@ def main(argv: list[str]) -> None:
   record = {"submitted": now(), "git_commit": git_commit(), "command": shlex.join(sys.argv),
             "cwd": os.getcwd(), "host": socket.gethostname(), "slurm": params,
             "config": json.loads(config.to_json_best_effort())}
-  (job,) = submit(executor, [TrainJob(config, workdir)])
+  # The class from its module, not from __main__ (`python -m`): the job imports it by name.
+  from cnn_jax import launch
+  (job,) = submit(executor, [launch.TrainJob(config, workdir)])
   record.update(job_id=str(job.job_id), sbatch_script=str(job.paths.submission_file),
                 log=str(job.paths.stdout).replace("%t", "0"))
   write_json(os.path.join(workdir, SUBMISSION_RECORD), record)

@@ -185,7 +185,19 @@ def stop_all_on_failure(ack_timeout_s: float = 10.0) -> Iterator[None]:
       first = False
       with contextlib.suppress(Exception):
         message = client.key_value_try_get(FAILURE_KEY)
-    if first:
+    # Say why first: once the others leave, the coordination client adds its own noise.
+    if isinstance(e, SystemExit):  # cli.fail already said why
+      code = e.code if isinstance(e.code, int) else 1
+    elif isinstance(e, UserError):
+      print(f"error: {e}", file=sys.stderr, flush=True)
+      code = 2
+    elif first:
+      traceback.print_exc()
+      code = 1
+    else:
+      print(f"error: stopping process {me} of {count}: {message}", file=sys.stderr, flush=True)
+      code = 1
+    if first:  # Keep the coordinator up until the others have read the news.
       deadline = time.monotonic() + ack_timeout_s
       for other in range(count):
         left_ms = int(1000 * (deadline - time.monotonic()))
@@ -193,17 +205,6 @@ def stop_all_on_failure(ack_timeout_s: float = 10.0) -> Iterator[None]:
           continue
         with contextlib.suppress(Exception):
           client.blocking_key_value_get(f"{FAILURE_KEY}/ack/{other}", left_ms)
-    if isinstance(e, SystemExit):  # cli.fail already said why
-      code = e.code if isinstance(e.code, int) else 1
-    elif isinstance(e, UserError):
-      print(f"error: {e}", file=sys.stderr)
-      code = 2
-    elif first:
-      traceback.print_exc()
-      code = 1
-    else:
-      print(f"error: stopping process {me} of {count}: {message}", file=sys.stderr)
-      code = 1
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -403,6 +403,13 @@ class PointJob(launch.TrainJob):
     return "finished" if status == "skipped" else status
 
 
+def _point_job(point: Point, sweep_workdir: str) -> PointJob:
+  # The class from its module, not from __main__ (`python -m cnn_jax.sweep`): the job process
+  # imports it by name.
+  from cnn_jax import sweep
+  return sweep.PointJob(point, os.path.join(sweep_workdir, point.name))
+
+
 def _is_done(sweep_workdir: str, point: Point) -> bool:
   return os.path.exists(os.path.join(sweep_workdir, point.name, FINAL_METRICS))
 
@@ -460,8 +467,7 @@ def submit_slurm(sweep: ml_collections.ConfigDict, points: Sequence[Point], swee
       array_parallelism=slurm.max_parallel)
   executor = launch.slurm_executor(os.path.join(sweep_workdir, "slurm"), params,
                                    slurm.max_requeues)
-  jobs = launch.submit(executor, [PointJob(p, os.path.join(sweep_workdir, p.name))
-                                  for p in todo])
+  jobs = launch.submit(executor, [_point_job(p, sweep_workdir) for p in todo])
   entry = _submission_entry("slurm", params)
   entry.update(job_id=str(jobs[0].job_id).split("_")[0],
                sbatch_script=str(jobs[0].paths.submission_file),
@@ -500,7 +506,7 @@ def run_local_parallel(points: Sequence[Point], sweep_workdir: str, parallel: in
       gpus = list(range(slot * gpus_per_point, (slot + 1) * gpus_per_point))
       executor.update_parameters(timeout_min=60 * 24 * 365, gpus_per_node=gpus_per_point,
                                  visible_gpus=gpus)
-      job = executor.submit(PointJob(point, os.path.join(sweep_workdir, point.name)))
+      job = executor.submit(_point_job(point, sweep_workdir))
       running[slot] = (point, job)
       submitted.append((point, job))
       print(f"[sweep] {point.name}: started (log {job.paths.stdout})".replace("%t", "0"),

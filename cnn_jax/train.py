@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -249,9 +250,10 @@ def jit_eval_step(task: Task, mesh: jax.sharding.Mesh, graphdef: nnx.GraphDef,
 def _prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
-    # Each process probes with its own file: the processes of one run start together, and a
-    # shared name was removed by one while another still used it.
-    probe = os.path.join(workdir, f".write_test.{jax.process_index()}.{os.getpid()}")
+    # A probe of its own per process (and thread): the processes of one run start together,
+    # and a shared name was removed by one while another still used it.
+    probe = os.path.join(workdir, f".write_test.{socket.gethostname()}.{os.getpid()}."
+                                  f"{threading.get_ident()}")
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
