@@ -12,7 +12,7 @@ WORKERS ?= 2
 # for themselves (cnn_jax/hostenv.py); glibc < 2.35 ignores it.
 HUGEPAGES := GLIBC_TUNABLES=glibc.malloc.hugetlb=1
 
-.PHONY: venv train test test-slow clean
+.PHONY: venv train test test-slow test-slurm clean
 
 venv: $(STAMP)
 
@@ -32,6 +32,13 @@ test: $(STAMP)
 # Heavier checks, kept runnable by hand (not part of `make test`).
 test-slow: $(STAMP)
 	$(HUGEPAGES) $(PY) -m pytest -m slow tests
+
+# A real one-node SLURM (Debian's slurm-wlm + munge, installed and started as root by
+# tests/slurm/start.sh) and the tests that submit to it: a sweep as a job array, a 2-task
+# jax.distributed run, a preempted point requeued (docs/clusters.md).
+test-slurm: $(STAMP)
+	bash tests/slurm/start.sh
+	$(HUGEPAGES) $(PY) -m pytest -p no:xdist -m slurm --durations=5 tests/slurm
 
 clean:
 	rm -rf $(VENV) runs
