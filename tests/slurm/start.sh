@@ -22,14 +22,11 @@ fi
 node_idle() {
   sinfo --noheader -N -o '%T' 2>/dev/null | grep -qE '^(idle|mixed|allocated)'
 }
-if node_idle; then
-  echo "slurm already up: $(sinfo --noheader -o '%P %a %D %T')"
-  exit 0
-fi
 
 host=$(hostname -s)
 mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/slurm
-cat > /etc/slurm/slurm.conf <<CONF
+conf=$(mktemp)
+cat > "$conf" <<CONF
 ClusterName=cnnjax
 SlurmctldHost=${host}
 SlurmUser=root
@@ -56,10 +53,29 @@ JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 SchedulerType=sched/backfill
 KillWait=30
+# A requeued job may start again after cred_expire seconds (default 120).
+AuthInfo=cred_expire=20
 MinJobAge=300
 NodeName=${host} CPUs=4 Sockets=1 CoresPerSocket=4 ThreadsPerCore=1 State=UNKNOWN
 PartitionName=debug Nodes=${host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 CONF
+
+if cmp -s "$conf" /etc/slurm/slurm.conf; then
+  rm -f "$conf"
+  if node_idle; then
+    echo "slurm already up: $(sinfo --noheader -o '%P %a %D %T')"
+    exit 0
+  fi
+else  # New or changed: daemons started with another config stop and start again.
+  mv "$conf" /etc/slurm/slurm.conf
+  chmod 0644 /etc/slurm/slurm.conf
+  for daemon in slurmctld slurmd; do
+    pid=$(pgrep -x "$daemon" || true)
+    [[ -n $pid ]] || continue
+    kill $pid 2>/dev/null || true
+    for _ in $(seq 1 60); do kill -0 $pid 2>/dev/null || break; sleep 0.5; done
+  done
+fi
 
 # munge: a key, its directories owned by the munge user, the daemon as that user.
 mkdir -p /run/munge /var/lib/munge /var/log/munge

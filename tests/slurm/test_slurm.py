@@ -152,7 +152,7 @@ def test_two_task_training_matches_one_process_with_the_same_global_batch(tmp_pa
 
 
 def test_a_preempted_point_is_requeued_and_ends_as_an_uninterrupted_run(tmp_path):
-  total = 40
+  total = 600  # the signal must land mid-run: a step takes milliseconds once compiled
   path = _sweep_file(tmp_path, total, '[("seed", (3,))]')
   sweep_dir = tmp_path / "sweep"
   result = run_cli("cnn_jax.sweep", f"--config={path}", "--launcher=slurm",
