@@ -415,10 +415,12 @@ def _is_done(sweep_workdir: str, point: Point) -> bool:
 
 
 def point_jobs(sweep_workdir: str) -> dict[str, str]:
-  """{point name: id of the newest job submitted for it}."""
+  """{point name: id of the newest SLURM job submitted for it} (a local run's ids are pids,
+  nothing squeue could answer for)."""
   latest = {}
   for submission in _read_json(os.path.join(sweep_workdir, SUBMISSIONS)).get("submissions", []):
-    latest.update(submission.get("points", {}))
+    if submission.get("launcher") == "slurm":
+      latest.update(submission.get("points", {}))
   return latest
 
 
