@@ -356,6 +356,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Returns the final eval metrics (classification: {"loss", "accuracy"}, on the eval split).
   """
   check_conv_impl(config.conv_impl)
+  check_init_from(config)  # before the lock: a refused run leaves no workdir behind
   # The steps are traced inside the loop, so the whole run sits in the conv impl's scope.
   # Process 0 holds the workdir's lock: a second run on it stops, naming this one.
   with layers.conv_impl(config.conv_impl), \
@@ -365,7 +366,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         task: Task) -> dict[str, float]:
-  check_init_from(config)
   _prepare_workdir(workdir, config)
   _check_best_metric(config, task)
   mesh = parallel.create_mesh(config)
