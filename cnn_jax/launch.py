@@ -26,6 +26,7 @@ under slurm/.
 from __future__ import annotations
 
 import datetime
+import difflib
 import json
 import os
 import re
@@ -71,8 +72,25 @@ def slurm_config() -> ml_collections.ConfigDict:
 
 def define_slurm_flag() -> None:
   from ml_collections import config_flags
-  config_flags.DEFINE_config_dict("slurm", slurm_config(), "SLURM parameters: --slurm.partition, "
-                                  "--slurm.time, --slurm.max_parallel, ... (see launch.py).")
+  try:
+    config_flags.DEFINE_config_dict(
+        "slurm", slurm_config(), "SLURM parameters: --slurm.partition, --slurm.time, "
+        "--slurm.max_parallel, ... (see docs/clusters.md).")
+  except (KeyError, AttributeError):
+    # config_flags reads the --slurm.* overrides of sys.argv as it defines the flag.
+    cli.fail(unknown_slurm_field(sys.argv))
+
+
+def unknown_slurm_field(argv: Sequence[str]) -> str:
+  fields = list(slurm_config().keys())
+  for arg in argv:
+    if arg.startswith("--slurm."):
+      name = arg[len("--slurm."):].split("=", 1)[0]
+      if name not in fields:
+        close = difflib.get_close_matches(name, fields, n=1)
+        hint = f"; did you mean --slurm.{close[0]}?" if close else ""
+        return f"unknown SLURM parameter --slurm.{name}{hint} (known: {', '.join(fields)})"
+  return "bad --slurm.* flag"
 
 
 def check_sbatch() -> None:

@@ -311,3 +311,12 @@ def test_local_parallel_runs_points_in_processes_and_writes_tables(tmp_path):
   for row in rows:
     log = json.load(open(workdir / row["point"] / "submission.json"))["log"]
     assert "final" in open(log).read() or os.path.getsize(log) > 0
+
+
+def test_an_unknown_slurm_parameter_is_one_line():
+  result = run_cli("cnn_jax.launch", "--config=configs/lenet5_digits.py", "--workdir=w",
+                   "--slurm.partiton=gpu")
+  assert result.returncode == 2
+  assert result.stderr.startswith("error: unknown SLURM parameter --slurm.partiton; did you "
+                                  "mean --slurm.partition?"), result.stderr
+  assert result.stderr.strip().count("\n") == 0
