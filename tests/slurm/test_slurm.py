@@ -20,9 +20,9 @@ import time
 import numpy as np
 import pytest
 
-from helpers import REPO_ROOT, run_cli
-from test_multihost_preemption import final_params
-from test_training_at_scale import losses
+from tests.helpers import REPO_ROOT, run_cli
+from tests.test_multihost_preemption import final_params
+from tests.test_training_at_scale import losses
 
 
 def _slurm_up() -> bool:
