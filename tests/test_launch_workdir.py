@@ -134,8 +134,9 @@ def test_one_failing_process_stops_the_others_naming_it(tmp_path):
       if p.poll() is None:
         p.kill()
   healthy, failing = outs
-  assert procs[1].returncode == 2
-  assert failing[1].startswith("error: init_from='/nonexistent'")
-  assert procs[0].returncode == 1
+  assert procs[1].returncode == 2, failing[1][-3000:]
+  assert "\nerror: init_from='/nonexistent'" in "\n" + failing[1], failing[1][-3000:]
+  assert procs[0].returncode == 1, healthy[1][-3000:]
   assert ("error: stopping process 0 of 2: process 1 of 2 on "
-          f"{socket.gethostname()} failed: UserError: init_from='/nonexistent'") in healthy[1]
+          f"{socket.gethostname()} failed: UserError: init_from='/nonexistent'") in healthy[1], \
+      healthy[1][-3000:]
