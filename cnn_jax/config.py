@@ -58,7 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.synthetic = ml_collections.ConfigDict(
       {"num_train": 1024, "num_eval": 256, "num_classes": 10})
   # embedded name "long_range": two digits `distance` px apart (centre to centre) on an
-  # image_size canvas, label = a relation between them (cnn_jax/data/long_range.py).
+  # image_size canvas, label = a relation between them (cnn_jax/data/sources/long_range.py).
   config.data.long_range = ml_collections.ConfigDict(
       {"task": "same", "distance": 28, "digit_size": 14, "digit_classes": 10,
        "num_train": 8000, "num_eval": 2000, "seed": 0})

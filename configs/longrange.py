@@ -1,4 +1,4 @@
-"""The long-range-dependency task (cnn_jax/data/long_range.py): two digits `distance` px apart.
+"""The long-range task (cnn_jax/data/sources/long_range.py): two digits `distance` px apart.
 
     python -m cnn_jax.main --config configs/longrange.py:hybrid_micro,48 --workdir runs/lr
 

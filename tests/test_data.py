@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 
 from cnn_jax import data
-from cnn_jax.data import sources
+from cnn_jax.data.sources import digits
 from cnn_jax.errors import UserError
 from helpers import load_config
 
 
 @pytest.fixture(scope="module")
 def mnist():
-  return sources.mnist_subset(num_test=1000, split_seed=0, pad_to=32)
+  return digits.mnist_subset(num_test=1000, split_seed=0, pad_to=32)
 
 
 def test_mnist_subset_split_is_4000_1000_stratified_and_padded(mnist):
@@ -21,17 +21,17 @@ def test_mnist_subset_split_is_4000_1000_stratified_and_padded(mnist):
   # Padding by 2 px on each side: the border is empty, the digit is inside.
   assert mnist.train.images[:, :2].max() == 0 and mnist.train.images[:, -2:].max() == 0
   assert 0.99 < mnist.train.images.max() <= 1.0
-  again = sources.mnist_subset(num_test=1000, split_seed=0, pad_to=32)
+  again = digits.mnist_subset(num_test=1000, split_seed=0, pad_to=32)
   np.testing.assert_array_equal(again.test.labels, mnist.test.labels)
   np.testing.assert_array_equal(again.test.images, mnist.test.images)
-  other = sources.mnist_subset(num_test=1000, split_seed=1, pad_to=32)
+  other = digits.mnist_subset(num_test=1000, split_seed=1, pad_to=32)
   assert not np.array_equal(other.test.images, mnist.test.images)
 
 
 def test_sklearn_digits_upscaled():
-  digits = sources.sklearn_digits(num_test=300, upscale=4)
-  assert len(digits.train) + len(digits.test) == 1797
-  assert digits.image_shape == (32, 32, 1)
+  upscaled = digits.sklearn_digits(num_test=300, upscale=4)
+  assert len(upscaled.train) + len(upscaled.test) == 1797
+  assert upscaled.image_shape == (32, 32, 1)
 
 
 def test_train_batches_are_a_function_of_the_step(mnist):

@@ -4,14 +4,15 @@ import numpy as np
 import pytest
 
 from cnn_jax import data
-from cnn_jax.data import long_range, sources
+from cnn_jax.data.sources import embedded, long_range
+from cnn_jax.data.sources.digits import mnist_subset
 from cnn_jax.errors import UserError
 from helpers import load_config
 
 
 @pytest.fixture(scope="module")
 def mnist():
-  return sources.mnist_subset(num_test=1000, split_seed=0, pad_to=28)
+  return mnist_subset(num_test=1000, split_seed=0, pad_to=28)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +103,7 @@ def test_shrink_digits_averages_boxes():
 def test_config_source_uses_unseen_test_digits(mnist):
   config = load_config("longrange", **{"data.long_range.num_train": 200,
                                        "data.long_range.num_eval": 100})
-  arrays = data.load_arrays(config.data)
+  arrays = embedded.load_arrays(config.data)
   assert arrays.image_shape == (64, 64, 1) and arrays.num_classes == 2
   assert len(arrays.train) == 200 and len(arrays.test) == 100
   # Every digit on a test canvas is one of the MNIST subset's test images, none a train one.

@@ -12,7 +12,8 @@ from PIL import Image
 
 from cnn_jax import config as base
 from cnn_jax import data
-from cnn_jax.data import image_sources, pipeline, transforms
+from cnn_jax.data import pipeline, transforms
+from cnn_jax.data.sources import images
 from cnn_jax.errors import UserError
 from helpers import run_cli
 
@@ -165,16 +166,16 @@ def test_image_folder_converts_modes_and_skips_corrupt_files_with_a_count(image_
   config.data.batch_size = 30
   train, evaluation, info = data.create_datasets(config)
   assert info.num_classes == NUM_CLASSES and info.num_train == 6 * NUM_CLASSES + 6
-  before = image_sources.CORRUPT.count
+  before = images.CORRUPT.count
   with caplog.at_level(logging.WARNING):
     batch = train.batch(0)  # One epoch: every record, the two broken ones included.
-  assert image_sources.CORRUPT.count - before == 2
+  assert images.CORRUPT.count - before == 2
   assert sum("skipped corrupt image" in r.message for r in caplog.records) == 2
   assert any("corrupt.jpg" in r.message for r in caplog.records)
   assert any("truncated.jpg" in r.message for r in caplog.records)
   assert batch["image"].shape == (30, 16, 16, 3)
   # Grey, RGBA, CMYK, palette were converted to RGB; every solid image decodes to its class.
-  loader = pipeline.RecordLoader(train.source, 3, "skip")
+  loader = images.RecordLoader(train.source, 3, "skip")
   for name, expect in (("gray.png", 1), ("rgba.png", 1), ("cmyk.jpg", 1)):
     index = next(i for i, p in enumerate(train.source.paths) if p.endswith(name))
     img, label = loader.load(index)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cnn_jax import data
-from cnn_jax.data import sources
+from cnn_jax.data.sources import arrays, embedded
 from cnn_jax.errors import UserError
 from helpers import load_config
 
@@ -17,30 +17,30 @@ def _labels() -> np.ndarray:
 
 def test_subset_sizes_balance_nesting_and_determinism():
   labels = _labels()
-  subsets = {f: sources.subset_indices(labels, f, seed=0) for f in (0.1, 0.25, 0.5, 1.0)}
+  subsets = {f: arrays.subset_indices(labels, f, seed=0) for f in (0.1, 0.25, 0.5, 1.0)}
   for f, rows in subsets.items():
     assert len(np.unique(rows)) == len(rows)
     np.testing.assert_array_equal(np.bincount(labels[rows], minlength=3),
                                   np.round(f * np.array([300, 120, 30])))
   np.testing.assert_array_equal(subsets[1.0], np.arange(len(labels)))
   assert set(subsets[0.1]) < set(subsets[0.25]) < set(subsets[0.5]) < set(subsets[1.0])
-  np.testing.assert_array_equal(sources.subset_indices(labels, 0.25, seed=0), subsets[0.25])
-  assert not np.array_equal(sources.subset_indices(labels, 0.25, seed=1), subsets[0.25])
+  np.testing.assert_array_equal(arrays.subset_indices(labels, 0.25, seed=0), subsets[0.25])
+  assert not np.array_equal(arrays.subset_indices(labels, 0.25, seed=1), subsets[0.25])
   # Every class keeps at least one image, however small the fraction.
-  assert set(labels[sources.subset_indices(labels, 0.001, seed=0)]) == {0, 1, 2}
+  assert set(labels[arrays.subset_indices(labels, 0.001, seed=0)]) == {0, 1, 2}
   with pytest.raises(UserError, match="train_fraction"):
-    sources.subset_indices(labels, 0.0, seed=0)
+    arrays.subset_indices(labels, 0.0, seed=0)
 
 
 def test_embedded_train_fraction_cuts_train_only_and_uses_its_statistics():
-  full = data.load_arrays(load_config("lenet5_mnist").data)
+  full = embedded.load_arrays(load_config("lenet5_mnist").data)
   config = load_config("lenet5_mnist", **{"data.train_fraction": 0.1})
   train, evaluation, info = data.create_datasets(config)
   assert info.num_train == 400 and info.num_eval == 1000
   np.testing.assert_array_equal(np.bincount(train.split.labels), [40] * 10)
   np.testing.assert_array_equal(evaluation.split.labels, full.test.labels)
   # The subset's rows are rows of the full train split, and its normalisation is its own.
-  rows = sources.subset_indices(full.train.labels, 0.1, seed=config.data.split_seed)
+  rows = arrays.subset_indices(full.train.labels, 0.1, seed=config.data.split_seed)
   np.testing.assert_array_equal(train.split.images, full.train.images[rows])
   np.testing.assert_allclose(train.mean, train.split.images.mean(axis=(0, 1, 2)), rtol=1e-5)
   assert not np.allclose(train.mean, full.mean, rtol=1e-6)

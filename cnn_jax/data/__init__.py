@@ -1,8 +1,9 @@
 """Input pipelines: `create_datasets(config)` -> train batches, eval batches, dataset info.
 
-`config.data.source` picks the source: `embedded` (in-memory digits, `TrainBatches`), or
-`tfds` / `imagefolder` / `synthetic` (grain pipelines over random-access records with decoding
-and augmentation in worker threads/processes, `pipeline.RecordTrainBatches`).
+`config.data.source` picks the source (`sources.create_source`, one module per source in
+data/sources/): `embedded` (in-memory digits, `TrainBatches`), or `tfds` / `imagefolder` /
+`synthetic` (grain pipelines over random-access records with decoding and augmentation in
+worker threads/processes, `pipeline.RecordTrainBatches`).
 Training batches are a pure function of (seed, step): the batch at step s is the same
 whether the run started at 0 or resumed at s, so exact resume needs no iterator state in
 the checkpoint. Each process builds only its own rows of the global batch.
@@ -17,11 +18,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from cnn_jax.data import image_sources, mixing, pipeline, transforms
+from cnn_jax.data import mixing, pipeline, sources, transforms
 from cnn_jax.data.pipeline import prefetch_to_device
-from cnn_jax.data.sources import (SOURCES, ArrayDataset, ArraySplit, subset_indices,
-                                  train_subset)
-from cnn_jax.errors import UserError
+from cnn_jax.data.sources.arrays import ArraySplit
 
 Batch = dict[str, np.ndarray]
 
@@ -115,86 +114,37 @@ class EvalBatches:
              "mask": valid.astype(np.float32)}
 
 
-def load_arrays(data_config: ml_collections.ConfigDict) -> ArrayDataset:
-  if data_config.name not in SOURCES:
-    raise UserError(f"unknown data set {data_config.name!r}; known: {', '.join(sorted(SOURCES))}"
-                    " (or set data.source to tfds, imagefolder or synthetic)")
-  if data_config.name == "digits" and data_config.image_size % 8:
-    raise UserError(f"data.image_size={data_config.image_size} must be a multiple of 8 "
-                    "for the 8x8 digits")
-  return train_subset(SOURCES[data_config.name](data_config), data_config.train_fraction,
-                      data_config.split_seed)
-
-
-def _create_embedded(config: ml_collections.ConfigDict
+def _create_embedded(config: ml_collections.ConfigDict, splits: sources.Splits
                      ) -> tuple[TrainBatches, EvalBatches, DatasetInfo]:
   data_config = config.data
-  arrays = load_arrays(data_config)
-  common = dict(mean=arrays.mean, std=arrays.std, process_index=jax.process_index(),
+  mean, std = splits.statistics
+  common = dict(mean=mean, std=std, process_index=jax.process_index(),
                 process_count=jax.process_count())
-  train = TrainBatches(arrays.train, global_batch_size=data_config.batch_size,
+  train = TrainBatches(splits.train, global_batch_size=data_config.batch_size,
                        seed=config.seed, max_shift=data_config.max_shift, **common)
-  evaluation = EvalBatches(arrays.test, global_batch_size=data_config.eval_batch_size, **common)
-  info = DatasetInfo(name=data_config.name, num_classes=arrays.num_classes,
-                     image_shape=arrays.image_shape, num_train=len(arrays.train),
-                     num_eval=len(arrays.test))
+  evaluation = EvalBatches(splits.eval, global_batch_size=data_config.eval_batch_size, **common)
+  info = DatasetInfo(name=data_config.name, num_classes=splits.num_classes,
+                     image_shape=tuple(splits.train.images.shape[1:]),
+                     num_train=len(splits.train), num_eval=len(splits.eval))
   return train, evaluation, info
 
 
-def record_sources(config: ml_collections.ConfigDict):
-  """(train source, eval source, num_classes) for the tfds / imagefolder / synthetic sources."""
+def _create_records(config: ml_collections.ConfigDict, splits: sources.Splits):
   data_config = config.data
-  kind = data_config.source
-  if data_config.train_fraction != 1.0 and kind in ("tfds", "synthetic"):
-    raise UserError(f"data.train_fraction is for the embedded and imagefolder sources; with "
-                    f"{kind} set data.train_split (TFDS split syntax, e.g. \"train[:10%]\") "
-                    "or data.synthetic.num_train")
-  if kind == "tfds":
-    train = image_sources.TfdsSource(data_config.name, data_config.data_dir,
-                                     data_config.train_split)
-    evaluation = image_sources.TfdsSource(data_config.name, data_config.data_dir,
-                                          data_config.eval_split)
-    return train, evaluation, train.num_classes
-  if kind == "imagefolder":
-    import os
-    if not data_config.data_dir or not os.path.isdir(data_config.data_dir):
-      raise UserError(f"data.data_dir={data_config.data_dir!r} is not a directory; it should "
-                      f"hold {data_config.train_split}/ and {data_config.eval_split}/ class folders")
-    train = image_sources.ImageFolderSource(
-        os.path.join(data_config.data_dir, data_config.train_split))
-    if data_config.train_fraction != 1.0:
-      rows = subset_indices(train.labels, data_config.train_fraction, data_config.split_seed)
-      train.paths = [train.paths[i] for i in rows]
-      train.labels = train.labels[rows]
-    evaluation = image_sources.ImageFolderSource(
-        os.path.join(data_config.data_dir, data_config.eval_split), classes=train.classes)
-    return train, evaluation, train.num_classes
-  if kind == "synthetic":
-    syn = data_config.synthetic
-    shape = (data_config.image_size, data_config.image_size, data_config.channels)
-    train = image_sources.SyntheticSource(syn.num_train, shape, syn.num_classes, config.seed)
-    evaluation = image_sources.SyntheticSource(syn.num_eval, shape, syn.num_classes,
-                                               config.seed + 1)
-    return train, evaluation, syn.num_classes
-  raise UserError(f"data.source={kind!r}; known: embedded, tfds, imagefolder, synthetic")
-
-
-def _create_records(config: ml_collections.ConfigDict):
-  data_config = config.data
-  train_source, eval_source, num_classes = record_sources(config)
   image_shape = (data_config.image_size, data_config.image_size, data_config.channels)
   common = dict(channels=data_config.channels, on_corrupt=data_config.on_corrupt,
                 process_index=jax.process_index(), process_count=jax.process_count(),
                 num_workers=data_config.num_workers, num_threads=data_config.num_threads,
                 prefetch_batches=data_config.prefetch_batches)
   train = pipeline.RecordTrainBatches(
-      train_source, transforms.TrainTransform(data_config),
+      splits.train, transforms.TrainTransform(data_config),
       global_batch_size=data_config.batch_size, seed=config.seed, **common)
   evaluation = pipeline.RecordEvalBatches(
-      eval_source, transforms.EvalTransform(data_config), image_shape,
+      splits.eval, transforms.EvalTransform(data_config), image_shape,
       global_batch_size=data_config.eval_batch_size, **common)
-  info = DatasetInfo(name=data_config.name, num_classes=num_classes, image_shape=image_shape,
-                     num_train=len(train_source), num_eval=len(eval_source))
+  info = DatasetInfo(name=data_config.name, num_classes=splits.num_classes,
+                     image_shape=image_shape, num_train=len(splits.train),
+                     num_eval=len(splits.eval))
   return train, evaluation, info
 
 
@@ -205,6 +155,7 @@ def create_datasets(config: ml_collections.ConfigDict):
   host-local {"image": float32 NHWC, "label": int32} batches; iterating `eval` gives fixed-size
   {"image", "label", "mask"} batches; `info` is a DatasetInfo.
   """
-  if config.data.source == "embedded":
-    return _create_embedded(config)
-  return _create_records(config)
+  splits = sources.create_source(config)
+  if splits.statistics is not None:
+    return _create_embedded(config, splits)
+  return _create_records(config, splits)

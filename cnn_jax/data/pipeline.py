@@ -21,43 +21,13 @@ from collections.abc import Iterator
 import grain
 import numpy as np
 
-from cnn_jax.data.image_sources import CORRUPT, CorruptImage, decode_image
+from cnn_jax.data.sources.images import RecordLoader
 from cnn_jax.errors import UserError
 
 Batch = dict[str, np.ndarray]
 
 # An upper bound on steps: the train MapDataset is "infinite" (sliced from the resume step).
 _MAX_STEPS = 2**40
-_MAX_CORRUPT_IN_A_ROW = 100
-
-
-class RecordLoader:
-  """Reads record `index`, decodes it; on a corrupt image, skips to the next record or fails."""
-
-  def __init__(self, source, channels: int, on_corrupt: str):
-    if on_corrupt not in ("skip", "fail"):
-      raise UserError(f"data.on_corrupt={on_corrupt!r}; known: skip, fail")
-    if channels not in (1, 3):
-      raise UserError(f"data.channels={channels} must be 1 or 3")
-    self.source = source
-    self.channels = channels
-    self.on_corrupt = on_corrupt
-
-  def __len__(self) -> int:
-    return len(self.source)
-
-  def load(self, index: int):
-    n = len(self.source)
-    for _ in range(_MAX_CORRUPT_IN_A_ROW):
-      payload, label = self.source[index]
-      try:
-        return decode_image(payload, self.channels), label
-      except CorruptImage as e:
-        if self.on_corrupt == "fail":
-          raise UserError(f"corrupt image {e} (data.on_corrupt='fail')") from None
-        CORRUPT.add(str(e), (index + 1) % n)
-        index = (index + 1) % n
-    raise UserError(f"{_MAX_CORRUPT_IN_A_ROW} corrupt images in a row in {self.source.name}")
 
 
 class _TrainBatchFn:

@@ -24,7 +24,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, REPO_ROOT)
 
-from cnn_jax import checkpoint, data, sweep, train  # noqa: E402
+from cnn_jax import checkpoint, sweep, train  # noqa: E402
+from cnn_jax.data.sources import embedded  # noqa: E402
 
 
 def pooled_features(config, encoder_dir: str | None, images: np.ndarray) -> np.ndarray:
@@ -59,7 +60,7 @@ def main() -> None:
   ft_sweep = sweep.load_config_file(
       os.path.join(REPO_ROOT, "configs", "sweeps", "fcmae_ablations_finetune.py"))
   ft = {p.config.ablation: p.config for p in sweep.build_points(ft_sweep)}
-  arrays = data.load_arrays(ft["scratch"].data)  # the 149 labelled digits, test split
+  arrays = embedded.load_arrays(ft["scratch"].data)  # the 149 labelled digits, test split
   mean, std = np.asarray(arrays.mean), np.asarray(arrays.std)
   x_train = (arrays.train.images - mean) / std
   x_test = (arrays.test.images - mean) / std

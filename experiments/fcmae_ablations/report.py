@@ -64,8 +64,8 @@ _LABELS: dict[float, int] = {}
 def _num_labels(config) -> int:
   """Training images of the point (data.train_fraction rounds per class: 10 % is 149)."""
   if config.data.train_fraction not in _LABELS:
-    from cnn_jax import data
-    _LABELS[config.data.train_fraction] = len(data.load_arrays(config.data).train.labels)
+    from cnn_jax.data.sources import embedded
+    _LABELS[config.data.train_fraction] = len(embedded.load_arrays(config.data).train.labels)
   return _LABELS[config.data.train_fraction]
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from cnn_jax.data.long_range import long_range_dataset
+from cnn_jax.data.sources.long_range import long_range_dataset
 from cnn_jax.models import create_model
 from cnn_jax.models.layers import count_params
 

