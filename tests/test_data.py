@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from cnn_jax import data
+from cnn_jax.data import transforms
 from cnn_jax.data.sources import digits
 from cnn_jax.errors import UserError
 from helpers import load_config
@@ -34,10 +35,14 @@ def test_sklearn_digits_upscaled():
   assert upscaled.image_shape == (32, 32, 1)
 
 
+def train_batches(split, *, max_shift, mean, std, **kw):
+  return data.TrainBatches(split, transforms.ArrayTrainTransform(max_shift, mean, std), **kw)
+
+
 def test_train_batches_are_a_function_of_the_step(mnist):
   kw = dict(global_batch_size=100, seed=3, max_shift=2, mean=mnist.mean, std=mnist.std)
-  a = data.TrainBatches(mnist.train, **kw)
-  b = data.TrainBatches(mnist.train, **kw)
+  a = train_batches(mnist.train, **kw)
+  b = train_batches(mnist.train, **kw)
   it = b.iterate(57)
   np.testing.assert_array_equal(a.batch(57)["image"], next(it)["image"])
   np.testing.assert_array_equal(a.batch(58)["label"], next(it)["label"])
@@ -49,8 +54,8 @@ def test_train_batches_are_a_function_of_the_step(mnist):
 
 def test_random_shift_moves_images_by_at_most_the_max(mnist):
   kw = dict(global_batch_size=50, seed=0, mean=(0.0,), std=(1.0,))
-  plain = data.TrainBatches(mnist.train, max_shift=0, **kw).batch(0)["image"]
-  shifted = data.TrainBatches(mnist.train, max_shift=2, **kw).batch(0)["image"]
+  plain = train_batches(mnist.train, max_shift=0, **kw).batch(0)["image"]
+  shifted = train_batches(mnist.train, max_shift=2, **kw).batch(0)["image"]
   assert not np.array_equal(plain, shifted)
   for p, s in zip(plain, shifted):
     matches = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
@@ -60,15 +65,16 @@ def test_random_shift_moves_images_by_at_most_the_max(mnist):
 
 def test_process_shards_are_disjoint_and_make_the_global_batch(mnist):
   kw = dict(global_batch_size=64, seed=1, max_shift=2, mean=mnist.mean, std=mnist.std)
-  whole = data.TrainBatches(mnist.train, **kw).batch(5)
-  parts = [data.TrainBatches(mnist.train, process_index=i, process_count=4, **kw).batch(5)
+  whole = train_batches(mnist.train, **kw).batch(5)
+  parts = [train_batches(mnist.train, process_index=i, process_count=4, **kw).batch(5)
            for i in range(4)]
   np.testing.assert_array_equal(np.concatenate([p["image"] for p in parts]), whole["image"])
   np.testing.assert_array_equal(np.concatenate([p["label"] for p in parts]), whole["label"])
 
 
 def test_eval_batches_cover_the_split_once_with_padding_masked(mnist):
-  ev = data.EvalBatches(mnist.test, global_batch_size=384, mean=mnist.mean, std=mnist.std)
+  ev = data.EvalBatches(mnist.test, transforms.ArrayEvalTransform(mnist.mean, mnist.std),
+                        mnist.image_shape, global_batch_size=384)
   batches = list(ev)
   assert len(batches) == 3 and all(b["image"].shape[0] == 384 for b in batches)
   mask = np.concatenate([b["mask"] for b in batches])

@@ -175,9 +175,9 @@ def test_image_folder_converts_modes_and_skips_corrupt_files_with_a_count(image_
   assert any("truncated.jpg" in r.message for r in caplog.records)
   assert batch["image"].shape == (30, 16, 16, 3)
   # Grey, RGBA, CMYK, palette were converted to RGB; every solid image decodes to its class.
-  loader = images.RecordLoader(train.source, 3, "skip")
+  loader = images.RecordLoader(train.records.source, 3, "skip")
   for name, expect in (("gray.png", 1), ("rgba.png", 1), ("cmyk.jpg", 1)):
-    index = next(i for i, p in enumerate(train.source.paths) if p.endswith(name))
+    index = next(i for i, p in enumerate(train.records.source.paths) if p.endswith(name))
     img, label = loader.load(index)
     assert img.mode == "RGB" and label == 1
     value = np.asarray(img).astype(float).mean()
@@ -237,9 +237,9 @@ class IndexSource:
 def _index_batches(**kw):
   cfg = make_config(image_size=4, augment="imagenet", randaugment="rand-m9-mstd0.5-inc1",
                     random_erasing=0.25).data
-  return pipeline.RecordTrainBatches(IndexSource(100), transforms.TrainTransform(cfg),
-                                     global_batch_size=24, seed=5, channels=3,
-                                     on_corrupt="skip", **kw)
+  return pipeline.TrainBatches(images.RecordLoader(IndexSource(100), 3, "skip"),
+                               transforms.TrainTransform(cfg), global_batch_size=24, seed=5,
+                               **kw)
 
 
 def test_process_shards_are_disjoint_and_make_the_global_batch():

@@ -37,13 +37,14 @@ def test_embedded_train_fraction_cuts_train_only_and_uses_its_statistics():
   config = load_config("lenet5_mnist", **{"data.train_fraction": 0.1})
   train, evaluation, info = data.create_datasets(config)
   assert info.num_train == 400 and info.num_eval == 1000
-  np.testing.assert_array_equal(np.bincount(train.split.labels), [40] * 10)
-  np.testing.assert_array_equal(evaluation.split.labels, full.test.labels)
+  np.testing.assert_array_equal(np.bincount(train.records.labels), [40] * 10)
+  np.testing.assert_array_equal(evaluation.records.labels, full.test.labels)
   # The subset's rows are rows of the full train split, and its normalisation is its own.
   rows = arrays.subset_indices(full.train.labels, 0.1, seed=config.data.split_seed)
-  np.testing.assert_array_equal(train.split.images, full.train.images[rows])
-  np.testing.assert_allclose(train.mean, train.split.images.mean(axis=(0, 1, 2)), rtol=1e-5)
-  assert not np.allclose(train.mean, full.mean, rtol=1e-6)
+  np.testing.assert_array_equal(train.records.images, full.train.images[rows])
+  np.testing.assert_allclose(train.transform.mean, train.records.images.mean(axis=(0, 1, 2)),
+                             rtol=1e-5)
+  assert not np.allclose(train.transform.mean, full.mean, rtol=1e-6)
 
 
 def test_train_fraction_with_tfds_points_to_the_split_syntax():
@@ -68,5 +69,5 @@ def test_image_folder_train_fraction_keeps_a_stratified_subset_of_the_files(tmp_
   half, _, info = data.create_datasets(
       load_config("lenet5_mnist", **fields, **{"data.train_fraction": 0.5}))
   assert info.num_train == 10 and info.num_eval == 4
-  np.testing.assert_array_equal(np.bincount(half.source.labels), [5, 5])
-  assert set(half.source.paths) < set(full.source.paths)
+  np.testing.assert_array_equal(np.bincount(half.records.source.labels), [5, 5])
+  assert set(half.records.source.paths) < set(full.records.source.paths)

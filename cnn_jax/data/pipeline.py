@@ -1,27 +1,36 @@
-"""grain pipelines over random-access image sources (TFDS, ImageFolder, synthetic).
+"""The one batching path, for every source: a grain `MapDataset` whose element `step` is this
+process's share of the global batch at that step, a pure function of (seed, step).
 
-The training stream is a grain `MapDataset` whose element `step` is this process's share of
-the global batch at that step, a pure function of (seed, step):
+A source gives records `(image, label)` read at random (`sources.Splits`). For every source:
 
   global position g = step * global_batch + row          (row in [0, global_batch))
   record            = permutation(seed, epoch)[g mod epoch_length]   (drop-remainder epochs)
-  augmentation rng  = np.random.default_rng([seed, g, 7])
 
-Process p decodes only rows [p * local, (p + 1) * local) of each global batch, so processes
-read disjoint records, and the global batch does not depend on how many processes share it.
-Resuming at step s slices the MapDataset at s: no iterator state to checkpoint, exact order.
-Decoding runs in grain's read threads (`data.num_threads`) and, with `data.num_workers` > 0,
-in grain worker processes (`mp_prefetch`), each taking whole batches, so the order is kept.
+Process p makes only rows [p * local, (p + 1) * local) of each global batch, so processes read
+disjoint records, and the global batch does not depend on how many processes share it. The
+augmentation is keyed to the global batch too: a per-record transform (decoded images) draws
+from np.random.default_rng([seed, g, 7]); a batch transform (the embedded arrays,
+`transforms.ArrayTrainTransform`) draws for the whole global batch from (seed, step) and keeps
+its rows. Resuming at step s slices the MapDataset at s: no iterator state to checkpoint, exact
+order. Batches are made in grain's read threads (`data.num_threads`) and, with
+`data.num_workers` > 0, in grain worker processes (`mp_prefetch`), each taking whole batches,
+so the order is kept.
+
+Why not grain's per-element `shuffle` / `batch` / `slice`: its index shuffle and per-element
+layers cost tens of microseconds per record, several times the whole batch of the embedded
+sets that LeNet trains on in ~10 ms steps (experiments/data_batching/README.md); one NumPy
+permutation per epoch and one call per batch keep the embedded path as fast as its NumPy copy
+was, and cost nothing next to decoding for the image sources.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grain
 import numpy as np
 
-from cnn_jax.data.sources.images import RecordLoader
+from cnn_jax.data.sources import Records
 from cnn_jax.errors import UserError
 
 Batch = dict[str, np.ndarray]
@@ -30,16 +39,35 @@ Batch = dict[str, np.ndarray]
 _MAX_STEPS = 2**40
 
 
+class PerRecord:
+  """A per-record augmentation `transform(image, rng)` applied row by row; the generator of the
+  row at global position g is np.random.default_rng([seed, g, 7])."""
+
+  def __init__(self, transform: Callable[[object, np.random.Generator], np.ndarray]):
+    self.transform = transform
+
+  def train_batch(self, records: Records, indices: np.ndarray, *, seed: int, step: int,
+                  first_row: int, global_batch_size: int) -> Batch:
+    first = step * global_batch_size + first_row
+    images, labels = [], []
+    for j, index in enumerate(indices):
+      image, label = records[int(index)]
+      images.append(self.transform(image, np.random.default_rng([seed, first + j, 7])))
+      labels.append(label)
+    return {"image": np.stack(images).astype(np.float32, copy=False),
+            "label": np.asarray(labels, np.int32)}
+
+
 class _TrainBatchFn:
   """step -> this process's rows of the global batch at that step (picklable for workers)."""
 
-  def __init__(self, loader: RecordLoader, transform, *, global_batch_size: int,
+  def __init__(self, records: Records, transform, *, global_batch_size: int,
                local_batch_size: int, process_index: int, steps_per_epoch: int, seed: int):
-    self.loader = loader
+    self.records = records
     self.transform = transform
     self.global_batch_size = global_batch_size
     self.local_batch_size = local_batch_size
-    self.process_index = process_index
+    self.first_row = process_index * local_batch_size
     self.epoch_length = steps_per_epoch * global_batch_size
     self.seed = seed
     self._permutations: dict[int, np.ndarray] = {}
@@ -52,20 +80,41 @@ class _TrainBatchFn:
   def permutation(self, epoch: int) -> np.ndarray:
     perm = self._permutations.get(epoch)
     if perm is None:
-      perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.loader))
+      perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.records))
       self._permutations = {epoch: perm}  # Keep one epoch: memory stays flat.
     return perm
 
-  def example(self, position: int) -> tuple[np.ndarray, int]:
-    epoch, within = divmod(position, self.epoch_length)
-    img, label = self.loader.load(int(self.permutation(epoch)[within]))
-    return self.transform(img, np.random.default_rng([self.seed, position, 7])), label
-
   def __call__(self, step: int) -> Batch:
-    first = step * self.global_batch_size + self.process_index * self.local_batch_size
-    images, labels = zip(*(self.example(first + j) for j in range(self.local_batch_size)))
-    return {"image": np.stack(images).astype(np.float32, copy=False),
-            "label": np.asarray(labels, np.int32)}
+    # A global batch lies in one epoch (epochs are whole batches), so its rows do too.
+    epoch, within = divmod(step * self.global_batch_size + self.first_row, self.epoch_length)
+    indices = self.permutation(epoch)[within:within + self.local_batch_size]
+    return self.transform.train_batch(
+        self.records, indices, seed=self.seed, step=step, first_row=self.first_row,
+        global_batch_size=self.global_batch_size)
+
+
+class _EvalBatchFn:
+  def __init__(self, records: Records, transform, image_shape, *, global_batch_size: int,
+               local_batch_size: int, process_index: int):
+    self.records = records
+    self.transform = transform
+    self.image_shape = tuple(image_shape)
+    self.global_batch_size = global_batch_size
+    self.local_batch_size = local_batch_size
+    self.process_index = process_index
+
+  def __call__(self, b: int) -> Batch:
+    first = b * self.global_batch_size + self.process_index * self.local_batch_size
+    n = len(self.records)
+    images = np.zeros((self.local_batch_size, *self.image_shape), np.float32)
+    labels = np.zeros((self.local_batch_size,), np.int32)
+    mask = np.zeros((self.local_batch_size,), np.float32)
+    for j in range(self.local_batch_size):
+      if first + j < n:
+        image, labels[j] = self.records[first + j]
+        images[j] = self.transform(image)
+        mask[j] = 1.0
+    return {"image": images, "label": labels, "mask": mask}
 
 
 def _read_options(num_threads: int, prefetch: int) -> grain.ReadOptions:
@@ -105,23 +154,31 @@ def check_global_batch(field: str, global_batch_size: int, process_count: int,
   return global_batch_size // process_count
 
 
-class RecordTrainBatches:
-  """Training batches over a record source; same interface as `TrainBatches`."""
+class TrainBatches:
+  """This process's rows of the global training batch at each step: `batch(step)`,
+  `iterate(start_step)`.
 
-  def __init__(self, source, transform, *, global_batch_size: int, seed: int, channels: int,
-               on_corrupt: str, process_index: int = 0, process_count: int = 1,
-               num_workers: int = 0, num_threads: int = 1, prefetch_batches: int = 2):
+  `records`: the source's training records; `transform`: a per-record augmentation
+  `transform(image, rng)` -> normalised float32 HWC array (wrapped in `PerRecord`), or an object
+  whose `train_batch(records, indices, *, seed, step, first_row, global_batch_size)` makes the
+  rows at once (`transforms.ArrayTrainTransform`).
+  """
+
+  def __init__(self, records: Records, transform, *, global_batch_size: int, seed: int,
+               process_index: int = 0, process_count: int = 1, num_workers: int = 0,
+               num_threads: int = 1, prefetch_batches: int = 2):
     self.local_batch_size = check_global_batch("data.batch_size", global_batch_size,
-                                               process_count, len(source))
-    self.source = source
+                                               process_count, len(records))
+    self.records = records
+    self.transform = transform if hasattr(transform, "train_batch") else PerRecord(transform)
     self.global_batch_size = global_batch_size
-    self.steps_per_epoch = len(source) // global_batch_size
+    self.steps_per_epoch = len(records) // global_batch_size
     self.num_workers, self.num_threads = num_workers, num_threads
     self.prefetch_batches = prefetch_batches
     self._fn = _TrainBatchFn(
-        RecordLoader(source, channels, on_corrupt), transform,
-        global_batch_size=global_batch_size, local_batch_size=self.local_batch_size,
-        process_index=process_index, steps_per_epoch=self.steps_per_epoch, seed=seed)
+        records, self.transform, global_batch_size=global_batch_size,
+        local_batch_size=self.local_batch_size, process_index=process_index,
+        steps_per_epoch=self.steps_per_epoch, seed=seed)
     self.dataset = grain.MapDataset.range(_MAX_STEPS).map(self._fn)
 
   def batch(self, step: int) -> Batch:
@@ -132,45 +189,21 @@ class RecordTrainBatches:
                     num_threads=self.num_threads, prefetch_batches=self.prefetch_batches)
 
 
-class _EvalBatchFn:
-  def __init__(self, loader: RecordLoader, transform, image_shape, *, global_batch_size: int,
-               local_batch_size: int, process_index: int):
-    self.loader = loader
-    self.transform = transform
-    self.image_shape = tuple(image_shape)
-    self.global_batch_size = global_batch_size
-    self.local_batch_size = local_batch_size
-    self.process_index = process_index
+class EvalBatches:
+  """The whole eval split in fixed-size batches; the last is padded (zeros) and masked out.
+  `transform(image)` -> normalised float32 array of `image_shape`."""
 
-  def __call__(self, b: int) -> Batch:
-    first = b * self.global_batch_size + self.process_index * self.local_batch_size
-    n = len(self.loader)
-    images = np.zeros((self.local_batch_size, *self.image_shape), np.float32)
-    labels = np.zeros((self.local_batch_size,), np.int32)
-    mask = np.zeros((self.local_batch_size,), np.float32)
-    for j in range(self.local_batch_size):
-      if first + j < n:
-        img, labels[j] = self.loader.load(first + j)
-        images[j] = self.transform(img)
-        mask[j] = 1.0
-    return {"image": images, "label": labels, "mask": mask}
-
-
-class RecordEvalBatches:
-  """The whole eval split in fixed-size batches; the last is padded (zeros) and masked out."""
-
-  def __init__(self, source, transform, image_shape, *, global_batch_size: int, channels: int,
-               on_corrupt: str, process_index: int = 0, process_count: int = 1,
+  def __init__(self, records: Records, transform, image_shape: tuple[int, ...], *,
+               global_batch_size: int, process_index: int = 0, process_count: int = 1,
                num_workers: int = 0, num_threads: int = 1, prefetch_batches: int = 2):
     self.local_batch_size = check_global_batch("data.eval_batch_size", global_batch_size,
                                                process_count)
-    self.source = source
+    self.records = records
     self.global_batch_size = global_batch_size
-    self.num_batches = -(-len(source) // global_batch_size)
+    self.num_batches = -(-len(records) // global_batch_size)
     self.num_workers, self.num_threads = num_workers, num_threads
     self.prefetch_batches = prefetch_batches
-    fn = _EvalBatchFn(RecordLoader(source, channels, on_corrupt), transform, image_shape,
-                      global_batch_size=global_batch_size,
+    fn = _EvalBatchFn(records, transform, image_shape, global_batch_size=global_batch_size,
                       local_batch_size=self.local_batch_size, process_index=process_index)
     self.dataset = grain.MapDataset.range(self.num_batches).map(fn)
 

@@ -12,7 +12,8 @@ augmentation is a pure function of the generator's seed (the pipeline seeds it w
 - `random_erasing`: timm RandomErasing(mode="pixel", max_count=1) on the normalised image.
 - `resize_center_crop`: timm's eval transform (shorter side to floor(size / crop_pct),
   centre crop, torchvision rounding).
-- `pad_random_crop`: the CIFAR pad-4 + random 32x32 crop.
+- `pad_random_crop`: the CIFAR pad-4 + random 32x32 crop; on the embedded digits (float
+  arrays, `ArrayTrainTransform`) the LeNet-era random shift by up to data.max_shift px.
 """
 
 from __future__ import annotations
@@ -102,6 +103,16 @@ def pad_random_crop(image: np.ndarray, pad: int, rng: np.random.Generator) -> np
   padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
   dy, dx = rng.integers(0, 2 * pad + 1, size=2)
   return padded[dy:dy + h, dx:dx + w]
+
+
+def pad_crop_batch(images: np.ndarray, pad: int, offsets: np.ndarray) -> np.ndarray:
+  """`pad_random_crop` for a NHWC batch with given (dy, dx) offsets in [0, 2 pad], one a row."""
+  _, h, w, _ = images.shape
+  padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  out = np.empty_like(images)
+  for i, (dy, dx) in enumerate(offsets):
+    out[i] = padded[i, dy:dy + h, dx:dx + w]
+  return out
 
 
 # ---------------------------------------------------------------------------- RandAugment
@@ -315,6 +326,45 @@ class EvalTransform:
   def __call__(self, img: Image.Image) -> np.ndarray:
     img = resize_center_crop(img, self.size, self.crop_pct, self.resample)
     return (to_array(img).astype(np.float32) / 255.0 - self.mean) / self.std
+
+
+class ArrayTrainTransform:
+  """Embedded sets (float32 HWC arrays in [0, 1], in memory): a random shift by up to
+  `max_shift` px with zero fill (pad + random crop, the LeNet-era augmentation), then
+  normalisation with the set's own statistics; a whole batch at once.
+
+  The offsets are drawn for the global batch at `step` from (seed, step), and each process
+  keeps its rows: the global batch does not depend on how many processes share it.
+  """
+
+  def __init__(self, max_shift: int, mean: tuple[float, ...], std: tuple[float, ...]):
+    if max_shift < 0:
+      raise UserError(f"data.max_shift={max_shift} must be >= 0")
+    self.max_shift = max_shift
+    self.mean = np.asarray(mean, np.float32)
+    self.std = np.asarray(std, np.float32)
+
+  def train_batch(self, records, indices: np.ndarray, *, seed: int, step: int, first_row: int,
+                  global_batch_size: int) -> dict[str, np.ndarray]:
+    images = records.images[indices]
+    if self.max_shift:
+      rng = np.random.default_rng([seed, step, 1])
+      offsets = rng.integers(0, 2 * self.max_shift + 1, size=(global_batch_size, 2))
+      images = pad_crop_batch(images, self.max_shift, offsets[first_row:first_row + len(images)])
+    images = (images - self.mean) / self.std
+    return {"image": images.astype(np.float32, copy=False),
+            "label": records.labels[indices].astype(np.int32, copy=False)}
+
+
+class ArrayEvalTransform:
+  """Embedded sets: normalisation only."""
+
+  def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+    self.mean = np.asarray(mean, np.float32)
+    self.std = np.asarray(std, np.float32)
+
+  def __call__(self, image: np.ndarray) -> np.ndarray:
+    return (image - self.mean) / self.std
 
 
 def to_array(img: Image.Image) -> np.ndarray:

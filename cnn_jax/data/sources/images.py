@@ -89,7 +89,10 @@ class RecordLoader:
   def __len__(self) -> int:
     return len(self.source)
 
-  def load(self, index: int):
+  def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+    return self.load(index)
+
+  def load(self, index: int) -> tuple[Image.Image, int]:
     n = len(self.source)
     for _ in range(_MAX_CORRUPT_IN_A_ROW):
       payload, label = self.source[index]
