@@ -16,11 +16,12 @@ order. Batches are made in grain's read threads (`data.num_threads`) and, with
 `data.num_workers` > 0, in grain worker processes (`mp_prefetch`), each taking whole batches,
 so the order is kept.
 
-Why not grain's per-element `shuffle` / `batch` / `slice`: its index shuffle and per-element
-layers cost tens of microseconds per record, several times the whole batch of the embedded
-sets that LeNet trains on in ~10 ms steps (experiments/data_batching/README.md); one NumPy
-permutation per epoch and one call per batch keep the embedded path as fast as its NumPy copy
-was, and cost nothing next to decoding for the image sources.
+Why the permutation and the rows are computed here rather than by grain's per-element
+`shuffle` / `batch` / `slice`: those, making only the record indices, give several times fewer
+batches per second than this makes whole embedded batches (experiments/data_batching/); grain's
+index shuffle is one call per record. One NumPy permutation per epoch and one call per batch
+keep the embedded sets' ~10 ms LeNet steps free of input cost, and cost nothing next to
+decoding for the image sources.
 """
 
 from __future__ import annotations

@@ -99,14 +99,11 @@ def resize_center_crop(img: Image.Image, size: int, crop_pct: float, resample) -
 
 def pad_random_crop(image: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
   """Zero-pad by `pad` px on every side, then a random crop back to the original size."""
-  h, w = image.shape[:2]
-  padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
-  dy, dx = rng.integers(0, 2 * pad + 1, size=2)
-  return padded[dy:dy + h, dx:dx + w]
+  return pad_crop_batch(image[None], pad, rng.integers(0, 2 * pad + 1, size=(1, 2)))[0]
 
 
 def pad_crop_batch(images: np.ndarray, pad: int, offsets: np.ndarray) -> np.ndarray:
-  """`pad_random_crop` for a NHWC batch with given (dy, dx) offsets in [0, 2 pad], one a row."""
+  """`pad_random_crop` of a NHWC batch with given (dy, dx) offsets in [0, 2 pad], one a row."""
   _, h, w, _ = images.shape
   padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
   out = np.empty_like(images)
