@@ -40,7 +40,9 @@ from jax.sharding import Mesh
 from PIL import Image
 
 from cnn_jax import checkpoint, cli, metrics, parallel
-from cnn_jax.data import class_names, image_sources, transforms
+from cnn_jax.data import class_names, transforms
+from cnn_jax.data.sources.imagefolder import IMAGE_EXTENSIONS
+from cnn_jax.data.sources.images import CorruptImage, decode_image
 from cnn_jax.errors import UserError
 from cnn_jax.models import create_model, get_constructor
 
@@ -139,11 +141,11 @@ def find_images(inputs: Sequence[str]) -> list[str]:
     if os.path.isdir(item):
       files = sorted(
           os.path.join(root, name) for root, dirs, names in os.walk(item)
-          for name in names if name.lower().endswith(image_sources.IMAGE_EXTENSIONS)
+          for name in names if name.lower().endswith(IMAGE_EXTENSIONS)
           and not name.startswith("."))
       if not files:
         raise UserError(f"directory {item} holds no images "
-                        f"({', '.join(image_sources.IMAGE_EXTENSIONS)})")
+                        f"({', '.join(IMAGE_EXTENSIONS)})")
       found += files
     elif os.path.isfile(item):
       found.append(item)
@@ -164,8 +166,8 @@ class Decoded:
 def decode(path: str, transform: transforms.EvalTransform, channels: int,
            keep_original: bool) -> Decoded:
   try:
-    img = image_sources.decode_image(path, channels)
-  except image_sources.CorruptImage as e:
+    img = decode_image(path, channels)
+  except CorruptImage as e:
     reason = (str(e).splitlines() or ["unreadable"])[0].removeprefix(f"{path}: ")
     return Decoded(path, None, error=reason)
   return Decoded(path, transform(img), img.size, img if keep_original else None)

@@ -16,7 +16,8 @@ from PIL import Image
 from safetensors.numpy import save_file
 
 from cnn_jax import predict
-from cnn_jax.data import class_names, image_sources
+from cnn_jax.data import class_names
+from cnn_jax.data.sources.images import CorruptImage, decode_image
 from cnn_jax.data.transforms import EvalTransform
 from cnn_jax.errors import UserError
 from cnn_jax.models import create_model
@@ -186,12 +187,14 @@ def test_cli_bad_input(tmp_path, atto_checkpoint):
 def test_weights_workdir_of_a_training_run(tmp_path):
   """--weights WORKDIR: the run's model, eval transform and checkpoint. The probabilities of
   all classes on the run's own eval images give back its final eval loss."""
-  from cnn_jax import data, train  # pylint: disable=import-outside-toplevel
+  from cnn_jax import train  # pylint: disable=import-outside-toplevel
+  from cnn_jax.data import sources  # pylint: disable=import-outside-toplevel
 
   config = load_config("resnet_cifar10", "smoke", **{"checkpoint.best_metric": ""})
   workdir = str(tmp_path / "run")
   final = train.train_and_evaluate(config, workdir)
-  _, eval_source, num_classes = data.record_sources(config)
+  splits = sources.create_source(config)
+  eval_source, num_classes = splits.eval, splits.num_classes
   paths, labels = [], []
   for i in range(len(eval_source)):
     image, label = eval_source[i]
@@ -217,5 +220,5 @@ def test_corrupt_images_reuse_the_pipeline_decoder(tmp_path):
   decoded = predict.decode(str(path), EvalTransform(predict.eval_data_config("resnet18")), 3,
                            False)
   assert decoded.image is None and decoded.error
-  with pytest.raises(image_sources.CorruptImage):
-    image_sources.decode_image(str(path), 3)
+  with pytest.raises(CorruptImage):
+    decode_image(str(path), 3)

@@ -124,12 +124,11 @@ def define_flags() -> None:
 
 
 def eval_source(data: str, source: str, split: str):
-  from cnn_jax.data import image_sources  # pylint: disable=import-outside-toplevel
+  from cnn_jax.data.sources import imagefolder, tfds  # pylint: disable=import-outside-toplevel
   if source == "tfds":
-    return image_sources.TfdsSource("imagenet2012", os.path.expanduser(data),
-                                    split or "validation")
+    return tfds.TfdsSource("imagenet2012", os.path.expanduser(data), split or "validation")
   root = os.path.join(os.path.expanduser(data), split or "val")
-  found = image_sources.ImageFolderSource(root)
+  found = imagefolder.ImageFolderSource(root)
   if found.num_classes != 1000:
     raise UserError(f"{root} has {found.num_classes} class folders; ImageNet-1k val has 1000 "
                     "(one per WordNet id, e.g. n01440764)")
@@ -142,6 +141,7 @@ def evaluate(row: Checkpoint, path: str, source, limit: int, batch_size: int,
 
   from cnn_jax import predict  # pylint: disable=import-outside-toplevel
   from cnn_jax.data import class_names, pipeline, transforms  # pylint: disable=import-outside-toplevel
+  from cnn_jax.data.sources.images import RecordLoader  # pylint: disable=import-outside-toplevel
   from cnn_jax.models import create_model  # pylint: disable=import-outside-toplevel
 
   data_config = predict.eval_data_config(row.model)
@@ -155,10 +155,10 @@ def evaluate(row: Checkpoint, path: str, source, limit: int, batch_size: int,
   predictor = predict.Predictor(loaded, top_k=1, cam=False)
   if limit:
     source = _Head(source, limit)
-  batches = pipeline.RecordEvalBatches(
-      source, transforms.EvalTransform(data_config),
-      (row.image_size, row.image_size, 3), global_batch_size=batch_size, channels=3,
-      on_corrupt="skip", num_threads=num_threads)
+  batches = pipeline.EvalBatches(
+      RecordLoader(source, 3, "skip"), transforms.EvalTransform(data_config),
+      (row.image_size, row.image_size, 3), global_batch_size=batch_size,
+      num_threads=num_threads)
   correct = seen = 0
   for batch in batches:
     rows = int(batch["mask"].sum())
