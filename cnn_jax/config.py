@@ -18,12 +18,18 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   # Where the images come from: embedded (digits shipped in pip packages) | tfds | imagefolder
-  # | synthetic. See the README's "Data" section.
+  # | webdataset | synthetic. See the README's "Data" section.
   config.data.source = "embedded"
   config.data.name = "mnist_subset"   # embedded: mnist_subset|digits|long_range; tfds: TFDS name
   config.data.data_dir = ""            # tfds: TFDS data_dir; imagefolder: root of split dirs
   config.data.train_split = "train"    # tfds: split syntax ("train[:90%]"); imagefolder: subdir
   config.data.eval_split = "test"
+  # webdataset: data_dir holds the .tar shards, the splits are names or brace patterns
+  # ("train-{0000..1023}.tar"); num_classes 0 = 1 + the largest train label.
+  config.data.num_classes = 0
+  # tfds (tfrecord format) / webdataset: where the per-shard indexes of record offsets are
+  # cached ("" = ~/.cache/cnn_jax/...); never inside data_dir.
+  config.data.index_dir = ""
   config.data.image_size = 32
   config.data.channels = 3             # tfds/imagefolder/synthetic: 3 (RGB) or 1 (grayscale)
   config.data.num_test = 1000          # embedded: size of the fixed test split
@@ -48,6 +54,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.cifar_pad = 4
   config.data.interpolation = "bicubic"  # bicubic | bilinear: train crops and eval resize
   config.data.crop_pct = 0.875          # eval: resize to image_size / crop_pct, centre crop
+  # Train decoding: simplejpeg (libjpeg-turbo; other formats via PIL) | pil. A JPEG is decoded
+  # reduced by a DCT scale (1/2, 5/8, ...) when the crop's shorter side is at least
+  # reduced_decode x image_size (0 = always full size).
+  config.data.decoder = "simplejpeg"
+  config.data.reduced_decode = 2.0
+  # Train batches leave the host as uint8 (4x less to copy) and are normalised (and randomly
+  # erased) on the accelerator in the train step. Off: normalised float32 on the host.
+  config.data.normalise_on_device = False
   config.data.on_corrupt = "skip"       # skip (counted warning, next image instead) | fail
   config.data.num_workers = 0           # grain worker processes decoding (0 = threads only)
   config.data.num_threads = 8           # grain read threads per process

@@ -83,9 +83,13 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.GraphDef,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
                label_smoothing: float, mixup: ml_collections.ConfigDict | None = None,
-               num_classes: int = 0, seed: int = 0, ema_decay: float = 0.0, grad_accum_steps: int = 1
+               num_classes: int = 0, seed: int = 0, ema_decay: float = 0.0, grad_accum_steps: int = 1,
+               image_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   images, targets = batch["image"], None
+  if images.dtype == jnp.uint8:  # data.normalise_on_device: (mean, std) in image_stats.
+    rng = jax.random.fold_in(jax.random.key(seed + 1), state.step)
+    images = data.mixing.normalise_on_device(images, batch.get("erase_box"), rng, *image_stats)
   if mixup is not None:  # Mixup/cutmix on the global batch: soft (smoothed) targets.
     onehot = jax.nn.one_hot(batch["label"], num_classes)
     if label_smoothing:
@@ -179,7 +183,9 @@ def classification_step_options(config: ml_collections.ConfigDict,
   mixup = config.data.mixup if data.mixing.is_active(config.data.mixup) else None
   return dict(label_smoothing=config.label_smoothing, mixup=mixup,
               num_classes=info.num_classes, seed=config.seed, ema_decay=config.ema_decay,
-              grad_accum_steps=config.optimizer.grad_accum_steps)
+              grad_accum_steps=config.optimizer.grad_accum_steps,
+              image_stats=((tuple(config.data.mean), tuple(config.data.std))
+                           if config.data.normalise_on_device else None))
 
 
 @dataclasses.dataclass(frozen=True)

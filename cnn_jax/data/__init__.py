@@ -22,6 +22,7 @@ import numpy as np
 from cnn_jax.data import mixing, pipeline, sources, transforms
 from cnn_jax.data.pipeline import EvalBatches, TrainBatches, prefetch_to_device
 from cnn_jax.data.sources.images import RecordLoader
+from cnn_jax.errors import UserError
 
 Batch = dict[str, np.ndarray]
 
@@ -44,6 +45,9 @@ def create_datasets(config: ml_collections.ConfigDict
   {"image", "label", "mask"} batches; `info` is a DatasetInfo.
   """
   data_config = config.data
+  if data_config.normalise_on_device and config.get("task", "classification") != "classification":
+    raise UserError("data.normalise_on_device is for classification training; set it False "
+                    f"for task={config.task!r}")
   splits = sources.create_source(config)
   if splits.statistics is not None:  # In-memory float images: shift, own normalisation.
     train_records, eval_records = splits.train, splits.eval
@@ -51,9 +55,10 @@ def create_datasets(config: ml_collections.ConfigDict
     eval_transform = transforms.ArrayEvalTransform(*splits.statistics)
     image_shape = tuple(splits.train.images.shape[1:])
   else:  # Encoded images: decoded in the pipeline's workers, augmented per data.augment.
-    train_records, eval_records = (
-        RecordLoader(records, data_config.channels, data_config.on_corrupt)
-        for records in (splits.train, splits.eval))
+    train_records = RecordLoader(splits.train, data_config.channels, data_config.on_corrupt,
+                                 data_config.decoder)
+    # Eval decodes with PIL: timm's eval transform, pixel for pixel.
+    eval_records = RecordLoader(splits.eval, data_config.channels, data_config.on_corrupt)
     train_transform = transforms.TrainTransform(data_config)
     eval_transform = transforms.EvalTransform(data_config)
     image_shape = (data_config.image_size, data_config.image_size, data_config.channels)

@@ -71,3 +71,22 @@ def mix(images: jax.Array, labels_onehot: jax.Array, rng: jax.Array,
   lam = jnp.where(cutmix_on, lam_box, lam).astype(labels_onehot.dtype)
   soft = labels_onehot * lam + jnp.flip(labels_onehot, axis=0) * (1.0 - lam)
   return images, soft
+
+
+def normalise_on_device(images: jax.Array, erase_box: jax.Array | None, rng: jax.Array,
+                        mean, std) -> jax.Array:
+  """uint8 NHWC training images -> (x / 255 - mean) / std in float32, then timm's pixel-mode
+  random erasing inside each image's `erase_box` (top, left, h, w; h = 0: none) with N(0, 1)
+  noise: what `transforms.TrainTransform` does on the host, done where the batch lands."""
+  mean = jnp.asarray(mean, jnp.float32)
+  std = jnp.asarray(std, jnp.float32)
+  out = (images.astype(jnp.float32) / 255.0 - mean) / std
+  if erase_box is None:
+    return out
+  _, height, width, _ = images.shape
+  top, left, h, w = (erase_box[:, i, None, None, None] for i in range(4))
+  rows = jnp.arange(height)[None, :, None, None]
+  cols = jnp.arange(width)[None, None, :, None]
+  inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
+  noise = jax.random.normal(rng, out.shape, jnp.float32)
+  return jnp.where(inside, noise, out)

@@ -50,13 +50,22 @@ class PerRecord:
   def train_batch(self, records: Records, indices: np.ndarray, *, seed: int, step: int,
                   first_row: int, global_batch_size: int) -> Batch:
     first = step * global_batch_size + first_row
-    images, labels = [], []
+    outputs, labels = [], []
     for j, index in enumerate(indices):
-      image, label = records[int(index)]
-      images.append(self.transform(image, np.random.default_rng([seed, first + j, 7])))
+      def transform(image, position=first + j):
+        return self.transform(image, np.random.default_rng([seed, position, 7]))
+      if hasattr(records, "load"):  # sources.images.RecordLoader: the transform decodes.
+        output, label = records.load(int(index), transform)
+      else:
+        image, label = records[int(index)]
+        output = transform(image)
+      outputs.append(output)
       labels.append(label)
-    return {"image": np.stack(images).astype(np.float32, copy=False),
-            "label": np.asarray(labels, np.int32)}
+    labels = np.asarray(labels, np.int32)
+    if isinstance(outputs[0], tuple):  # uint8 images + erasing boxes, normalised on device
+      images, boxes = zip(*outputs)
+      return {"image": np.stack(images), "erase_box": np.stack(boxes), "label": labels}
+    return {"image": np.stack(outputs).astype(np.float32, copy=False), "label": labels}
 
 
 class _TrainBatchFn:

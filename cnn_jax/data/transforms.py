@@ -241,13 +241,13 @@ class RandAugment:
 # ------------------------------------------------------------------------- random erasing
 
 
-def random_erasing(image: np.ndarray, prob: float, rng: np.random.Generator, *,
-                   min_area: float = 0.02, max_area: float = 1 / 3,
-                   min_aspect: float = 0.3) -> np.ndarray:
-  """timm RandomErasing(mode="pixel"): one box of N(0, 1) noise on the normalised HWC image."""
+def random_erasing_box(shape: tuple[int, ...], prob: float, rng: np.random.Generator, *,
+                       min_area: float = 0.02, max_area: float = 1 / 3,
+                       min_aspect: float = 0.3) -> tuple[int, int, int, int] | None:
+  """(top, left, h, w) of timm RandomErasing's box for an HWC image, or None (no erasing)."""
   if rng.random() > prob:
-    return image
-  h_img, w_img, chans = image.shape
+    return None
+  h_img, w_img = shape[:2]
   area = h_img * w_img
   log_aspect = (math.log(min_aspect), math.log(1 / min_aspect))
   for _ in range(10):
@@ -258,9 +258,19 @@ def random_erasing(image: np.ndarray, prob: float, rng: np.random.Generator, *,
     if w < w_img and h < h_img:
       top = int(rng.integers(0, h_img - h + 1))
       left = int(rng.integers(0, w_img - w + 1))
-      image = image.copy()
-      image[top:top + h, left:left + w] = rng.standard_normal((h, w, chans), np.float32)
-      break
+      return top, left, h, w
+  return None
+
+
+def random_erasing(image: np.ndarray, prob: float, rng: np.random.Generator,
+                   **box_options) -> np.ndarray:
+  """timm RandomErasing(mode="pixel"): one box of N(0, 1) noise on the normalised HWC image."""
+  box = random_erasing_box(image.shape, prob, rng, **box_options)
+  if box is None:
+    return image
+  top, left, h, w = box
+  image = image.copy()
+  image[top:top + h, left:left + w] = rng.standard_normal((h, w, image.shape[2]), np.float32)
   return image
 
 
@@ -268,7 +278,8 @@ def random_erasing(image: np.ndarray, prob: float, rng: np.random.Generator, *,
 
 
 class TrainTransform:
-  """Decoded PIL image + generator -> normalised float32 HWC array, per `config.data`."""
+  """Image + generator -> normalised float32 HWC array (or uint8 + erasing box), per
+  `config.data`."""
 
   def __init__(self, data_config):
     self.kind = data_config.augment
@@ -289,15 +300,40 @@ class TrainTransform:
     self.randaugment = (RandAugment(data_config.randaugment, fill=fill if len(fill) > 1
                                     else fill[0], resample=self.resample)
                         if data_config.randaugment else None)
+    self.reduced_decode = float(data_config.reduced_decode)
+    if self.reduced_decode and self.reduced_decode < 1:
+      raise UserError(f"data.reduced_decode={self.reduced_decode} must be 0 (off) or >= 1")
+    self.normalise_on_device = bool(data_config.normalise_on_device)
 
-  def __call__(self, img: Image.Image, rng: np.random.Generator) -> np.ndarray:
+  def _crop(self, img, rng: np.random.Generator) -> Image.Image:
+    """RandomResizedCrop; an undecoded image (EncodedImage) is decoded only now, reduced by a
+    JPEG DCT scale when the crop's shorter side is at least `reduced_decode` x the output."""
+    width, height = img.size
+    top, left, h, w = random_resized_crop_box(height, width, self.scale, self.ratio, rng)
+    if not isinstance(img, Image.Image):
+      reduce = self.reduced_decode and min(h, w) >= self.reduced_decode * self.size
+      # The decoded crop keeps at least `size` px on its shorter side.
+      factor = min(h, w) / self.size
+      img = img.decode((math.ceil(width / factor), math.ceil(height / factor)) if reduce
+                       else None)
+    fx, fy = img.width / width, img.height / height
+    return img.resize((self.size, self.size), self.resample,
+                      box=(left * fx, top * fy, (left + w) * fx, (top + h) * fy))
+
+  def __call__(self, img, rng: np.random.Generator):
+    """`img`: a PIL image or an `sources.images.EncodedImage`. Returns the normalised float32
+    HWC array, or with `normalise_on_device` (uint8 HWC array, erasing box (top, left, h, w),
+    all 0 for none): `mixing.normalise_on_device` finishes the job on the accelerator."""
     if self.kind == "imagenet":
-      img = random_resized_crop(img, self.size, self.scale, self.ratio, self.resample, rng)
-    elif self.kind == "cifar":
-      if img.size != (self.size, self.size):
-        img = resize_center_crop(img, self.size, 1.0, self.resample)
+      img = self._crop(img, rng)
     else:
-      img = resize_center_crop(img, self.size, self.crop_pct, self.resample)
+      if not isinstance(img, Image.Image):
+        img = img.decode()
+      if self.kind == "cifar":
+        if img.size != (self.size, self.size):
+          img = resize_center_crop(img, self.size, 1.0, self.resample)
+      else:
+        img = resize_center_crop(img, self.size, self.crop_pct, self.resample)
     if self.kind != "none" and rng.random() < self.hflip:
       img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if self.randaugment is not None:
@@ -305,6 +341,9 @@ class TrainTransform:
     image = to_array(img)
     if self.kind == "cifar" and self.pad:
       image = pad_random_crop(image, self.pad, rng)
+    if self.normalise_on_device:
+      box = random_erasing_box(image.shape, self.erasing, rng) if self.erasing else None
+      return image, np.asarray(box or (0, 0, 0, 0), np.int32)
     image = (image.astype(np.float32) / 255.0 - self.mean) / self.std
     if self.erasing:
       image = random_erasing(image, self.erasing, rng)

@@ -6,8 +6,10 @@ here with a `create(config) -> Splits` function and one line in `SOURCES`.
 
   embedded     digits shipped in pip packages and the long-range task (embedded.py, digits.py,
                long_range.py; in-memory arrays.py)
-  tfds         TFDS data sets in the array_record format (tfds.py)
+  tfds         TFDS data sets in the array_record or tfrecord format (tfds.py; tfrecord.py
+               reads TFRecord shards at random through cached indexes, shard_index.py)
   imagefolder  class folders of image files (imagefolder.py)
+  webdataset   WebDataset .tar shards, timm / Hugging Face layout (webdataset.py)
   synthetic    random images for benchmarks (synthetic.py)
 
 images.py decodes the encoded sources' records and counts the corrupt ones it skips.
@@ -19,7 +21,7 @@ from collections.abc import Callable
 
 import ml_collections
 
-from cnn_jax.data.sources import embedded, imagefolder, synthetic, tfds
+from cnn_jax.data.sources import embedded, imagefolder, synthetic, tfds, webdataset
 from cnn_jax.data.sources.base import Records, Splits
 from cnn_jax.errors import UserError
 
@@ -27,6 +29,7 @@ SOURCES: dict[str, Callable[[ml_collections.ConfigDict], Splits]] = {
     "embedded": embedded.create,
     "tfds": tfds.create,
     "imagefolder": imagefolder.create,
+    "webdataset": webdataset.create,
     "synthetic": synthetic.create,
 }
 
