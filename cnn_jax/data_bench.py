@@ -8,6 +8,15 @@ plus noise, ~100-150 kB each) into a temporary ImageFolder (or `--jpeg_dir`, reu
 exists), so the figure covers JPEG decoding as well as augmentation. It then pulls
 `--warmup_steps` + `--steps` training batches through `train.iterate(0)` and prints the
 images/s of the measured steps. Any config field can be overridden (--config.data.num_workers=4).
+
+Comparisons, measured back to back in one process (`--rounds` alternating turns, medians; on
+a loaded machine only the ratios mean much):
+  --formats=imagefolder,tfrecord,webdataset   the same generated JPEGs read from an
+      ImageFolder, a TFDS set in the tfrecord format and WebDataset tar shards
+  --variants=before,after   the train decode path: `before` = PIL decode, full-size decode,
+      float32 normalised on the host; `after` = simplejpeg, reduced-size DCT decode when the
+      crop is >= 2x the output, uint8 batches normalised on the device (`config`: as the
+      config says)
 """
 
 from __future__ import annotations
@@ -24,6 +33,139 @@ from cnn_jax import cli
 FLAGS = flags.FLAGS
 
 
+# Decode-path settings of --variants.
+VARIANTS = {
+    "before": {"decoder": "pil", "reduced_decode": 0.0, "normalise_on_device": False},
+    "after": {"decoder": "simplejpeg", "reduced_decode": 2.0, "normalise_on_device": True},
+}
+BENCH_TFDS_NAME = "cnn_jax_bench_jpegs"
+
+
+def write_tfrecord_set(jpeg_root: str, out_root: str) -> None:
+  """The train/val JPEGs of `write_jpegs` as a TFDS set in the tfrecord format (the same JPEG
+  bytes, TFDS's own dataset_info.json / features.json), built without TensorFlow: TFDS writes
+  array_record, whose records are copied into TFRecord shards."""
+  import json
+
+  import tensorflow_datasets as tfds
+  from array_record.python.array_record_module import ArrayRecordReader
+
+  from cnn_jax.data.sources import imagefolder, tfrecord
+
+  splits = {s: imagefolder.ImageFolderSource(os.path.join(jpeg_root, s)) for s in ("train", "val")}
+
+  class CnnJaxBenchJpegs(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+          builder=self, supervised_keys=("image", "label"),
+          features=tfds.features.FeaturesDict({
+              "image": tfds.features.Image(encoding_format="jpeg"),
+              "label": tfds.features.ClassLabel(num_classes=splits["train"].num_classes)}))
+
+    def _split_generators(self, dl_manager):
+      return {s: self._generate_examples(s) for s in splits}
+
+    def _generate_examples(self, split):
+      for i, (path, label) in enumerate(zip(splits[split].paths, splits[split].labels)):
+        yield i, {"image": path, "label": int(label)}  # A path: its bytes are stored as is.
+
+  staging = os.path.join(out_root, "staging")
+  CnnJaxBenchJpegs(data_dir=staging, file_format="array_record").download_and_prepare()
+  src = os.path.join(staging, BENCH_TFDS_NAME, "1.0.0")
+  dst = os.path.join(out_root, BENCH_TFDS_NAME, "1.0.0")
+  os.makedirs(dst, exist_ok=True)
+  for name in os.listdir(src):
+    if ".array_record-" in name:
+      reader = ArrayRecordReader(os.path.join(src, name))
+      tfrecord.write_tfrecord(os.path.join(dst, name.replace(".array_record-", ".tfrecord-")),
+                              reader.read_all())
+      reader.close()
+  with open(os.path.join(src, "dataset_info.json")) as f:
+    info = json.load(f)
+  info["fileFormat"] = "tfrecord"
+  with open(os.path.join(dst, "dataset_info.json"), "w") as f:
+    json.dump(info, f)
+  shutil.copy(os.path.join(src, "features.json"), dst)
+  shutil.rmtree(staging)
+
+
+def write_shards(jpeg_root: str, out_root: str, images_per_shard: int = 128) -> None:
+  """The train/val JPEGs of `write_jpegs` as WebDataset shards `{split}-NNNN.tar`."""
+  from cnn_jax.data.sources import imagefolder, webdataset
+
+  os.makedirs(out_root, exist_ok=True)
+  for split in ("train", "val"):
+    folder = imagefolder.ImageFolderSource(os.path.join(jpeg_root, split))
+    samples = []
+    for path, label in zip(folder.paths, folder.labels):
+      with open(path, "rb") as f:
+        key = os.path.relpath(path, jpeg_root).rsplit(".", 1)[0].replace(os.sep, "_")
+        samples.append((key, f.read(), "jpg", str(int(label)).encode()))
+    for s in range(0, len(samples), images_per_shard):
+      webdataset.write_shard(os.path.join(out_root, f"{split}-{s // images_per_shard:04d}.tar"),
+                             samples[s:s + images_per_shard])
+
+
+def _format_config(config, fmt: str, root: str):
+  """`config` reading the generated JPEGs under `root` as `fmt`."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    if fmt == "imagefolder":
+      config.data.update(source="imagefolder", data_dir=root, train_split="train",
+                         eval_split="val")
+    elif fmt == "tfrecord":
+      config.data.update(source="tfds", name=BENCH_TFDS_NAME,
+                         data_dir=os.path.join(root, "tfds"), train_split="train",
+                         eval_split="val", index_dir=os.path.join(root, "index"))
+    else:
+      shards = sorted(os.listdir(os.path.join(root, "wds")))
+      count = lambda split: sum(name.startswith(split) for name in shards)  # noqa: E731
+      config.data.update(source="webdataset", data_dir=os.path.join(root, "wds"),
+                         train_split=f"train-{{0000..{count('train') - 1:04d}}}.tar",
+                         eval_split=f"val-{{0000..{count('val') - 1:04d}}}.tar",
+                         index_dir=os.path.join(root, "index"))
+  return config
+
+
+def compare(config, root: str, formats: list[str], variants: list[str], rounds: int,
+            steps: int, warmup_steps: int) -> dict[tuple[str, str], float]:
+  """Median CPU-ms per image of every (format, variant), in alternating turns; prints ratios."""
+  import statistics
+
+  from cnn_jax.errors import UserError
+
+  for fmt in formats:
+    if fmt not in ("imagefolder", "tfrecord", "webdataset"):
+      raise UserError(f"--formats: unknown {fmt!r}; known: imagefolder, tfrecord, webdataset")
+  for variant in variants:
+    if variant not in VARIANTS and variant != "config":
+      raise UserError(f"--variants: unknown {variant!r}; known: {', '.join(VARIANTS)}")
+  if "tfrecord" in formats and not os.path.isdir(os.path.join(root, "tfds")):
+    write_tfrecord_set(root, os.path.join(root, "tfds"))
+  if "webdataset" in formats and not os.path.isdir(os.path.join(root, "wds")):
+    write_shards(root, os.path.join(root, "wds"))
+  results: dict[tuple[str, str], list[tuple[float, float]]] = {}
+  for _ in range(rounds):
+    for fmt in formats:
+      for variant in variants:
+        cfg = _format_config(config, fmt, root)
+        with cfg.unlocked():
+          cfg.data.update(VARIANTS.get(variant, {}))
+        print(f"[{fmt} / {variant}] ", end="")
+        results.setdefault((fmt, variant), []).append(bench(cfg, steps, warmup_steps))
+  medians = {key: (statistics.median(r for r, _ in runs), statistics.median(c for _, c in runs))
+             for key, runs in results.items()}
+  first = next(iter(medians))
+  print(f"medians over {rounds} rounds (ratios to {first[0]} / {first[1]}):")
+  for (fmt, variant), (rate, cpu_ms) in medians.items():
+    print(f"  {fmt:12s} {variant:8s} {rate:8.1f} images/s  {cpu_ms:6.2f} CPU-ms/image  "
+          f"x{medians[first][1] / cpu_ms:.2f} fewer CPU-ms  {1e3 / cpu_ms:6.0f} images/s per "
+          f"core  {2470 * cpu_ms / 1e3:4.1f} cores per A100 (2,470 images/s)", flush=True)
+  return medians
+
+
 def define_flags() -> None:
   cli.define_config_flag()
   flags.DEFINE_integer("steps", 20, "Measured training batches.")
@@ -32,6 +174,11 @@ def define_flags() -> None:
   flags.DEFINE_integer("num_classes", 8, "Classes of the generated JPEGs.")
   flags.DEFINE_string("jpeg_dir", "", "Where to write/reuse the generated JPEGs "
                       "(default: a temporary directory, removed at exit).")
+  flags.DEFINE_list("formats", [], "Read the generated JPEGs as each of these "
+                    "(imagefolder, tfrecord, webdataset), back to back.")
+  flags.DEFINE_list("variants", [], "Decode paths to compare back to back "
+                    f"({', '.join(VARIANTS)}; config = as the config says).")
+  flags.DEFINE_integer("rounds", 1, "Alternating turns of every format x variant.")
 
 
 def write_jpegs(root: str, num_images: int, num_classes: int, seed: int = 0) -> None:
@@ -72,7 +219,8 @@ def _cpu_seconds() -> float:
   return total
 
 
-def bench(config, steps: int, warmup_steps: int) -> float:
+def bench(config, steps: int, warmup_steps: int) -> tuple[float, float]:
+  """(images/s, CPU-ms per image over all processes) of `steps` training batches."""
   from cnn_jax import data
 
   train, _, info = data.create_datasets(config)
@@ -93,8 +241,11 @@ def bench(config, steps: int, warmup_steps: int) -> float:
         f"processes ({steps} batches of {batch['image'].shape}, {elapsed:.2f} s; source={config.data.source}, augment={config.data.augment}, "
         f"randaugment={config.data.randaugment or 'off'}, "
         f"random_erasing={config.data.random_erasing}, num_workers={config.data.num_workers}, "
-        f"num_threads={config.data.num_threads}, {os.cpu_count()} CPUs)", flush=True)
-  return rate
+        f"num_threads={config.data.num_threads}, decoder={config.data.decoder}, "
+        f"reduced_decode={config.data.reduced_decode}, "
+        f"normalise_on_device={config.data.normalise_on_device}, {os.cpu_count()} CPUs)",
+        flush=True)
+  return rate, 1e3 * cpu / images
 
 
 def main(argv: list[str]) -> None:
@@ -102,7 +253,8 @@ def main(argv: list[str]) -> None:
   config = cli.config_value("config", "configs/data_examples/imagenet_bench.py")
   cleanup = None
   try:
-    if config.data.source == "imagefolder" and not config.data.data_dir:
+    comparing = bool(FLAGS.formats or FLAGS.variants)
+    if comparing or (config.data.source == "imagefolder" and not config.data.data_dir):
       root = FLAGS.jpeg_dir or tempfile.mkdtemp(prefix="cnn_jax_bench_")
       cleanup = None if FLAGS.jpeg_dir else root
       if not os.path.isdir(os.path.join(root, "train")):
@@ -113,7 +265,11 @@ def main(argv: list[str]) -> None:
       with config.unlocked():
         config.data.data_dir = root
         config.data.train_split, config.data.eval_split = "train", "val"
-    bench(config, FLAGS.steps, FLAGS.warmup_steps)
+    if comparing:
+      compare(config, config.data.data_dir, FLAGS.formats or ["imagefolder"],
+              FLAGS.variants or ["config"], FLAGS.rounds, FLAGS.steps, FLAGS.warmup_steps)
+    else:
+      bench(config, FLAGS.steps, FLAGS.warmup_steps)
   finally:
     if cleanup:
       shutil.rmtree(cleanup, ignore_errors=True)

@@ -1,0 +1,93 @@
+"""The fast train decode path: simplejpeg decodes as PIL does, a reduced-size decode is only
+taken when the crop allows, uint8 batches normalised on device equal the host path."""
+
+import io
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnn_jax import config as base
+from cnn_jax.data import mixing, transforms
+from cnn_jax.data.sources.images import CorruptImage, EncodedImage
+
+
+def _jpeg(size=(300, 200), mode="RGB", seed=0) -> bytes:
+  rng = np.random.default_rng(seed)
+  small = rng.integers(0, 256, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
+  img = Image.fromarray(small).resize(size, Image.Resampling.BICUBIC).convert(mode)
+  buf = io.BytesIO()
+  img.save(buf, "JPEG", quality=90)
+  return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+def test_simplejpeg_decodes_as_pil(mode):
+  payload = _jpeg(mode=mode)
+  pil = np.asarray(EncodedImage(payload, 3, "pil").decode(), np.int16)
+  fast = EncodedImage(payload, 3, "simplejpeg")
+  assert fast.size == (300, 200)
+  got = np.asarray(fast.decode(), np.int16)
+  assert got.shape == pil.shape == (200, 300, 3)
+  # Both are libjpeg-turbo with its default (accurate) IDCT and fancy upsampling.
+  assert np.abs(got - pil).max() <= 1
+
+
+def test_reduced_decode_never_goes_below_the_asked_size():
+  payload = _jpeg((640, 480))
+  for decoder in ("simplejpeg", "pil"):
+    img = EncodedImage(payload, 3, decoder).decode((300, 200))
+    assert img.size[0] >= 300 and img.size[1] >= 200 and img.size[0] < 640
+    assert EncodedImage(payload, 3, decoder).decode().size == (640, 480)
+  with pytest.raises(CorruptImage):
+    EncodedImage(payload[:len(payload) // 3], 3, "simplejpeg").decode()
+
+
+def _config(**fields):
+  config = base.get_config()
+  config.data.image_size = 64
+  config.data.augment = "imagenet"
+  config.data.randaugment = "rand-m9-mstd0.5-inc1"
+  for key, value in fields.items():
+    config.data[key] = value
+  return config.data
+
+
+def test_reduced_decode_is_close_to_the_full_decode_and_keeps_the_crop():
+  payload = _jpeg((640, 480), seed=3)
+  full = transforms.TrainTransform(_config(reduced_decode=0.0))
+  reduced = transforms.TrainTransform(_config(reduced_decode=2.0))
+  diffs = []
+  for i in range(20):
+    a = full(EncodedImage(payload, 3, "simplejpeg"), np.random.default_rng(i))
+    b = reduced(EncodedImage(payload, 3, "simplejpeg"), np.random.default_rng(i))
+    diffs.append(np.abs(a - b).mean())
+  # Same crop, flip and RandAugment draws; pixels differ by the decode's filtering only.
+  assert np.median(diffs) < 0.1 and max(diffs) > 0  # ~0.02 of a normalised unit typical
+
+
+def test_uint8_batches_normalised_on_device_equal_the_host_path():
+  payloads = [_jpeg((int(w), int(h)), seed=i) for i, (w, h) in
+              enumerate(np.random.default_rng(0).integers(100, 400, (8, 2)))]
+  host = transforms.TrainTransform(_config(random_erasing=0.5))
+  device = transforms.TrainTransform(_config(random_erasing=0.5, normalise_on_device=True))
+  host_images, images, boxes = [], [], []
+  for i, payload in enumerate(payloads):
+    host_images.append(host(EncodedImage(payload, 3), np.random.default_rng(i)))
+    image, box = device(EncodedImage(payload, 3), np.random.default_rng(i))
+    assert image.dtype == np.uint8
+    images.append(image)
+    boxes.append(box)
+  boxes = np.stack(boxes)
+  assert (boxes[:, 2] > 0).any() and (boxes[:, 2] == 0).any()  # Some erased, some not.
+  mean, std = tuple(base.get_config().data.mean), tuple(base.get_config().data.std)
+  out = np.asarray(mixing.normalise_on_device(np.stack(images), boxes, jax.random.key(0),
+                                              mean, std))
+  want = np.stack(host_images)
+  for i, (top, left, h, w) in enumerate(boxes):
+    inside = np.zeros(out.shape[1:3], bool)
+    inside[top:top + h, left:left + w] = True
+    np.testing.assert_allclose(out[i][~inside], want[i][~inside], rtol=1e-5, atol=1e-5)
+    if h:  # The erased box is N(0, 1) noise on both paths (drawn by different generators).
+      assert abs(out[i][inside].std() - 1) < 0.2 and abs(want[i][inside].std() - 1) < 0.2
