@@ -183,6 +183,8 @@ def set_imagenet_data(config: ml_collections.ConfigDict, *, randaugment: str,
   data.random_erasing = random_erasing
   data.interpolation = interpolation
   data.crop_pct = 0.875
+  # uint8 batches to the accelerator, normalised (and erased) there.
+  data.normalise_on_device = True
   data.batch_size = batch_size
   data.eval_batch_size = 1000
   data.num_workers = 8

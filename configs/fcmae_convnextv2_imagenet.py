@@ -40,6 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   base.set_imagenet_data(config, randaugment="", random_erasing=0.0, mixup_alpha=0.0,
                          cutmix_alpha=0.0, interpolation="bicubic", batch_size=4096)
   config.data.crop_scale = (0.2, 1.0)
+  config.data.normalise_on_device = False  # FCMAE's step takes float32 images.
 
   config.optimizer.name = "adamw"
   config.optimizer.learning_rate = 1.5e-4
