@@ -83,7 +83,8 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.GraphDef,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
                label_smoothing: float, mixup: ml_collections.ConfigDict | None = None,
-               num_classes: int = 0, seed: int = 0, ema_decay: float = 0.0, grad_accum_steps: int = 1,
+               num_classes: int = 0, seed: int = 0, ema_decay: float = 0.0,
+               grad_accum_steps: int = 1,
                image_stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   images, targets = batch["image"], None
