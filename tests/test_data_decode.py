@@ -107,3 +107,36 @@ def test_data_bench_compares_sources_and_decode_paths_on_the_same_images():
       [fmt, variant] for fmt in ("imagefolder", "tfrecord", "webdataset")
       for variant in ("before", "after")]
   assert "source=tfds" in result.stdout and "source=webdataset" in result.stdout
+
+
+@pytest.mark.slow  # ~20 s alone, about a minute on a loaded 2-core machine
+def test_training_on_uint8_batches_equals_host_normalised_batches(tmp_path):
+  """The same run with data.normalise_on_device on and off (no erasing): same losses."""
+  import json
+
+  import ml_collections
+
+  from cnn_jax import train
+  from cnn_jax.data_bench import write_jpegs
+
+  write_jpegs(str(tmp_path / "jpegs"), 32, 2)
+  losses = {}
+  for on_device in (False, True):
+    config = base.get_config()
+    config.model = ml_collections.ConfigDict(
+        {"name": "lenet5", "num_classes": 2, "in_channels": 3})
+    config.data.update(source="imagefolder", name="jpegs", data_dir=str(tmp_path / "jpegs"),
+                       train_split="train", eval_split="val", image_size=32, batch_size=8,
+                       eval_batch_size=8, num_threads=1, randaugment="rand-m9-mstd0.5-inc1",
+                       normalise_on_device=on_device)
+    config.update(total_steps=3, log_every_steps=1, eval_every_steps=3)
+    from cnn_jax import data
+    batch = data.create_datasets(config)[0].batch(0)
+    assert batch["image"].dtype == (np.uint8 if on_device else np.float32)
+    workdir = tmp_path / f"run{on_device}"
+    train.train_and_evaluate(config, str(workdir))
+    losses[on_device] = [json.loads(line)["train/loss"]
+                         for line in (workdir / "metrics.jsonl").read_text().splitlines()
+                         if "train/loss" in line]
+  assert len(losses[True]) == 3
+  np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
