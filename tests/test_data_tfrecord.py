@@ -123,33 +123,32 @@ def test_tfrecord_resume_is_exact_and_processes_are_disjoint(tfrecord_dir, tmp_p
     np.testing.assert_array_equal(got["image"], want["image"])
     np.testing.assert_array_equal(got["label"], want["label"])
   from cnn_jax.data import pipeline, transforms
+  from cnn_jax.data.sources.images import RecordLoader
 
   source = TfdsSource(NAME, tfrecord_dir, "train", str(tmp_path))
-  parts = [pipeline.RecordTrainBatches(source, transforms.TrainTransform(config.data),
-                                       global_batch_size=8, seed=3, channels=3,
-                                       on_corrupt="fail", process_index=p, process_count=4)
-           for p in range(4)]
-  # Which records each process reads: wrap the source to record the indices.
+
+  class Spy:  # Which records a process reads.
+    name = source.name
+
+    def __init__(self):
+      self.seen = set()
+
+    def __len__(self):
+      return len(source)
+
+    def __getitem__(self, i):
+      self.seen.add(int(i))
+      return source[i]
+
   read = []
-  for part in parts:
-    seen = []
-    loader = part._fn.loader
-    original = loader.source
-
-    class Spy:
-      name = original.name
-
-      def __len__(self):
-        return len(original)
-
-      def __getitem__(self, i, seen=seen):
-        seen.append(int(i))
-        return original[i]
-
-    loader.source = Spy()
+  for p in range(4):
+    spy = Spy()
+    part = pipeline.TrainBatches(RecordLoader(spy, 3, "fail", "simplejpeg"),
+                                 transforms.TrainTransform(config.data), global_batch_size=8,
+                                 seed=3, process_index=p, process_count=4)
     for s in range(part.steps_per_epoch):
       part.batch(s)
-    read.append(set(seen))
+    read.append(spy.seen)
   for p in range(4):
     for q in range(p):
       assert not read[p] & read[q]

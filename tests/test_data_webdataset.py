@@ -95,6 +95,7 @@ def test_webdataset_resume_is_exact_and_processes_are_disjoint(twins, tmp_path):
       np.testing.assert_array_equal(got["image"], want["image"])
 
   from cnn_jax.data import pipeline, transforms
+  from cnn_jax.data.sources.images import RecordLoader
 
   source = webdataset.WebDatasetSource(shards, "train-{0000..0001}.tar", index_dir=str(tmp_path))
   reads = [[] for _ in range(4)]
@@ -111,9 +112,9 @@ def test_webdataset_resume_is_exact_and_processes_are_disjoint(twins, tmp_path):
       return source[i]
 
   for p in range(4):
-    part = pipeline.RecordTrainBatches(Spy(reads[p]), transforms.TrainTransform(config.data),
-                                       global_batch_size=8, seed=1, channels=3,
-                                       on_corrupt="fail", process_index=p, process_count=4)
+    part = pipeline.TrainBatches(RecordLoader(Spy(reads[p]), 3, "fail", "simplejpeg"),
+                                 transforms.TrainTransform(config.data), global_batch_size=8,
+                                 seed=1, process_index=p, process_count=4)
     for s in range(part.steps_per_epoch):
       part.batch(s)
   for p in range(4):
