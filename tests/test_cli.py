@@ -10,7 +10,8 @@ from cnn_jax.errors import UserError
 from tests.helpers import run_cli
 
 TOOLS = ("cnn_jax.main", "cnn_jax.convert", "cnn_jax.erf", "cnn_jax.summary",
-         "cnn_jax.data_bench", "cnn_jax.bench", "cnn_jax.sweep", "cnn_jax.launch")
+         "cnn_jax.data_bench", "cnn_jax.bench", "cnn_jax.sweep", "cnn_jax.launch",
+         "cnn_jax.data.prepare")
 
 
 def test_importing_the_tools_defines_no_flags():
