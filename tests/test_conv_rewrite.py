@@ -1,5 +1,6 @@
-"""layers.conv_general_dilated's CPU forms (depthwise by shifts, 1x1 and patchify convs by
-matmul) compute the XLA conv: same values and gradients, same parameters, same MAC count."""
+"""layers.conv_general_dilated's CPU forms (cnn_jax/models/cpu_ops.py: depthwise by shifts,
+1x1 and patchify convs by matmul, max pool by strided views) compute the XLA ops: same values
+and gradients, same parameters, same MAC count."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,7 @@ import pytest
 from flax import nnx
 
 from cnn_jax import summary
-from cnn_jax.models import create_model, layers
+from cnn_jax.models import cpu_ops, create_model, layers
 
 # (kernel, stride, groups, padding, rewritten?)
 CASES = [
@@ -132,9 +133,9 @@ def test_config_conv_impl_chooses_the_conv_path_of_a_training_run(tmp_path, monk
   from cnn_jax import train
   from helpers import load_config
 
-  real = layers._patches_by_matmul
+  real = cpu_ops.patches_by_matmul
   rewritten = []
-  monkeypatch.setattr(layers, "_patches_by_matmul",
+  monkeypatch.setattr(cpu_ops, "patches_by_matmul",
                       lambda *args, **kwargs: rewritten.append(1) or real(*args, **kwargs))
   finals = {}
   for impl in ("xla", "rewrite"):

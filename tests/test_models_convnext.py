@@ -1,4 +1,5 @@
-"""ConvNeXt V1/V2 and the ResNet-50 -> ConvNeXt-T roadmap (cnn_jax/models/convnext.py)."""
+"""ConvNeXt V1/V2 (cnn_jax/models/convnext.py) and the ResNet-50 -> ConvNeXt-T roadmap
+(cnn_jax/models/roadmap.py)."""
 
 import os
 import re
@@ -11,7 +12,7 @@ import pytest
 from flax import nnx
 
 from cnn_jax.errors import UserError
-from cnn_jax.models import convnext, create_model
+from cnn_jax.models import convnext, create_model, roadmap
 from cnn_jax.models.layers import DropPath, count_params
 
 # timm 1.0.31: sum(p.numel() for p in timm.create_model(name).parameters()).
@@ -198,7 +199,7 @@ def test_roadmap_ends_at_convnext_tiny_and_starts_at_resnet50():
   assert param_shapes(bare)[("stem", "conv", "kernel")] == (7, 7, 3, 64)
 
 
-@pytest.mark.parametrize("step", range(len(convnext.ROADMAP_STEPS)))
+@pytest.mark.parametrize("step", range(len(roadmap.ROADMAP_STEPS)))
 def test_every_roadmap_step_builds_and_traces(step):
   def run(x):  # shallow, so the trace is fast; shapes are checked, nothing is computed
     model = create_model("convnext_roadmap", step=step, depths=(1, 1, 1, 1), num_classes=7,
@@ -209,7 +210,7 @@ def test_every_roadmap_step_builds_and_traces(step):
   assert logits.shape == (2, 7)
   assert feats.shape == (2, 2, 2, 2048 if step < 3 else 3072 if step == 3 else 768)
   if step:
-    before, after = convnext.roadmap_config(step - 1), convnext.roadmap_config(step)
+    before, after = roadmap.roadmap_config(step - 1), roadmap.roadmap_config(step)
     assert before != after
 
 
@@ -232,11 +233,11 @@ def test_roadmap_width_narrows_every_width_in_proportion(step):
   for stage in range(4):  # hidden widths follow: ratio 1/4 before step 4, 4 after
     fc1 = ("stages", stage, "blocks", 0, "fc1", "kernel")
     assert narrow[fc1][1] == full[fc1][1] // 4 and narrow[fc1][1] >= 4
-  assert convnext.roadmap_config(step, 1.0) == convnext.roadmap_config(step)
+  assert roadmap.roadmap_config(step, 1.0) == roadmap.roadmap_config(step)
 
 
 def test_roadmap_width_must_give_whole_widths():
-  assert convnext.roadmap_config(0, 0.125)["stem_dim"] == 8
+  assert roadmap.roadmap_config(0, 0.125)["stem_dim"] == 8
   with pytest.raises(UserError, match="whole positive"):
     create_model("convnext_roadmap", step=4, width=0.1, rngs=nnx.Rngs(0))  # 9.6 channels
 

@@ -4,7 +4,7 @@ from cnn_jax.models.registry import create_model, get_constructor, list_models, 
 
 # Importing a family module registers its variants.
 from cnn_jax.models import lenet  # noqa: F401,E402
-from cnn_jax.models import convnext  # noqa: F401,E402
+from cnn_jax.models import convnext, roadmap  # noqa: F401,E402
 from cnn_jax.models import alexnet, resnet  # noqa: F401,E402
 from cnn_jax.models import vit  # noqa: F401,E402
 from cnn_jax.models import hybrid  # noqa: F401,E402

@@ -12,39 +12,16 @@ Submodule names follow the paper's layer numbering (conv1..conv5, fc6, fc7, fc8)
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cnn_jax.models.layers import Dtype, max_pool
-from cnn_jax.models.lenet import ACTIVATIONS
+from cnn_jax.models.layers import (Activation, Dtype, conv2d, get_activation, max_pool,
+                                   torch_default_bias_init, torch_default_kernel_init,
+                                   torch_linear)
 from cnn_jax.models.registry import register_model
-
-# torch's default Conv2d/Linear init is kaiming_uniform_(a=sqrt(5)): U(+-1/sqrt(fan_in)) for
-# the weight, and the same bound for the bias. In flax terms that is variance_scaling(1/3).
-torch_default_kernel_init: nnx.Initializer = nnx.initializers.variance_scaling(
-    1.0 / 3.0, "fan_in", "uniform")
-
-
-def torch_default_bias_init(fan_in: int) -> nnx.Initializer:
-  """U(+-1/sqrt(fan_in)), torch's default bias init (flax cannot infer fan_in from the bias)."""
-  bound = 1.0 / math.sqrt(fan_in)
-
-  def init(key: jax.Array, shape, dtype: Dtype = jnp.float32) -> jax.Array:
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
-
-
-def torch_linear(in_features: int, out_features: int, *, dtype: Dtype | None,
-                 param_dtype: Dtype, rngs: nnx.Rngs) -> nnx.Linear:
-  """nnx.Linear initialised like torch.nn.Linear."""
-  return nnx.Linear(in_features, out_features, kernel_init=torch_default_kernel_init,
-                    bias_init=torch_default_bias_init(in_features), dtype=dtype,
-                    param_dtype=param_dtype, rngs=rngs)
 
 
 def adaptive_avg_pool(x: jax.Array, output_size: tuple[int, int]) -> jax.Array:
@@ -86,11 +63,9 @@ class AlexNet(nnx.Module):
                activation: str = "relu", widths: Sequence[int] = (64, 192, 384, 256, 256),
                hidden: int = 4096, dtype: Dtype | None = None,
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
-    if activation not in ACTIVATIONS:
-      raise ValueError(f"unknown activation {activation!r}; choose from {sorted(ACTIVATIONS)}")
+    self.activation: Activation = get_activation(activation)
     if not 0.0 <= dropout < 1.0:
       raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    self.activation: Callable[[jax.Array], jax.Array] = ACTIVATIONS[activation]
     self.in_channels = in_channels
     if len(widths) != 5:
       raise ValueError(f"AlexNet has 5 convs; got widths {tuple(widths)}")
@@ -98,10 +73,9 @@ class AlexNet(nnx.Module):
     self.default_image_size = 224  # read by cnn_jax.summary
 
     def conv(cin: int, cout: int, k: int, stride: int, pad: int) -> nnx.Conv:
-      return nnx.Conv(cin, cout, (k, k), strides=(stride, stride),
-                      padding=((pad, pad), (pad, pad)), kernel_init=torch_default_kernel_init,
-                      bias_init=torch_default_bias_init(cin * k * k), dtype=dtype,
-                      param_dtype=param_dtype, rngs=rngs)
+      return conv2d(cin, cout, k, stride, padding=pad, kernel_init=torch_default_kernel_init,
+                    bias_init=torch_default_bias_init(cin * k * k), dtype=dtype,
+                    param_dtype=param_dtype, rngs=rngs)
 
     w1, w2, w3, w4, w5 = widths
     self.conv1 = conv(in_channels, w1, 11, 4, 2)

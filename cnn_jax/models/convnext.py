@@ -1,4 +1,4 @@
-"""ConvNeXt V1 and V2, and the "modernising a ResNet" roadmap between ResNet-50 and ConvNeXt-T.
+"""ConvNeXt V1 and V2, in a network wide enough to hold the ResNet-50 -> ConvNeXt-T roadmap.
 
 Papers:
   * Liu et al., "A ConvNet for the 2020s", CVPR 2022, arXiv:2201.03545 (ConvNeXt V1).
@@ -23,34 +23,8 @@ counts equal timm's `create_model(name).parameters()` to the unit):
                                          15,623,800 / 28,635,496 / 88,717,800 / 197,956,840 /
                                          660,289,640 params.
 
-Roadmap (paper section 2, Fig. 2), `convnext_roadmap(step=...)`; steps are cumulative, each row
-lists only the options it changes (paper ImageNet-1K top-1 in brackets):
-
-  0  resnet50               stem='resnet', stem_dim=64, depths=(3,4,6,3),
-                            dims=(256,512,1024,2048), block_type='bottleneck' (hidden = dim/4),
-                            dw_position='middle', depthwise=False, kernel_size=3,
-                            activation='relu', num_activations='all', num_norms='all', norm='bn',
-                            downsample='in_block', head_norm=False, layer_scale_init=1e-6  [78.8]
-  1  stage_ratio            depths=(3,3,9,3)                                               [79.4]
-  2  patchify_stem          stem='patchify' (4x4 stride-4 conv + norm)                    [79.5]
-  3  resnextify             depthwise=True, dims=(384,768,1536,3072) (hidden 96..768),
-                            stem_dim=96                                                    [80.5]
-  4  inverted_bottleneck    block_type='inverted' (hidden = 4 dim), dims=(96,192,384,768)  [80.6]
-  5  move_dw_up             dw_position='top'                                              [79.9]
-  6  kernel_7               kernel_size=7 (the paper also tries 5, 9, 11: pass kernel_size) [80.6]
-  7  gelu                   activation='gelu'                                              [80.6]
-  8  fewer_activations      num_activations='one' (only between fc1 and fc2)               [81.3]
-  9  fewer_norms            num_norms='one' (only after conv_dw)                           [81.4]
-  10 layer_norm             norm='ln'                                                      [81.5]
-  11 separate_downsampling  downsample='separate' (LN + 2x2 stride-2 conv between stages),
-                            head_norm=True; equals convnext_tiny (28,589,128 params)       [82.0]
-
-Interpretation choices where the paper is silent: LayerScale (1e-6, part of the ConvNeXt
-training recipe) is on at every step, so step 0 is torchvision's ResNet-50 plus one per-channel
-scale per block (25,572,136 params; `layer_scale_init=None` gives torchvision's exact
-25,557,032); the patchify stem always has a norm after its conv; the projection shortcut of an
-in-block downsampling (1x1 strided conv + norm) keeps its norm when `num_norms='one'`; a conv or
-linear layer has a bias unless a BatchNorm directly follows it (torchvision/timm convention).
+The ResNet-50 -> ConvNeXt-T roadmap of the paper's section 2 is a set of options of this
+network: `cnn_jax/models/roadmap.py` (`convnext_roadmap`).
 
 Layout and conversion notes: everything is NHWC; 1x1 convs are linear layers (timm's default
 `conv_mlp=False`; `layers.Linear`, an `nnx.Linear`). Names follow timm with these renames for a
@@ -65,31 +39,25 @@ PyTorch's explicit padding (k // 2), so converted weights reproduce timm's outpu
 from __future__ import annotations
 
 import dataclasses
-import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cnn_jax.models.layers import (GRN, DropPath, Dtype, Linear, conv_general_dilated,
+from cnn_jax.models.layers import (ACTIVATIONS, GRN, DropPath, Dtype, Linear, conv2d,
                                    layer_norm, max_pool, trunc_normal)
 from cnn_jax.models.registry import register_model
 
-# PyTorch's nn.GELU is the exact erf form; jax's default tanh approximation would make
-# converted weights drift.
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": nnx.relu,
-    "gelu": functools.partial(nnx.gelu, approximate=False),
-}
 _CHOICES: dict[str, tuple[str, ...]] = {
     "block_type": ("inverted", "bottleneck"),
     "dw_position": ("top", "middle"),
     "num_activations": ("one", "all"),
     "num_norms": ("one", "all"),
     "norm": ("ln", "bn"),
-    "activation": tuple(ACTIVATIONS),
+    # "gelu" is the exact (erf) form, as timm's nn.GELU.
+    "activation": ("relu", "gelu"),
     "stem": ("patchify", "resnet"),
     "downsample": ("separate", "in_block"),
 }
@@ -165,14 +133,12 @@ def _norm(kind: str, dim: int, *, dtype: Dtype | None, param_dtype: Dtype,
                        param_dtype=param_dtype, rngs=rngs)
 
 
-def _conv(in_dim: int, out_dim: int, kernel: int, stride: int, *, groups: int = 1,
-          use_bias: bool, dtype: Dtype | None, param_dtype: Dtype, rngs: nnx.Rngs) -> nnx.Conv:
-  pad = kernel // 2
-  return nnx.Conv(in_dim, out_dim, (kernel, kernel), strides=(stride, stride),
-                  padding=((pad, pad), (pad, pad)), feature_group_count=groups,
-                  use_bias=use_bias, kernel_init=trunc_normal(0.02),
-                  conv_general_dilated=conv_general_dilated,
-                  dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+def _conv(in_dim: int, out_dim: int, kernel: int, stride: int, *, padding: int | None = None,
+          groups: int = 1, use_bias: bool, dtype: Dtype | None, param_dtype: Dtype,
+          rngs: nnx.Rngs) -> nnx.Conv:
+  return conv2d(in_dim, out_dim, kernel, stride, padding=padding, groups=groups,
+                use_bias=use_bias, kernel_init=trunc_normal(0.02), dtype=dtype,
+                param_dtype=param_dtype, rngs=rngs)
 
 
 def _linear(in_dim: int, out_dim: int, *, use_bias: bool, dtype: Dtype | None,
@@ -191,9 +157,8 @@ class Projection(nnx.Module):
   def __init__(self, in_dim: int, out_dim: int, stride: int, cfg: BlockConfig, *,
                dtype: Dtype | None, param_dtype: Dtype, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.conv = nnx.Conv(in_dim, out_dim, (1, 1), strides=(stride, stride), padding="VALID",
-                         use_bias=cfg.bias_before(True), kernel_init=trunc_normal(0.02),
-                         conv_general_dilated=conv_general_dilated, **kw)
+    self.conv = _conv(in_dim, out_dim, 1, stride, padding=0, use_bias=cfg.bias_before(True),
+                      **kw)
     self.norm = _norm(cfg.norm, out_dim, **kw)
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -275,10 +240,7 @@ class Downsample(nnx.Module):
                dtype: Dtype | None, param_dtype: Dtype, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.norm = _norm(cfg.norm, in_dim, **kw)
-    self.conv = nnx.Conv(in_dim, out_dim, (stride, stride), strides=(stride, stride),
-                         padding="VALID", use_bias=cfg.conv_bias,
-                         kernel_init=trunc_normal(0.02),
-                         conv_general_dilated=conv_general_dilated, **kw)
+    self.conv = _conv(in_dim, out_dim, stride, stride, padding=0, use_bias=cfg.conv_bias, **kw)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.conv(self.norm(x))
@@ -326,10 +288,8 @@ class Stem(nnx.Module):
     self.act = ACTIVATIONS[cfg.activation]
     if kind == "patchify":
       self.stride = patch_size
-      self.conv = nnx.Conv(in_channels, out_dim, (patch_size, patch_size),
-                           strides=(patch_size, patch_size), padding="VALID",
-                           use_bias=cfg.bias_before(True), kernel_init=trunc_normal(0.02),
-                           conv_general_dilated=conv_general_dilated, **kw)
+      self.conv = _conv(in_channels, out_dim, patch_size, patch_size, padding=0,
+                        use_bias=cfg.bias_before(True), **kw)
     else:
       if patch_size != 4:
         raise ValueError(f"the 'resnet' stem has stride 4; patch_size={patch_size} needs "
@@ -560,61 +520,3 @@ def convnextv2_large(*, rngs: nnx.Rngs, **kwargs: Any) -> ConvNeXt:
 @register_model
 def convnextv2_huge(*, rngs: nnx.Rngs, **kwargs: Any) -> ConvNeXt:
   return _create(rngs, dict(depths=(3, 3, 27, 3), dims=_dims(352), **_V2), kwargs)
-
-
-# Cumulative changes, in the order of the paper's Fig. 2 (see the module docstring).
-ROADMAP_STEPS: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("resnet50", dict(stem="resnet", stem_dim=64, depths=(3, 4, 6, 3),
-                      dims=(256, 512, 1024, 2048), block_type="bottleneck",
-                      dw_position="middle", depthwise=False, kernel_size=3, activation="relu",
-                      num_activations="all", num_norms="all", norm="bn",
-                      downsample="in_block", head_norm=False, layer_scale_init=1e-6)),
-    ("stage_ratio", dict(depths=(3, 3, 9, 3))),
-    ("patchify_stem", dict(stem="patchify")),
-    ("resnextify", dict(depthwise=True, dims=(384, 768, 1536, 3072), stem_dim=96)),
-    ("inverted_bottleneck", dict(block_type="inverted", dims=(96, 192, 384, 768))),
-    ("move_dw_up", dict(dw_position="top")),
-    ("kernel_7", dict(kernel_size=7)),
-    ("gelu", dict(activation="gelu")),
-    ("fewer_activations", dict(num_activations="one")),
-    ("fewer_norms", dict(num_norms="one")),
-    ("layer_norm", dict(norm="ln")),
-    ("separate_downsampling", dict(downsample="separate", head_norm=True)),
-)
-ROADMAP_STEP_NAMES: tuple[str, ...] = tuple(name for name, _ in ROADMAP_STEPS)
-
-
-def roadmap_config(step: int | str, width: float = 1.0) -> dict[str, Any]:
-  """ConvNeXt constructor options of a roadmap step, given by index or name.
-
-  width multiplies the step's stage widths and stem width (hence every hidden width, which
-  follows from them), so all steps narrow in the same proportion; each scaled width must be a
-  whole number (width=1/4: step 0 has dims (64, 128, 256, 512), stem 16; step 11 dims
-  (24, 48, 96, 192), stem 24)."""
-  if isinstance(step, str):
-    if step not in ROADMAP_STEP_NAMES:
-      raise ValueError(f"unknown roadmap step {step!r}; choose from {list(ROADMAP_STEP_NAMES)}")
-    step = ROADMAP_STEP_NAMES.index(step)
-  if not 0 <= step < len(ROADMAP_STEPS):
-    raise ValueError(f"roadmap step must be in 0..{len(ROADMAP_STEPS) - 1} (got {step})")
-  config: dict[str, Any] = {}
-  for _, changes in ROADMAP_STEPS[:step + 1]:
-    config.update(changes)
-  if width != 1.0:
-    stem_dim = config.get("stem_dim") or config["dims"][0]
-    scaled = [d * width for d in (*config["dims"], stem_dim)]
-    if not all(s >= 1 and abs(s - round(s)) < 1e-6 for s in scaled):
-      raise ValueError(f"roadmap width {width} must scale dims {config['dims']} and stem_dim "
-                       f"{stem_dim} of step {step} to whole positive numbers")
-    config["dims"] = tuple(int(round(s)) for s in scaled[:-1])
-    config["stem_dim"] = int(round(scaled[-1]))
-  return config
-
-
-@register_model
-def convnext_roadmap(*, rngs: nnx.Rngs, step: int | str = len(ROADMAP_STEPS) - 1,
-                     width: float = 1.0, **kwargs: Any) -> ConvNeXt:
-  """A model of the ResNet-50 -> ConvNeXt-T roadmap; kwargs override the step's options
-  (e.g. kernel_size=5 for the kernel-size sweep). width < 1 narrows every step in the same
-  proportion (see roadmap_config), for small-scale runs of the whole roadmap."""
-  return _create(rngs, roadmap_config(step, width), kwargs)

@@ -1,4 +1,7 @@
-"""Layers shared by several families: DropPath, GRN, channels-last LayerNorm, PatchEmbed.
+"""The one home of the building blocks several families share: the activation table, the
+PyTorch-padded conv and torch-initialised linear layer, the conv / max-pool entry points that
+pick XLA's op or an exact CPU form (`cpu_ops`), Linear, DropPath, GRN, channels-last
+LayerNorm, PatchEmbed.
 
 Everything is NHWC. Modes follow NNX: `model.train()` / `model.eval()` flip the
 `deterministic` and `use_running_average` attributes of every nested layer.
@@ -9,14 +12,37 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from cnn_jax.models import cpu_ops
+
 Dtype = Any
+Activation = Callable[[jax.Array], jax.Array]
+
+# Names a config gives `activation`. "gelu" is the exact (erf) form, PyTorch's nn.GELU default
+# and what ConvNeXt and ViT use (converted weights would drift under the approximation);
+# "gelu_tanh" is the tanh approximation (nn.GELU(approximate="tanh"), jax's default).
+ACTIVATIONS: dict[str, Activation] = {
+    "relu": nnx.relu,
+    "tanh": jnp.tanh,
+    "sigmoid": nnx.sigmoid,
+    "gelu": functools.partial(nnx.gelu, approximate=False),
+    "gelu_tanh": functools.partial(nnx.gelu, approximate=True),
+}
+
+
+def get_activation(name: str) -> Activation:
+  """The activation function called `name` in ACTIVATIONS; ValueError naming the choices."""
+  if name not in ACTIVATIONS:
+    raise ValueError(f"unknown activation {name!r}; choose from {sorted(ACTIVATIONS)}")
+  return ACTIVATIONS[name]
+
 
 # Standard deviation of a unit normal truncated to [-2, 2]: flax's truncated_normal(stddev)
 # samples a normal of that stddev cut at +-2 stddev, whose spread is ~12% smaller.
@@ -38,8 +64,8 @@ _conv_impl = contextvars.ContextVar("conv_impl", default="auto")
 @contextlib.contextmanager
 def conv_impl(impl: str) -> Iterator[None]:
   """Within the block, `conv_general_dilated` traces as `impl`: "auto" ("rewrite" on CPU, XLA's
-  conv elsewhere), "xla" (always lax.conv_general_dilated) or "rewrite" (the cheaper forms below
-  where a conv has one).
+  conv elsewhere), "xla" (always lax.conv_general_dilated) or "rewrite" (the cheaper exact forms
+  of `cpu_ops` where a conv or max pool has one).
 
   `cnn_jax.summary` traces with "xla" so that MACs are counted from the conv equations."""
   if impl not in CONV_IMPLS:
@@ -52,95 +78,9 @@ def conv_impl(impl: str) -> Iterator[None]:
 
 
 def _use_cpu_forms() -> bool:
+  """The one rule for when the forms of `cpu_ops` replace XLA's conv and max pool."""
   impl = _conv_impl.get()
   return impl == "rewrite" or (impl == "auto" and jax.default_backend() == "cpu")
-
-
-def _depthwise_taps(padded: jax.Array, kh: int, kw: int, out_h: int, out_w: int
-                    ) -> list[tuple[int, int, jax.Array]]:
-  return [(i, j, padded[:, i:i + out_h, j:j + out_w, :]) for i in range(kh) for j in range(kw)]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _depthwise_by_shifts(x: jax.Array, kernel: jax.Array,
-                         padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
-  """Stride-1 depthwise conv, NHWC x with an (kh, kw, 1, C) kernel, as kh*kw shifted
-  multiply-adds: XLA:CPU runs a depthwise conv (and its gradients) as a generic grouped
-  convolution, ~10x slower than these elementwise loops (fwd + bwd, 56 px / 96 channels).
-
-  The gradient is written by hand, with `optimization_barrier`s where XLA would otherwise fuse
-  the padding (or the producer of x) into each of the kh*kw taps and recompute it per tap."""
-  return _depthwise_by_shifts_fwd(x, kernel, padding)[0]
-
-
-def _depthwise_by_shifts_fwd(x, kernel, padding):
-  (top, bottom), (left, right) = padding
-  kh, kw = kernel.shape[:2]
-  padded = jax.lax.optimization_barrier(
-      jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0))))
-  out_h, out_w = padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
-  out = None
-  for i, j, tap in _depthwise_taps(padded, kh, kw, out_h, out_w):
-    term = tap * kernel[i, j, 0]
-    out = term if out is None else out + term
-  return out, (padded, kernel)
-
-
-def _depthwise_by_shifts_bwd(padding, residuals, dy):
-  padded, kernel = residuals
-  (top, bottom), (left, right) = padding
-  kh, kw = kernel.shape[:2]
-  out_h, out_w = dy.shape[1:3]
-  in_h, in_w = padded.shape[1:3]
-
-  # Image by image (lax.scan): over the whole batch XLA:CPU kept all kh*kw kernel-gradient
-  # products alive at once (kh*kw activations of memory), and fused the input gradient's taps
-  # through whole stages of FCMAE's masked residual stream into several consumers, computing
-  # them again in each (optimization barriers do not survive to XLA:CPU's fusion pass; a loop
-  # body's outputs do). Per image the operands stay in cache: 1.7-1.9x faster kernel gradient.
-  # The barrier on `padded` keeps XLA from merging these taps with the forward's (without it
-  # ConvNeXt-T's batch-32 step ran 4.25 s instead of 3.93 s).
-  def one_image(d_kernel, image):
-    padded_image, dy_image = image
-    # d(padded): dy correlated with the flipped kernel ("full" padding), then cropped to x.
-    dy_full = jnp.pad(dy_image, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0)))
-    d_padded = None
-    for i, j, tap in _depthwise_taps(dy_full, kh, kw, in_h, in_w):
-      term = tap * kernel[kh - 1 - i, kw - 1 - j, 0]
-      d_padded = term if d_padded is None else d_padded + term
-    dx_image = d_padded[:, top:in_h - bottom, left:in_w - right, :]
-    d_kernel = d_kernel + jnp.stack([
-        jnp.sum(tap * dy_image, axis=(0, 1, 2), dtype=jnp.float32)
-        for _, _, tap in _depthwise_taps(padded_image, kh, kw, out_h, out_w)])
-    return d_kernel, dx_image
-
-  d_kernel, dx = jax.lax.scan(
-      one_image, jnp.zeros((kh * kw, dy.shape[-1]), jnp.float32),
-      (jax.lax.optimization_barrier(padded)[:, None], dy[:, None]))
-  dx = dx.reshape(dy.shape[0], *dx.shape[2:])
-  return dx, d_kernel.reshape(kernel.shape).astype(kernel.dtype)
-
-
-_depthwise_by_shifts.defvjp(_depthwise_by_shifts_fwd, _depthwise_by_shifts_bwd)
-
-
-def _patches_by_matmul(x: jax.Array, kernel: jax.Array, stride: int,
-                       precision: Any) -> jax.Array:
-  """Unpadded conv with a 1x1 kernel or a (k, k) kernel of stride k: the input pixels each
-  output reads are disjoint, so it is a slice or reshape of x and one matmul. XLA:CPU lowers such
-  convs (1x1 pointwise, strided 1x1 shortcuts, patchify stems, 2x2 downsampling) to a generic
-  convolution whose weight gradient runs several times slower than the same matmul."""
-  k = kernel.shape[0]
-  n, h, w, c = x.shape
-  out_h, out_w = (h - k) // stride + 1, (w - k) // stride + 1
-  if k == 1:
-    patches = x[:, ::stride, ::stride, :]
-  else:  # k == stride
-    x = x[:, :out_h * k, :out_w * k, :].reshape(n, out_h, k, out_w, k, c)
-    patches = x.transpose(0, 1, 3, 2, 4, 5).reshape(n, out_h, out_w, k * k * c)
-  weights = kernel.reshape(-1, kernel.shape[-1])  # HWIO -> (k*k*cin, cout), same order
-  out = jnp.dot(patches.reshape(-1, weights.shape[0]), weights, precision=precision)
-  return out.reshape(*patches.shape[:3], weights.shape[1])
 
 
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
@@ -149,9 +89,9 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
                          dimension_numbers: Any = None, feature_group_count: int = 1,
                          precision: Any = None, **kwargs: Any) -> jax.Array:
   """`lax.conv_general_dilated`, except that under the "rewrite" impl (default on CPU) 2-D NHWC
-  convs with a cheaper exact form take it: stride-1 depthwise convs as shifted multiply-adds,
-  unpadded 1x1 convs (any stride) and k x k convs of stride k (patchify, downsampling) as
-  one matmul.
+  convs with a cheaper exact form in `cpu_ops` take it: stride-1 depthwise convs as shifted
+  multiply-adds, unpadded 1x1 convs (any stride) and k x k convs of stride k (patchify,
+  downsampling) as one matmul.
 
   A drop-in for `nnx.Conv(conv_general_dilated=...)`: the parameters and the results are those
   of the XLA conv (equal to float rounding, tested); only the computation differs."""
@@ -171,81 +111,84 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
     strides = tuple(window_strides)
     if (pads is not None and feature_group_count == channels > 1 and rhs.shape[2] == 1
         and rhs.shape[3] == channels and strides == (1, 1)):
-      return _depthwise_by_shifts(lhs, rhs, tuple(pads))
+      return cpu_ops.depthwise_by_shifts(lhs, rhs, tuple(pads))
     if (pads == [(0, 0), (0, 0)] and feature_group_count == 1 and kh == kw
         and strides[0] == strides[1] and (kh == 1 or strides[0] == kh)):
-      return _patches_by_matmul(lhs, rhs, strides[0], precision)
+      return cpu_ops.patches_by_matmul(lhs, rhs, strides[0], precision)
   return jax.lax.conv_general_dilated(
       lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
       dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
       precision=precision, **kwargs)
 
 
-def _window_taps(padded: jax.Array, window: int, stride: int) -> list[jax.Array]:
-  """The window*window strided views of NHWC `padded`, one per window position, row-major."""
-  out_h = (padded.shape[1] - window) // stride + 1
-  out_w = (padded.shape[2] - window) // stride + 1
-  return [padded[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride]
-          for i in range(window) for j in range(window)]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _max_pool_by_taps(padded: jax.Array, window: int, stride: int) -> jax.Array:
-  return functools.reduce(jnp.maximum, _window_taps(padded, window, stride))
-
-
-def _max_pool_by_taps_fwd(padded, window, stride):
-  best, first = None, None
-  for t, tap in enumerate(_window_taps(padded, window, stride)):
-    if best is None:
-      best, first = tap, jnp.zeros(tap.shape, jnp.int8)
-    else:  # strict ">": the first maximum in row-major order wins, as in select-and-scatter
-      first = jnp.where(tap > best, jnp.int8(t), first)
-      best = jnp.maximum(best, tap)
-  return best, (first, padded.shape)
-
-
-def _max_pool_by_taps_bwd(window, stride, residuals, dy):
-  first, padded_shape = residuals
-  out_h, out_w = dy.shape[1:3]
-  dx = None
-  for t in range(window * window):
-    i, j = divmod(t, window)
-    # Place dy at this tap's input pixels: offset (i, j), stride - 1 zeros between outputs.
-    config = [(0, 0, 0), (i, padded_shape[1] - i - stride * (out_h - 1) - 1, stride - 1),
-              (j, padded_shape[2] - j - stride * (out_w - 1) - 1, stride - 1), (0, 0, 0)]
-    term = jax.lax.pad(jnp.where(first == t, dy, jnp.zeros((), dy.dtype)),
-                       jnp.zeros((), dy.dtype), config)
-    dx = term if dx is None else dx + term
-  return (dx,)
-
-
-_max_pool_by_taps.defvjp(_max_pool_by_taps_fwd, _max_pool_by_taps_bwd)
-
-
 def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Array:
   """k x k max pooling of NHWC x (padding with -inf, as PyTorch's MaxPool2d).
 
-  Under the "rewrite" conv impl (default on CPU) it is the maximum of k*k strided views with a
-  gradient that routes each output's gradient to the first maximum of its window, exactly as
-  XLA's select-and-scatter does (which XLA:CPU runs several times slower); values and gradients
-  are identical (tested)."""
+  Under the "rewrite" conv impl (default on CPU) it is `cpu_ops.max_pool_by_taps`: the maximum
+  of k*k strided views, whose gradient goes to the first maximum of each window exactly as
+  XLA's select-and-scatter routes it; values and gradients are identical (tested)."""
   pads = ((0, 0), (padding, padding), (padding, padding), (0, 0))
   if not _use_cpu_forms():
     return nnx.max_pool(x, (window, window), strides=(stride, stride), padding=pads[1:3])
   padded = jnp.pad(x, pads, constant_values=-jnp.inf) if padding else x
-  return _max_pool_by_taps(padded, window, stride)
+  return cpu_ops.max_pool_by_taps(padded, window, stride)
+
+
+# torch's default Conv2d/Linear init is kaiming_uniform_(a=sqrt(5)): U(+-1/sqrt(fan_in)) for
+# the weight, and the same bound for the bias. In flax terms that is variance_scaling(1/3).
+torch_default_kernel_init: nnx.Initializer = nnx.initializers.variance_scaling(
+    1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_default_bias_init(fan_in: int) -> nnx.Initializer:
+  """U(+-1/sqrt(fan_in)), torch's default bias init (flax cannot infer fan_in from the bias)."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key: jax.Array, shape, dtype: Dtype = jnp.float32) -> jax.Array:
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, *,
+           padding: int | None = None, groups: int = 1, use_bias: bool = True,
+           kernel_init: nnx.Initializer | None = None,
+           bias_init: nnx.Initializer | None = None, dtype: Dtype | None,
+           param_dtype: Dtype, rngs: nnx.Rngs) -> nnx.Conv:
+  """A square conv padded as torch.nn.Conv2d pads: `padding` pixels on every side (default
+  kernel_size // 2), not flax's 'SAME'.
+
+  'SAME' pads (0, 1) for a stride-2 3x3 conv on even inputs where PyTorch pads (1, 1), which
+  would shift every strided feature map by one pixel against converted weights. Runs through
+  `conv_general_dilated`, so it takes the CPU forms where one applies. The initialisers default
+  to flax's (each family passes its reference's)."""
+  pad = kernel_size // 2 if padding is None else padding
+  inits = {"kernel_init": kernel_init, "bias_init": bias_init}
+  return nnx.Conv(in_channels, out_channels, (kernel_size, kernel_size),
+                  strides=(stride, stride), padding=((pad, pad), (pad, pad)),
+                  feature_group_count=groups, use_bias=use_bias,
+                  conv_general_dilated=conv_general_dilated, dtype=dtype,
+                  param_dtype=param_dtype, rngs=rngs,
+                  **{k: v for k, v in inits.items() if v is not None})
 
 
 class Linear(nnx.Linear):
   """`nnx.Linear` (same parameters) over the last axis of an (..., C) array, computed on the
   array flattened to (rows, C): with the rows in several axes, XLA:CPU gives the weight-gradient
-  dot a transposed copy of the output gradient (up to 27 % of a ResNet-50 train step);
-  with one row axis it reads both operands as they are. Elsewhere the reshapes are free."""
+  dot a transposed copy of the output gradient, a large share of a ResNet-50 train step; with
+  one row axis it reads both operands as they are. Elsewhere the reshapes are free."""
 
   def __call__(self, inputs: jax.Array) -> jax.Array:
     rows = inputs.reshape(-1, inputs.shape[-1])
     return super().__call__(rows).reshape(*inputs.shape[:-1], self.out_features)
+
+
+def torch_linear(in_features: int, out_features: int, *, dtype: Dtype | None,
+                 param_dtype: Dtype, rngs: nnx.Rngs) -> nnx.Linear:
+  """nnx.Linear initialised like torch.nn.Linear."""
+  return nnx.Linear(in_features, out_features, kernel_init=torch_default_kernel_init,
+                    bias_init=torch_default_bias_init(in_features), dtype=dtype,
+                    param_dtype=param_dtype, rngs=rngs)
 
 
 class DropPath(nnx.Module):
@@ -321,11 +264,9 @@ class PatchEmbed(nnx.Module):
                use_bias: bool = True, kernel_init: nnx.Initializer | None = None,
                dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
     self.patch_size = patch_size
-    kwargs = {} if kernel_init is None else {"kernel_init": kernel_init}
-    self.proj = nnx.Conv(in_channels, embed_dim, (patch_size, patch_size),
-                         strides=(patch_size, patch_size), padding="VALID", use_bias=use_bias,
-                         conv_general_dilated=conv_general_dilated,
-                         dtype=dtype, param_dtype=param_dtype, rngs=rngs, **kwargs)
+    self.proj = conv2d(in_channels, embed_dim, patch_size, patch_size, padding=0,
+                       use_bias=use_bias, kernel_init=kernel_init, dtype=dtype,
+                       param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     h, w = x.shape[1:3]

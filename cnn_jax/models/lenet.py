@@ -4,23 +4,17 @@ C1 6@5x5 -> act -> pool -> C3 16@5x5 (fully connected, no partial table) -> act 
 -> C5 120 -> F6 84 -> Linear 10, on 1x32x32 inputs: 61,706 parameters.
 "Modern" = max pooling, ReLU and a plain softmax head in place of the subsampling layers,
 scaled tanh and RBF output of the paper; the activation is configurable for the activation
-experiments.
+experiments (any name of `layers.ACTIVATIONS`).
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cnn_jax.models.layers import Dtype
+from cnn_jax.models.layers import Dtype, get_activation
 from cnn_jax.models.registry import register_model
-
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": nnx.relu, "tanh": jnp.tanh, "sigmoid": nnx.sigmoid, "gelu": nnx.gelu,
-}
 
 
 class LeNet5(nnx.Module):
@@ -29,11 +23,9 @@ class LeNet5(nnx.Module):
   def __init__(self, *, num_classes: int = 10, in_channels: int = 1, image_size: int = 32,
                activation: str = "relu", pool: str = "max", dtype: Dtype | None = None,
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
-    if activation not in ACTIVATIONS:
-      raise ValueError(f"unknown activation {activation!r}; choose from {sorted(ACTIVATIONS)}")
+    self.activation = get_activation(activation)
     if image_size < 28 or (image_size - 4) % 2 or ((image_size - 4) // 2 - 4) % 2:
       raise ValueError(f"LeNet-5 needs image_size 28 or 32 (got {image_size})")
-    self.activation = ACTIVATIONS[activation]
     self.pool = nnx.max_pool if pool == "max" else nnx.avg_pool
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.c1 = nnx.Conv(in_channels, 6, (5, 5), padding="VALID", **kw)

@@ -26,19 +26,16 @@ Submodules follow torchvision's names so a weight converter maps them by prefix:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cnn_jax.models.alexnet import torch_linear
-from cnn_jax.models.layers import DropPath, Dtype, conv_general_dilated, max_pool
-from cnn_jax.models.lenet import ACTIVATIONS
+from cnn_jax.models.layers import (Activation, DropPath, Dtype, conv2d, get_activation,
+                                   max_pool, torch_linear)
 from cnn_jax.models.registry import register_model
-
-Activation = Callable[[jax.Array], jax.Array]
 
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu"), an untruncated normal.
 conv_kernel_init: nnx.Initializer = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -46,16 +43,9 @@ conv_kernel_init: nnx.Initializer = nnx.initializers.variance_scaling(2.0, "fan_
 
 def conv(cin: int, cout: int, kernel: int, stride: int = 1, *, dtype: Dtype | None,
          param_dtype: Dtype, rngs: nnx.Rngs) -> nnx.Conv:
-  """Bias-free conv with PyTorch's symmetric padding of kernel // 2 (not flax's 'SAME').
-
-  'SAME' pads (0, 1) for a stride-2 3x3 conv on even inputs where PyTorch pads (1, 1), which
-  would shift every strided feature map by one pixel against converted weights.
-  """
-  pad = kernel // 2
-  return nnx.Conv(cin, cout, (kernel, kernel), strides=(stride, stride),
-                  padding=((pad, pad), (pad, pad)), use_bias=False,
-                  kernel_init=conv_kernel_init, conv_general_dilated=conv_general_dilated,
-                  dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+  """torchvision's conv: bias-free, padded by kernel // 2, kaiming-normal (fan-out) init."""
+  return conv2d(cin, cout, kernel, stride, use_bias=False, kernel_init=conv_kernel_init,
+                dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
 def batch_norm(channels: int, *, zero_init: bool = False, dtype: Dtype | None,
@@ -232,7 +222,8 @@ class ResNet(nnx.Module):
       act(shortcut(x)) (Goyal et al. 2017; torchvision's `zero_init_residual`).
     drop_path_rate: stochastic depth (Huang et al. 2016) on the residual branch, rising
       linearly from 0 at the first block to this rate at the last.
-    activation: "relu" (paper), or "tanh", "sigmoid", "gelu" for activation experiments.
+    activation: "relu" (paper), or another name of `layers.ACTIVATIONS` ("tanh", "sigmoid",
+      "gelu" (exact), "gelu_tanh") for activation experiments.
     remat: rematerialise each block in the backward pass (`nnx.remat`), trading compute for
       activation memory.
     size_multiple: input H and W must be multiples of this (the CIFAR nets use 4 so that every
@@ -251,8 +242,7 @@ class ResNet(nnx.Module):
     if len(depths) != len(widths) or not depths:
       raise ValueError(f"depths {tuple(depths)} and widths {tuple(widths)} must be non-empty "
                        "and of equal length")
-    if activation not in ACTIVATIONS:
-      raise ValueError(f"unknown activation {activation!r}; choose from {sorted(ACTIVATIONS)}")
+    act = get_activation(activation)
     if shortcut not in ("A", "B"):
       raise ValueError(f"unknown shortcut {shortcut!r}; choose 'A' (zero-pad) or 'B' (projection)")
     if not 0.0 <= drop_path_rate < 1.0:
@@ -260,7 +250,6 @@ class ResNet(nnx.Module):
     if zero_init_last_bn and not residual:
       # Every block of a plain net would output act(0) and the whole net would be constant.
       raise ValueError("zero_init_last_bn needs residual connections; the plain net would be dead")
-    act = ACTIVATIONS[activation]
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     block_cls = BLOCKS[block]
 

@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cnn_jax.models.layers import DropPath, Dtype, Linear, PatchEmbed, layer_norm, trunc_normal
+from cnn_jax.models.layers import (ACTIVATIONS, DropPath, Dtype, Linear, PatchEmbed, layer_norm,
+                                   trunc_normal)
 from cnn_jax.models.registry import register_model
 
 LN_EPS = 1e-6
@@ -86,7 +87,7 @@ class Mlp(nnx.Module):
     self.drop2 = nnx.Dropout(dropout_rate, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = self.drop1(jax.nn.gelu(self.fc1(x), approximate=False))
+    x = self.drop1(ACTIVATIONS["gelu"](self.fc1(x)))
     return self.drop2(self.fc2(x))
 
 

@@ -18,7 +18,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from cnn_jax import summary  # noqa: E402
-from cnn_jax.models.convnext import ROADMAP_STEP_NAMES  # noqa: E402
+from cnn_jax.models.roadmap import ROADMAP_STEP_NAMES  # noqa: E402
 
 # (top-1 % mean, std over 3 seeds, GFLOPs), Table 10 of the paper. Rows the roadmap merges or
 # skips: "depthwise conv" alone (78.28 +- 0.08, 2.35 G) before "increase width" (our

@@ -1,0 +1,152 @@
+"""Exact CPU forms of the convolutions and the max pool that XLA:CPU runs slowly, with their
+hand-written gradients.
+
+`layers.conv_general_dilated` and `layers.max_pool` decide when these apply (the "rewrite"
+conv impl, the default on CPU) and for which shapes; here are only the computations. Each
+gives the values and gradients of the XLA op it replaces (equal to float rounding, tested in
+tests/test_conv_rewrite.py) and takes the same parameters. The speed-ups that justify them are
+in experiments/cpu_speed/README.md ("Figures behind code choices in models/").
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+def _depthwise_taps(padded: jax.Array, kh: int, kw: int, out_h: int, out_w: int
+                    ) -> list[tuple[int, int, jax.Array]]:
+  return [(i, j, padded[:, i:i + out_h, j:j + out_w, :]) for i in range(kh) for j in range(kw)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def depthwise_by_shifts(x: jax.Array, kernel: jax.Array,
+                        padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+  """Stride-1 depthwise conv, NHWC x with an (kh, kw, 1, C) kernel, as kh*kw shifted
+  multiply-adds: XLA:CPU runs a depthwise conv (and its gradients) as a generic grouped
+  convolution, many times slower than these elementwise loops.
+
+  The gradient is written by hand, with `optimization_barrier`s where XLA would otherwise fuse
+  the padding (or the producer of x) into each of the kh*kw taps and recompute it per tap."""
+  return _depthwise_by_shifts_fwd(x, kernel, padding)[0]
+
+
+def _depthwise_by_shifts_fwd(x, kernel, padding):
+  (top, bottom), (left, right) = padding
+  kh, kw = kernel.shape[:2]
+  padded = jax.lax.optimization_barrier(
+      jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0))))
+  out_h, out_w = padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
+  out = None
+  for i, j, tap in _depthwise_taps(padded, kh, kw, out_h, out_w):
+    term = tap * kernel[i, j, 0]
+    out = term if out is None else out + term
+  return out, (padded, kernel)
+
+
+def _depthwise_by_shifts_bwd(padding, residuals, dy):
+  padded, kernel = residuals
+  (top, bottom), (left, right) = padding
+  kh, kw = kernel.shape[:2]
+  out_h, out_w = dy.shape[1:3]
+  in_h, in_w = padded.shape[1:3]
+
+  # Image by image (lax.scan): over the whole batch XLA:CPU kept all kh*kw kernel-gradient
+  # products alive at once (kh*kw activations of memory), and fused the input gradient's taps
+  # through whole stages of FCMAE's masked residual stream into several consumers, computing
+  # them again in each (optimization barriers do not survive to XLA:CPU's fusion pass; a loop
+  # body's outputs do). Per image the operands also stay in cache.
+  # The barrier on `padded` keeps XLA from merging these taps with the forward's, which
+  # measurably slowed the step.
+  def one_image(d_kernel, image):
+    padded_image, dy_image = image
+    # d(padded): dy correlated with the flipped kernel ("full" padding), then cropped to x.
+    dy_full = jnp.pad(dy_image, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0)))
+    d_padded = None
+    for i, j, tap in _depthwise_taps(dy_full, kh, kw, in_h, in_w):
+      term = tap * kernel[kh - 1 - i, kw - 1 - j, 0]
+      d_padded = term if d_padded is None else d_padded + term
+    dx_image = d_padded[:, top:in_h - bottom, left:in_w - right, :]
+    d_kernel = d_kernel + jnp.stack([
+        jnp.sum(tap * dy_image, axis=(0, 1, 2), dtype=jnp.float32)
+        for _, _, tap in _depthwise_taps(padded_image, kh, kw, out_h, out_w)])
+    return d_kernel, dx_image
+
+  d_kernel, dx = jax.lax.scan(
+      one_image, jnp.zeros((kh * kw, dy.shape[-1]), jnp.float32),
+      (jax.lax.optimization_barrier(padded)[:, None], dy[:, None]))
+  dx = dx.reshape(dy.shape[0], *dx.shape[2:])
+  return dx, d_kernel.reshape(kernel.shape).astype(kernel.dtype)
+
+
+depthwise_by_shifts.defvjp(_depthwise_by_shifts_fwd, _depthwise_by_shifts_bwd)
+
+
+def patches_by_matmul(x: jax.Array, kernel: jax.Array, stride: int,
+                      precision: Any) -> jax.Array:
+  """Unpadded conv with a 1x1 kernel or a (k, k) kernel of stride k: the input pixels each
+  output reads are disjoint, so it is a slice or reshape of x and one matmul. XLA:CPU lowers such
+  convs (1x1 pointwise, strided 1x1 shortcuts, patchify stems, 2x2 downsampling) to a generic
+  convolution whose weight gradient runs several times slower than the same matmul. The matmul
+  reads 2-D operands: with the rows in several axes XLA:CPU gives the weight-gradient dot a
+  transposed copy of the output gradient."""
+  k = kernel.shape[0]
+  n, h, w, c = x.shape
+  out_h, out_w = (h - k) // stride + 1, (w - k) // stride + 1
+  if k == 1:
+    patches = x[:, ::stride, ::stride, :]
+  else:  # k == stride
+    x = x[:, :out_h * k, :out_w * k, :].reshape(n, out_h, k, out_w, k, c)
+    patches = x.transpose(0, 1, 3, 2, 4, 5).reshape(n, out_h, out_w, k * k * c)
+  weights = kernel.reshape(-1, kernel.shape[-1])  # HWIO -> (k*k*cin, cout), same order
+  out = jnp.dot(patches.reshape(-1, weights.shape[0]), weights, precision=precision)
+  return out.reshape(*patches.shape[:3], weights.shape[1])
+
+
+def _window_taps(padded: jax.Array, window: int, stride: int) -> list[jax.Array]:
+  """The window*window strided views of NHWC `padded`, one per window position, row-major."""
+  out_h = (padded.shape[1] - window) // stride + 1
+  out_w = (padded.shape[2] - window) // stride + 1
+  return [padded[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride]
+          for i in range(window) for j in range(window)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def max_pool_by_taps(padded: jax.Array, window: int, stride: int) -> jax.Array:
+  """Unpadded window x window max pooling of NHWC `padded` as the maximum of its strided views,
+  with a gradient that goes to the first maximum of each window in row-major order, exactly as
+  XLA's select-and-scatter routes it (which XLA:CPU runs several times slower; autodiff through
+  the maxima instead would recompute the chain of maxima)."""
+  return functools.reduce(jnp.maximum, _window_taps(padded, window, stride))
+
+
+def _max_pool_by_taps_fwd(padded, window, stride):
+  best, first = None, None
+  for t, tap in enumerate(_window_taps(padded, window, stride)):
+    if best is None:
+      best, first = tap, jnp.zeros(tap.shape, jnp.int8)
+    else:  # strict ">": the first maximum in row-major order wins, as in select-and-scatter
+      first = jnp.where(tap > best, jnp.int8(t), first)
+      best = jnp.maximum(best, tap)
+  return best, (first, padded.shape)
+
+
+def _max_pool_by_taps_bwd(window, stride, residuals, dy):
+  first, padded_shape = residuals
+  out_h, out_w = dy.shape[1:3]
+  dx = None
+  for t in range(window * window):
+    i, j = divmod(t, window)
+    # Place dy at this tap's input pixels: offset (i, j), stride - 1 zeros between outputs.
+    config = [(0, 0, 0), (i, padded_shape[1] - i - stride * (out_h - 1) - 1, stride - 1),
+              (j, padded_shape[2] - j - stride * (out_w - 1) - 1, stride - 1), (0, 0, 0)]
+    term = jax.lax.pad(jnp.where(first == t, dy, jnp.zeros((), dy.dtype)),
+                       jnp.zeros((), dy.dtype), config)
+    dx = term if dx is None else dx + term
+  return (dx,)
+
+
+max_pool_by_taps.defvjp(_max_pool_by_taps_fwd, _max_pool_by_taps_bwd)
