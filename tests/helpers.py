@@ -33,3 +33,22 @@ def run_cli(module: str, *args: str, env: dict[str, str] | None = None,
   full_env = {**os.environ, **(env or {})}
   return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=full_env,
                         capture_output=True, text=True, timeout=timeout)
+
+
+def abstract_model(name: str, **options):
+  """The registry's model `name` with ShapeDtypeStructs for arrays (nnx.eval_shape): free to
+  build, even for the largest variants."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from cnn_jax.models import create_model  # pylint: disable=import-outside-toplevel
+  return nnx.eval_shape(lambda: create_model(name, rngs=nnx.Rngs(0), **options))
+
+
+def abstract_apply(model, shape: tuple[int, ...], *, method: str = "__call__", dtype=None):
+  """The output ShapeDtypeStruct of `model.method` on an input of `shape` (float32 unless
+  `dtype`), traced with jax.eval_shape: nothing is computed."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  graphdef, state = nnx.split(model)
+  return jax.eval_shape(lambda s, x: getattr(nnx.merge(graphdef, s), method)(x), state,
+                        jax.ShapeDtypeStruct(shape, dtype or jnp.float32))

@@ -1,4 +1,5 @@
-"""ResNet / plain nets (He et al. 2016) and AlexNet: sizes, shapes, modes, options.
+"""ResNet / plain nets (He et al. 2016): sizes, shapes, modes, options (AlexNet's tests are in
+test_models_alexnet.py).
 
 Big models are only ever built abstractly (nnx.eval_shape) and run through jax.eval_shape,
 so this file allocates no ImageNet-sized weights; real forwards use the CIFAR nets.
@@ -16,14 +17,11 @@ from flax import nnx
 
 from cnn_jax.errors import UserError
 from cnn_jax.models import create_model, get_constructor, list_models
-from cnn_jax.models.alexnet import adaptive_avg_pool
-from cnn_jax.models.layers import count_params
-from cnn_jax.models.lenet import ACTIVATIONS
+from cnn_jax.models.layers import ACTIVATIONS, count_params
 from cnn_jax.models.resnet import BasicBlock, Bottleneck, ResNet
 
 # torchvision's own counts (and REFERENCE.md).
 IMAGENET_PARAMS = {
-    "alexnet": 61_100_840,
     "resnet18": 11_689_512,
     "resnet34": 21_797_672,
     "resnet50": 25_557_032,
@@ -102,7 +100,7 @@ def images(shape: tuple[int, ...], seed: int = 0) -> jax.Array:
 
 
 def test_all_variants_registered():
-  expected = {"alexnet", "plain18", "plain34"} | {f"resnet{d}" for d in (18, 34, 50, 101, 152)}
+  expected = {"plain18", "plain34"} | {f"resnet{d}" for d in (18, 34, 50, 101, 152)}
   expected |= {f"{k}{d}" for k in ("resnet", "plain") for d in CIFAR_N}
   assert expected <= set(list_models())
 
@@ -161,7 +159,7 @@ def test_cifar_option_b_adds_exactly_two_projections():
 
 
 @pytest.mark.parametrize("name", [
-    "alexnet", "resnet18", "resnet34", "resnet50", "plain18", "plain34",
+    "resnet18", "resnet34", "resnet50", "plain18", "plain34",
     # Only deeper stacks of resnet50's blocks, and the slowest to trace (~2-5 s each).
     pytest.param("resnet101", marks=pytest.mark.slow),
     pytest.param("resnet152", marks=pytest.mark.slow)])
@@ -209,31 +207,6 @@ def test_small_stem_for_mnist_sized_inputs():
   assert count_params(model) == expected
 
 
-def test_alexnet_other_sizes():
-  model = abstract("alexnet", num_classes=10, in_channels=1)
-  assert abstract_apply(model, (1, 63, 63, 1)).shape == (1, 10)
-  assert abstract_apply(model, (1, 256, 320, 1)).shape == (1, 10)
-  assert abstract_apply(abstract("alexnet"), (1, 224, 224, 3),
-                        method="forward_features").shape == (1, 6, 6, 256)
-
-
-@pytest.mark.parametrize("size,out", [((6, 6), (6, 6)), ((12, 18), (6, 6)), ((13, 7), (6, 6)),
-                                      ((2, 3), (6, 6))])
-def test_adaptive_avg_pool_matches_torch_bins(size, out):
-  x = np.asarray(images((2, *size, 3)))
-  h, w = size
-  oh, ow = out
-  expected = np.zeros((2, oh, ow, 3), np.float32)
-  for i in range(oh):
-    for j in range(ow):
-      # torch: start = floor(i * in / out), end = ceil((i + 1) * in / out).
-      r0, r1 = (i * h) // oh, int(np.ceil((i + 1) * h / oh))
-      c0, c1 = (j * w) // ow, int(np.ceil((j + 1) * w / ow))
-      expected[:, i, j] = x[:, r0:r1, c0:c1].mean(axis=(1, 2))
-  pooled = jax.jit(adaptive_avg_pool, static_argnums=1)(jnp.asarray(x), out)
-  np.testing.assert_allclose(pooled, expected, rtol=1e-6, atol=1e-6)
-
-
 # ---------------------------------------------------------------------------------------------
 # Bad inputs
 
@@ -246,8 +219,6 @@ def test_adaptive_avg_pool_matches_torch_bins(size, out):
     ("resnet50", {}, (1, 224, 16, 3)),
     ("resnet18", {"small_stem": True}, (1, 4, 4, 3)),
     ("resnet18", {}, (1, 224, 224, 1)),        # wrong channel count
-    ("alexnet", {}, (1, 62, 62, 3)),
-    ("alexnet", {}, (224, 224, 3)),            # no batch axis
 ])
 def test_bad_input_raises_value_error(name, kwargs, shape):
   with pytest.raises(ValueError, match="image size|expects NHWC|at least"):
@@ -256,11 +227,9 @@ def test_bad_input_raises_value_error(name, kwargs, shape):
 
 @pytest.mark.parametrize("name,kwargs", [
     ("resnet18", {"activation": "swish"}),
-    ("alexnet", {"activation": "swish"}),
     ("resnet20", {"shortcut": "C"}),
     ("plain20", {"zero_init_last_bn": True}),
     ("resnet50", {"drop_path_rate": 1.0}),
-    ("alexnet", {"dropout": 1.0}),
 ])
 def test_bad_options_raise_value_error(name, kwargs):
   with pytest.raises(ValueError):
@@ -379,34 +348,20 @@ def test_remat_matches_plain_call():
   assert int(remat.layer2[0].drop_path.rngs.count[...]) == 1
 
 
-@pytest.mark.parametrize("name,shape", [("resnet20", (2, 32, 32, 3)),
-                                        ("alexnet", (2, 224, 224, 3))])
-def test_bfloat16_compute_float32_params(name, shape):
-  model = abstract(name, dtype=jnp.bfloat16)
+def test_bfloat16_compute_float32_params():
+  model = abstract("resnet20", dtype=jnp.bfloat16)
   assert {p.dtype for p in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype("float32")}
-  y = abstract_apply(model, shape)
-  assert y.dtype == jnp.bfloat16 and y.shape == (2, 1000 if name != "resnet20" else 10)
+  y = abstract_apply(model, (2, 32, 32, 3))
+  assert y.dtype == jnp.bfloat16 and y.shape == (2, 10)
 
 
 def test_activation_option():
-  for act in ("relu", "tanh", "sigmoid", "gelu"):
+  for act in ("relu", "tanh", "sigmoid", "gelu", "gelu_tanh"):
     model = nnx.eval_shape(lambda: tiny_resnet(activation=act))
     block = model.layer2[0]
     assert model.stem.act is block.act is ACTIVATIONS[act]
-    assert abstract("alexnet", activation=act).activation is ACTIVATIONS[act]
   x = images((2, 8, 8, 3))
   relu, tanh = tiny_resnet(), tiny_resnet(activation="tanh")
   relu.eval()
   tanh.eval()
   assert not np.allclose(forward(relu, x), forward(tanh, x))
-
-
-def test_alexnet_dropout_option_and_modes():
-  model = abstract("alexnet", dropout=0.3)
-  assert model.drop6.rate == model.drop7.rate == 0.3
-  assert abstract("alexnet").drop6.rate == 0.5
-  assert not model.drop6.deterministic
-  model.eval()
-  assert model.drop6.deterministic and model.drop7.deterministic
-  model.train()
-  assert not model.drop7.deterministic

@@ -1,0 +1,119 @@
+"""Every registered model builds (abstractly: nnx.eval_shape, no parameter memory) and has the
+parameter count the documentation's model table gives, with its default options.
+
+The table is read from README.md's Models section or docs/models.md, whichever holds it (both
+are read; where both do, they must agree). A model the table gives no count for is listed in
+NO_COUNT_IN_TABLE with the reason, and checked against the model its count follows from.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+
+import pytest
+
+from cnn_jax.models import list_models
+from cnn_jax.models.layers import count_params
+from helpers import REPO_ROOT, abstract_model
+
+TABLE_FILES = ("README.md", os.path.join("docs", "models.md"))
+
+# name -> (the model whose count it has, why the table gives none)
+NO_COUNT_IN_TABLE: dict[str, tuple[str, str]] = {
+    **{f"plain{d}": (f"resnet{d}", "CIFAR plain twins are listed without counts: option-A "
+                     "shortcuts have no parameters, so each is as large as its ResNet")
+       for d in (20, 32, 44, 56, 110)},
+    "convnext_roadmap": ("convnext_tiny", "one name for twelve steps (option `step`); the default, "
+                         "the last step, is ConvNeXt-T"),
+    "vit_tiny_patch4_32": ("", "32 px variant listed without a count"),
+    "vit_small_patch4_32": ("", "32 px variant listed without a count"),
+    "hybrid_micro": ("", "CPU-scale hybrid listed without a count (hybrid.py's docstring has it)"),
+    "vit_micro_patch8_64": ("", "CPU-scale ViT of the long-range task, not in the table (only "
+                            "named in the README's long-range section)"),
+}
+
+_TABLE_ENTRY = re.compile(r"`(_?[a-z][a-z0-9_]*)` \(([\d,]+)\)")
+
+
+def _parameter_tables(text: str) -> list[list[str]]:
+  """The Markdown tables (lists of row lines) whose header mentions parameters."""
+  tables, block = [], []
+  for line in text.splitlines() + [""]:
+    if line.lstrip().startswith("|"):
+      block.append(line)
+      continue
+    if block and "parameters" in block[0].lower():
+      tables.append(block)
+    block = []
+  return tables
+
+
+def parse_counts(text: str) -> dict[str, int]:
+  """{name: count} from entries "`name` (12,345)" of the parameter tables; "`_femto`" after
+  "`convnextv2_atto`" in the same row stands for convnextv2_femto."""
+  counts: dict[str, int] = {}
+  for table in _parameter_tables(text):
+    for row in table:
+      prefix = ""
+      for name, count in _TABLE_ENTRY.findall(row):
+        if name.startswith("_"):
+          name = prefix + name
+        else:
+          prefix = name.rsplit("_", 1)[0] if "_" in name else ""
+        counts[name] = int(count.replace(",", ""))
+  return counts
+
+
+@functools.lru_cache(maxsize=None)
+def documented_counts() -> dict[str, int]:
+  found = {}
+  for path in TABLE_FILES:
+    full = os.path.join(REPO_ROOT, path)
+    if os.path.exists(full):
+      with open(full, encoding="utf-8") as f:
+        counts = parse_counts(f.read())
+      if counts:
+        found[path] = counts
+  assert found, f"no model parameter table in any of {TABLE_FILES}"
+  merged: dict[str, int] = {}
+  for path, counts in found.items():
+    for name, count in counts.items():
+      assert merged.setdefault(name, count) == count, (
+          f"{path} gives {name} {count:,} parameters, another file {merged[name]:,}")
+  return merged
+
+
+def test_parse_counts_reads_rows_and_expands_abbreviated_names():
+  text = ("| family | names (parameters) | file |\n|---|---|---|\n"
+          "| V2 | `convnextv2_atto` (3,708,400), `_femto` (5,233,240); `hybrid_micro` | f |\n"
+          "\n| step | time |\n|---|---|\n| `resnet50` (32) | 3 s |\n")
+  assert parse_counts(text) == {"convnextv2_atto": 3_708_400, "convnextv2_femto": 5_233_240}
+
+
+def test_the_table_and_the_exception_list_name_registered_models_only():
+  registered = set(list_models())
+  table = documented_counts()
+  assert set(table) <= registered, f"not registered: {sorted(set(table) - registered)}"
+  assert set(NO_COUNT_IN_TABLE) <= registered
+  # A model with a count in the table must not also be excused from having one.
+  assert not set(NO_COUNT_IN_TABLE) & set(table)
+  assert all(same in table for same, _ in NO_COUNT_IN_TABLE.values() if same)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_builds_and_has_the_documented_parameter_count(name):
+  model = abstract_model(name)
+  params = count_params(model)
+  assert params > 0
+  table = documented_counts()
+  if name in table:
+    assert params == table[name], f"{name}: {params:,} parameters, the table says {table[name]:,}"
+  else:
+    assert name in NO_COUNT_IN_TABLE, (
+        f"{name} has no count in the model table of {TABLE_FILES}: add one, or list it in "
+        "NO_COUNT_IN_TABLE with the reason")
+    same_as, _ = NO_COUNT_IN_TABLE[name]
+    if same_as:
+      assert params == table[same_as]
