@@ -237,6 +237,42 @@ def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Ar
   return _max_pool_by_taps(padded, window, stride)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _by_batch_halves(fn, *arrays):
+  return _by_batch_halves_fwd(fn, *arrays)[0]
+
+
+def _by_batch_halves_fwd(fn, *arrays):
+  n = arrays[0].shape[0]
+  halves = tuple(a.reshape(2, n // 2, *a.shape[1:]) for a in arrays)
+  _, out = jax.lax.scan(lambda _, xs: (None, fn(*xs)), None, halves)
+  return out.reshape(n, *out.shape[2:]), arrays
+
+
+def _by_batch_halves_bwd(fn, arrays, dy):
+  return jax.vjp(fn, *arrays)[1](dy)
+
+
+_by_batch_halves.defvjp(_by_batch_halves_fwd, _by_batch_halves_bwd)
+
+
+def computed_once(fn: Any, *arrays: jax.Array) -> jax.Array:
+  """`fn(*arrays)` for an elementwise `fn` of batch-major arrays (a block's residual add and
+  activation), under the "rewrite" conv impl (default on CPU) computed in a two-iteration loop
+  over the halves of the batch: XLA:CPU cannot fuse a loop's result into its consumers.
+
+  Without it, XLA:CPU fuses the cheap elementwise chain of a residual stream, x_{k+1} =
+  act(x_k + bn(conv(...))), into every elementwise consumer of x_{k+1} (the next block's add,
+  the activation's gradient mask, the transposed copy for the conv's kernel gradient, the
+  option-A shortcut) and so recomputes each block's output from all the blocks before it in
+  the stage, up to its code-duplication limit: work that grows as depth squared (ResNet-56's
+  step cost 5x ResNet-20's for 3.1x the FLOPs). Values are those of `fn(*arrays)`; the
+  gradient is `jax.vjp(fn, ...)` of the whole arrays, as without the loop (tested)."""
+  if not _use_cpu_forms() or arrays[0].ndim == 0 or arrays[0].shape[0] % 2:
+    return fn(*arrays)
+  return _by_batch_halves(fn, *arrays)
+
+
 class Linear(nnx.Linear):
   """`nnx.Linear` (same parameters) over the last axis of an (..., C) array, computed on the
   array flattened to (rows, C): with the rows in several axes, XLA:CPU gives the weight-gradient

@@ -34,7 +34,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cnn_jax.models.alexnet import torch_linear
-from cnn_jax.models.layers import DropPath, Dtype, conv_general_dilated, max_pool
+from cnn_jax.models.layers import (DropPath, Dtype, computed_once, conv_general_dilated,
+                                   max_pool)
 from cnn_jax.models.lenet import ACTIVATIONS
 from cnn_jax.models.registry import register_model
 
@@ -139,7 +140,7 @@ class BasicBlock(nnx.Module):
     if not self.residual:
       return self.act(out)
     identity = x if self.downsample is None else self.downsample(x)
-    return self.act(identity + self.drop_path(out))
+    return computed_once(lambda a, b: self.act(a + b), identity, self.drop_path(out))
 
 
 class Bottleneck(nnx.Module):
@@ -172,7 +173,7 @@ class Bottleneck(nnx.Module):
     if not self.residual:
       return self.act(out)
     identity = x if self.downsample is None else self.downsample(x)
-    return self.act(identity + self.drop_path(out))
+    return computed_once(lambda a, b: self.act(a + b), identity, self.drop_path(out))
 
 
 BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {
