@@ -238,28 +238,33 @@ def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Ar
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _by_batch_halves(fn, *arrays):
-  return _by_batch_halves_fwd(fn, *arrays)[0]
+def _by_row_halves(fn, *arrays):
+  return _by_row_halves_fwd(fn, *arrays)[0]
 
 
-def _by_batch_halves_fwd(fn, *arrays):
-  n = arrays[0].shape[0]
-  halves = tuple(a.reshape(2, n // 2, *a.shape[1:]) for a in arrays)
-  _, out = jax.lax.scan(lambda _, xs: (None, fn(*xs)), None, halves)
-  return out.reshape(n, *out.shape[2:]), arrays
+def _by_row_halves_fwd(fn, *arrays):
+  half = arrays[0].shape[1] // 2
+
+  def one_half(out, i):
+    rows = [jax.lax.dynamic_slice_in_dim(a, i * half, half, axis=1) for a in arrays]
+    return jax.lax.dynamic_update_slice_in_dim(out, fn(*rows), i * half, axis=1), None
+
+  # Axis 1 (rows), not the batch: a batch sharded over devices would be gathered for the loop.
+  out, _ = jax.lax.scan(one_half, jnp.zeros_like(arrays[0]), jnp.arange(2))
+  return out, arrays
 
 
-def _by_batch_halves_bwd(fn, arrays, dy):
+def _by_row_halves_bwd(fn, arrays, dy):
   return jax.vjp(fn, *arrays)[1](dy)
 
 
-_by_batch_halves.defvjp(_by_batch_halves_fwd, _by_batch_halves_bwd)
+_by_row_halves.defvjp(_by_row_halves_fwd, _by_row_halves_bwd)
 
 
 def computed_once(fn: Any, *arrays: jax.Array) -> jax.Array:
-  """`fn(*arrays)` for an elementwise `fn` of batch-major arrays (a block's residual add and
+  """`fn(*arrays)` for an elementwise `fn` of same-shaped arrays (a block's residual add and
   activation), under the "rewrite" conv impl (default on CPU) computed in a two-iteration loop
-  over the halves of the batch: XLA:CPU cannot fuse a loop's result into its consumers.
+  over the halves of axis 1: XLA:CPU cannot fuse a loop's result into its consumers.
 
   Without it, XLA:CPU fuses the cheap elementwise chain of a residual stream, x_{k+1} =
   act(x_k + bn(conv(...))), into every elementwise consumer of x_{k+1} (the next block's add,
@@ -268,9 +273,11 @@ def computed_once(fn: Any, *arrays: jax.Array) -> jax.Array:
   the stage, up to its code-duplication limit: work that grows as depth squared (ResNet-56's
   step cost 5x ResNet-20's for 3.1x the FLOPs). Values are those of `fn(*arrays)`; the
   gradient is `jax.vjp(fn, ...)` of the whole arrays, as without the loop (tested)."""
-  if not _use_cpu_forms() or arrays[0].ndim == 0 or arrays[0].shape[0] % 2:
+  x = arrays[0]
+  if (not _use_cpu_forms() or x.ndim < 2 or x.shape[1] % 2
+      or any(a.shape != x.shape or a.dtype != x.dtype for a in arrays)):
     return fn(*arrays)
-  return _by_batch_halves(fn, *arrays)
+  return _by_row_halves(fn, *arrays)
 
 
 class Linear(nnx.Linear):
