@@ -3,8 +3,8 @@
 Two sides in one file. The worker (`create_model`, `main`) runs as
 `PYTHON cnn_jax/bench_torch.py --serve --model ...` in the Python of `--torch_python`, which may
 have torch but neither jax nor cnn_jax: it imports only the standard library, its siblings
-timing.py and errors.py (standard library only) and torch and timm (torchvision for the names
-timm lacks). With `--serve` it builds the model, prints {"ready": ...} and then times steps on
+timing.py and errors.py (standard library only) and torch; timm (torchvision for the names
+timm lacks) for the models it does not define itself (`small_models`: LeNet-5, CIFAR ResNets). With `--serve` it builds the model, prints {"ready": ...} and then times steps on
 request ("train 1" on stdin -> {"times": [...]}); without it, it times `--modes` once and prints
 {"results": {mode: figures}}; on failure, {"error": "..."}.
 The client (`check_torch`, `TorchWorker`, `paired_times`, `compare`) runs in the JAX process,
