@@ -3,8 +3,8 @@
 Two sides in one file. The worker (`create_model`, `main`) runs as
 `PYTHON cnn_jax/bench_torch.py --serve --model ...` in the Python of `--torch_python`, which may
 have torch but neither jax nor cnn_jax: it imports only the standard library, its siblings
-timing.py and errors.py (standard library only) and torch and timm (torchvision for the names
-timm lacks). With `--serve` it builds the model, prints {"ready": ...} and then times steps on
+timing.py and errors.py (standard library only) and torch; timm (torchvision for the names
+timm lacks) for the models it does not define itself (`small_models`: LeNet-5, CIFAR ResNets). With `--serve` it builds the model, prints {"ready": ...} and then times steps on
 request ("train 1" on stdin -> {"times": [...]}); without it, it times `--modes` once and prints
 {"results": {mode: figures}}; on failure, {"error": "..."}.
 The client (`check_torch`, `TorchWorker`, `paired_times`, `compare`) runs in the JAX process,
@@ -41,8 +41,88 @@ else:  # run as a script, maybe by a Python without cnn_jax: its directory is sy
 
 # ----------------------------------------------------------------------------- worker side
 
+def small_models():
+  """{name: constructor(num_classes, in_channels)}: PyTorch definitions of the small cnn_jax
+  models that timm and torchvision lack, layer for layer and with the same parameter count
+  (tests/test_bench_torch_models.py): LeNet-5 (ReLU, max pooling, as cnn_jax's default) and
+  the CIFAR ResNets with option-A shortcuts (akamaster/pytorch_resnet_cifar10) and their plain
+  twins."""
+  import torch
+  from torch import nn
+  import torch.nn.functional as F
+
+  class LeNet5(nn.Module):
+    def __init__(self, num_classes: int, in_channels: int):
+      super().__init__()
+      self.c1 = nn.Conv2d(in_channels, 6, 5)
+      self.c3 = nn.Conv2d(6, 16, 5)
+      self.c5 = nn.LazyLinear(120)  # 16 x 5 x 5 at 32 px, 16 x 4 x 4 at 28 px
+      self.f6 = nn.Linear(120, 84)
+      self.head = nn.Linear(84, num_classes)
+
+    def forward(self, x):
+      x = F.max_pool2d(F.relu(self.c1(x)), 2)
+      x = F.max_pool2d(F.relu(self.c3(x)), 2)
+      x = F.relu(self.c5(torch.flatten(x, 1)))
+      return self.head(F.relu(self.f6(x)))
+
+  class BasicBlock(nn.Module):
+    def __init__(self, cin: int, planes: int, stride: int, residual: bool):
+      super().__init__()
+      self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+      self.bn1 = nn.BatchNorm2d(planes)
+      self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+      self.bn2 = nn.BatchNorm2d(planes)
+      self.residual, self.stride = residual, stride
+      self.pad = (planes - cin) // 2, planes - cin - (planes - cin) // 2
+
+    def forward(self, x):
+      out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+      if not self.residual:
+        return F.relu(out)
+      identity = x[:, :, ::self.stride, ::self.stride] if self.stride > 1 else x
+      if any(self.pad):  # option A: zero-pad the new channels
+        identity = F.pad(identity, (0, 0, 0, 0, *self.pad))
+      return F.relu(out + identity)
+
+  class CifarResNet(nn.Module):
+    def __init__(self, n: int, residual: bool, num_classes: int, in_channels: int):
+      super().__init__()
+      self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+      self.bn1 = nn.BatchNorm2d(16)
+      blocks, cin = [], 16
+      for i, width in enumerate((16, 32, 64)):
+        for j in range(n):
+          blocks.append(BasicBlock(cin, width, 2 if i > 0 and j == 0 else 1, residual))
+          cin = width
+      self.blocks = nn.Sequential(*blocks)
+      self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+      x = self.blocks(F.relu(self.bn1(self.conv1(x))))
+      return self.fc(torch.mean(x, dim=(2, 3)))
+
+  models = {"lenet5": LeNet5}
+  for n in (3, 5, 7, 9, 18):
+    depth = 6 * n + 2
+    for prefix, residual in (("resnet", True), ("plain", False)):
+      models[f"{prefix}{depth}"] = (
+          lambda num_classes, in_channels, n=n, residual=residual:
+          CifarResNet(n, residual, num_classes, in_channels))
+  return models
+
+
 def create_model(name: str, num_classes: int, in_channels: int, image_size: int):
-  """(model, source): timm's model of this name, else torchvision's."""
+  """(model, source): this file's definition for the small models (`small_models`), else
+  timm's model of this name, else torchvision's."""
+  import torch
+
+  small = small_models()
+  if name in small:
+    model = small[name](num_classes, in_channels)
+    with torch.no_grad():  # materialises LazyLinear's input size
+      model(torch.zeros(1, in_channels, image_size, image_size))
+    return model, f"cnn_jax/bench_torch.py (torch {torch.__version__})"
   import timm
 
   if name in timm.list_models():
@@ -186,7 +266,8 @@ def check_torch(torch_python: str | None) -> str:
   """The Python to run the worker with; UserError (how to install) if it lacks torch."""
   python = torch_python or sys.executable
   try:
-    probe = subprocess.run([python, "-c", "import torch, timm"], capture_output=True)
+    # torch alone: small_models() needs no timm, and the worker reports a missing timm.
+    probe = subprocess.run([python, "-c", "import torch"], capture_output=True)
   except OSError as e:
     raise UserError(f"--torch_python={python!r} cannot be run: {e.strerror or e}") from None
   if probe.returncode:

@@ -10,6 +10,10 @@ import sys
 import ml_collections
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# How long a test waits on a subprocess before calling it hung. Generous on purpose: on a loaded
+# machine (pytest -n, other jobs) a run's start-up and compile take several times their quiet
+# time, and a wait that fails then says nothing about the code under test.
+HANG_TIMEOUT = 900
 
 
 def load_config(name: str, arg: str | None = None, **overrides) -> ml_collections.ConfigDict:
@@ -29,7 +33,7 @@ def load_config(name: str, arg: str | None = None, **overrides) -> ml_collection
 
 
 def run_cli(module: str, *args: str, env: dict[str, str] | None = None,
-            timeout: int = 300) -> subprocess.CompletedProcess:
+            timeout: int = HANG_TIMEOUT) -> subprocess.CompletedProcess:
   full_env = {**os.environ, **(env or {})}
   return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=full_env,
                         capture_output=True, text=True, timeout=timeout)

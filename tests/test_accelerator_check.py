@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 
-from helpers import REPO_ROOT
+from helpers import HANG_TIMEOUT, REPO_ROOT
 
 SCRIPT = "experiments/accelerator/run.py"
 
@@ -14,7 +14,7 @@ def test_dry_run_writes_the_table_and_the_json(tmp_path):
   out = tmp_path / "acc"
   result = subprocess.run([sys.executable, SCRIPT, "--dry_run", "--models", "resnet18",
                            "--out", str(out)], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=HANG_TIMEOUT)
   assert result.returncode == 0, result.stdout + result.stderr
   results = json.loads((out / "results.json").read_text())
   assert results["dry_run"] is True
@@ -37,7 +37,7 @@ def test_dry_run_writes_the_table_and_the_json(tmp_path):
 def test_a_filter_that_matches_no_row_is_refused(tmp_path):
   result = subprocess.run([sys.executable, SCRIPT, "--dry_run", "--models", "nosuchmodel",
                            "--out", str(tmp_path)], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=HANG_TIMEOUT)
   assert result.returncode == 2 and "no row has these models" in result.stderr
 
 

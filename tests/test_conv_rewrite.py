@@ -160,3 +160,66 @@ def test_an_unknown_conv_impl_is_refused_before_the_run(tmp_path):
   with pytest.raises(UserError, match="conv_impl must be one of auto, xla, rewrite"):
     train.train_and_evaluate(load_config("lenet5_digits", conv_impl="XLA"), str(tmp_path))
   assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("activation", [jax.nn.relu, jax.nn.gelu])
+@pytest.mark.parametrize("rows", [4, 5])
+def test_computed_once_equals_the_plain_function_in_values_and_gradients(activation, rows):
+  keys = jax.random.split(jax.random.key(6), 3)
+  a, b, dy = (jax.random.normal(k, (3, rows, 4, 3)) for k in keys)
+  fn = lambda a, b: activation(a + b)  # noqa: E731
+
+  def run(impl):
+    def f(a, b):
+      with layers.conv_impl(impl):
+        return layers.computed_once(fn, a, b)
+    y, vjp = jax.vjp(f, a, b)
+    return y, vjp(dy), str(jax.make_jaxpr(f)(a, b))
+
+  y_ref, grads_ref, jaxpr_ref = run("xla")
+  y, grads, jaxpr = run("rewrite")
+  # ReLU's add and max round the same anywhere; GELU's polynomial may be compiled (and so
+  # rounded) differently in the loop's body.
+  tolerance = 0 if activation is jax.nn.relu else 1e-6
+  for got, want in zip((y, *grads), (y_ref, *grads_ref)):
+    np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
+  assert "scan" not in jaxpr_ref
+  assert ("scan" in jaxpr) == (rows % 2 == 0)  # an odd number of rows has no halves
+
+
+def _fusions_reading_several_convs(model, x) -> int:
+  """The most forward convolutions' outputs any one fusion of the compiled gradient reads."""
+  import re
+
+  graphdef, state = nnx.split(model)
+
+  def loss(state):
+    return jnp.sum(nnx.merge(graphdef, state)(x))
+
+  with layers.conv_impl("rewrite"):
+    hlo = jax.jit(jax.grad(loss)).lower(state).compile().as_text()
+  entry = hlo[hlo.index("ENTRY"):]
+  operand_lists = re.findall(r"fusion\((.*?)\), kind=", entry)
+  assert operand_lists and "%conv_general_dilated" in entry
+  return max(len(re.findall(r"%conv_general_dilated", operands)) for operands in operand_lists)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's fusion decisions")
+def test_a_deep_residual_stage_is_not_recomputed_block_by_block():
+  # Six identity blocks in one stage: without computed_once, XLA:CPU fused each block's
+  # output chain into the next blocks' fusions (here up to 6 blocks' conv outputs read by one
+  # fusion; 10 in ResNet-56's train step).
+  from cnn_jax.models.resnet import BasicBlock
+
+  class Stage(nnx.Module):
+    def __init__(self):
+      self.blocks = nnx.List([BasicBlock(4, 4, shortcut="A", rngs=nnx.Rngs(i)) for i in range(6)])
+
+    def __call__(self, x):
+      for block in self.blocks:
+        x = block(x)
+      return x
+
+  x = jax.random.normal(jax.random.key(7), (4, 6, 6, 4))
+  # A block's own fusions read its two convs' outputs at most.
+  assert _fusions_reading_several_convs(Stage(), x) <= 2

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from cnn_jax import hostenv
-from tests.helpers import REPO_ROOT
+from tests.helpers import HANG_TIMEOUT, REPO_ROOT
 
 MAIN = ["python", "-m", "cnn_jax.main", "--config", "configs/lenet5_digits.py"]
 GLIBC = ("glibc", "2.36")
@@ -61,7 +61,7 @@ def test_main_runs_with_the_tunable(tmp_path):
   env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "CNN_JAX_HUGEPAGES")}
   result = subprocess.run([sys.executable, "-m", "cnn_jax.main", f"--config={config}",
                            f"--workdir={tmp_path / 'w'}"], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=HANG_TIMEOUT)
   assert record.read_text() == "glibc.malloc.hugetlb=1", result.stderr[-2000:]
 
 
@@ -105,7 +105,7 @@ def _probe_tool(tmp_path, environ_overrides: dict) -> dict:
   result = subprocess.run([sys.executable, "-m", "cnn_jax.main", f"--config={config}",
                            f"--workdir={tmp_path / 'w'}"], cwd=REPO_ROOT,
                           env=_clean_env(environ_overrides), capture_output=True, text=True,
-                          timeout=120)
+                          timeout=HANG_TIMEOUT)
   assert record.exists(), result.stderr[-2000:]
   return json.loads(record.read_text())
 
@@ -128,7 +128,7 @@ def test_importing_cnn_jax_sets_nothing_and_re_runs_nothing():
           "os.execve = lambda *args: sys.exit('re-ran')\n"
           "import cnn_jax, cnn_jax.main, cnn_jax.train\n" + _PROBE + "print(json.dumps(probe))\n")
   result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=_clean_env({}),
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=HANG_TIMEOUT)
   assert result.returncode == 0, result.stderr[-2000:]
   probe = json.loads(result.stdout.strip().splitlines()[-1])
   assert probe == {"ynn": True, "xla_flags": "", "tunables": ""}

@@ -14,7 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from helpers import REPO_ROOT
+from helpers import HANG_TIMEOUT, REPO_ROOT
 from test_training_at_scale import DIGITS, _free_port, losses
 
 TOTAL = 60  # Room for the notice to spread: the notifier polls its flag once a second.
@@ -40,7 +40,7 @@ def _launch(workdir, logs, name):
   return procs
 
 
-def _finish(procs, timeout=240):
+def _finish(procs, timeout=HANG_TIMEOUT):
   """Waits for both (killing both on a hang) and returns their stdout texts."""
   try:
     for p, _, _ in procs:
@@ -69,13 +69,18 @@ def final_params(workdir):
   return step, {jax.tree_util.keystr(k): v for k, v in flat}
 
 
-def _wait_for_step(stdout_path, min_step, timeout=180):
+def _wait_for_step(stdout_path, min_step, procs, timeout=HANG_TIMEOUT):
+  """Polls the progress lines until one reports step >= min_step; fails as soon as a process
+  has ended, and after `timeout` (a hang; a loaded machine's start-up can take minutes)."""
   deadline = time.time() + timeout
   while time.time() < deadline:
     with open(stdout_path) as f:
       steps = [int(m) for m in re.findall(r"^\[\s*(\d+)/", f.read(), re.M)]
     if steps and max(steps) >= min_step:
       return
+    if any(p.poll() is not None for p, _, _ in procs):
+      _finish(procs)  # reports the process that ended, with its output
+      raise AssertionError("a process ended before the step was reached")
     time.sleep(0.2)
   raise AssertionError("training did not reach the step in time")
 
@@ -84,7 +89,7 @@ def _wait_for_step(stdout_path, min_step, timeout=180):
 def test_sigterm_to_one_process_saves_the_same_step_on_both_and_resumes(tmp_path):
   interrupted, full = tmp_path / "interrupted", tmp_path / "full"
   procs = _launch(interrupted, tmp_path, "interrupted")
-  _wait_for_step(procs[0][1], 3)  # Process 0 prints the progress lines.
+  _wait_for_step(procs[0][1], 3, procs)  # Process 0 prints the progress lines.
   procs[1][0].send_signal(signal.SIGTERM)  # Only process 1 is told.
   outs = _finish(procs)
   saved = [re.findall(r"checkpoint saved at step (\d+);", out) for out in outs]

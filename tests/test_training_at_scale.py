@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +19,7 @@ import pytest
 from flax import nnx
 
 from cnn_jax import checkpoint, optim, parallel, train
-from helpers import REPO_ROOT, load_config, run_cli
+from helpers import HANG_TIMEOUT, REPO_ROOT, load_config, run_cli
 from test_train import final_params, read_jsonl
 
 DIGITS = "configs/lenet5_digits.py"
@@ -74,7 +74,7 @@ def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
       for i in range(2)]
   one = run_cli("cnn_jax.main", *args, "--workdir", str(tmp_path / "one"),
                 env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
-  outs = [p.communicate(timeout=300) for p in procs]
+  outs = [p.communicate(timeout=HANG_TIMEOUT) for p in procs]
   assert one.returncode == 0, one.stderr
   assert all(p.returncode == 0 for p in procs), outs
   assert "on 4 cpu device(s)" in outs[0][0]
@@ -160,21 +160,31 @@ def test_gradient_accumulation_updates_every_k_steps():
   assert float(u1["w"]) == 0.0 and float(u2["w"]) == pytest.approx(-2.0)
 
 
-def _wait_for_step(proc, min_step, timeout=120):
-  """Reads the progress lines until one reports step >= min_step."""
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    line = proc.stdout.readline()
-    if line.startswith("[") and int(line[1:].split("/")[0]) >= min_step:
-      return
-  raise AssertionError("training did not reach the step in time")
+def _wait_for_step(proc, min_step, timeout=HANG_TIMEOUT):
+  """Reads the progress lines until one reports step >= min_step. Fails as soon as the run
+  ends without reaching it; a run that hangs is killed after `timeout` (its output then ends).
+  (It waited 120 s by the clock before, which a loaded machine's start-up and compile
+  could overrun.)"""
+  watchdog = threading.Timer(timeout, proc.kill)
+  watchdog.start()
+  try:
+    for line in proc.stdout:
+      if line.startswith("[") and int(line[1:].split("/")[0]) >= min_step:
+        return
+  finally:
+    watchdog.cancel()
+  with open(proc.args[proc.args.index("--workdir") + 1] + ".stderr") as err:
+    raise AssertionError(f"training ended (exit {proc.wait()}) before step {min_step}:\n"
+                         + err.read()[-3000:])
 
 
 def _spawn(workdir, *extra):
-  return subprocess.Popen(
-      [sys.executable, "-u", "-m", "cnn_jax.main", "--config", DIGITS, "--workdir", workdir,
-       "--config.log_every_steps=1", "--config.checkpoint.every_steps=5", *extra],
-      cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  # stderr to a file: a pipe nobody reads can fill and block the run.
+  with open(workdir + ".stderr", "w") as err:
+    return subprocess.Popen(
+        [sys.executable, "-u", "-m", "cnn_jax.main", "--config", DIGITS, "--workdir", workdir,
+         "--config.log_every_steps=1", "--config.checkpoint.every_steps=5", *extra],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
 
 
 def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(tmp_path):
@@ -182,8 +192,8 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(tmp_path):
   proc = _spawn(workdir, "--config.num_epochs=50")
   _wait_for_step(proc, 3)
   proc.send_signal(signal.SIGTERM)
-  out, err = proc.communicate(timeout=120)
-  assert proc.returncode == 0, err
+  out, _ = proc.communicate(timeout=HANG_TIMEOUT)
+  assert proc.returncode == 0, open(workdir + ".stderr").read()[-3000:]
   assert "received SIGTERM: checkpoint saved at step" in out
   saved = int(out.split("checkpoint saved at step ")[1].split(";")[0])
   assert final_params(workdir)[0] == saved
@@ -194,14 +204,20 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(tmp_path):
 
 def test_kill_9_then_rerun_matches_an_uninterrupted_run_bit_for_bit(tmp_path):
   extra = ["--config.total_steps=40", "--config.schedule.warmup_epochs=0.2"]
-  killed = str(tmp_path / "killed")
-  proc = _spawn(killed, *extra)
-  _wait_for_step(proc, int(np.random.default_rng().integers(12, 30)))
-  proc.kill()
-  proc.communicate(timeout=60)
+  # On a loaded machine this process can be scheduled so late that the run has done all its
+  # steps before the kill: then nothing was interrupted, and a fresh run is killed instead.
+  for attempt in range(3):
+    killed = str(tmp_path / f"killed{attempt}")
+    proc = _spawn(killed, *extra)
+    _wait_for_step(proc, int(np.random.default_rng().integers(12, 30)))
+    proc.kill()
+    proc.communicate(timeout=HANG_TIMEOUT)
+    if proc.returncode == -signal.SIGKILL:
+      break
+  assert proc.returncode == -signal.SIGKILL, "every run ended before its kill"
   assert 5 <= final_params(killed)[0] < 40
-  assert _spawn(killed, *extra).wait(timeout=300) == 0
-  assert _spawn(str(tmp_path / "full"), *extra).wait(timeout=300) == 0
+  assert _spawn(killed, *extra).wait(timeout=HANG_TIMEOUT) == 0
+  assert _spawn(str(tmp_path / "full"), *extra).wait(timeout=HANG_TIMEOUT) == 0
   step_a, params_a = final_params(killed)
   step_b, params_b = final_params(str(tmp_path / "full"))
   assert step_a == step_b == 40

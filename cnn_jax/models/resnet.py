@@ -33,8 +33,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cnn_jax.models.layers import (Activation, DropPath, Dtype, conv2d, get_activation,
-                                   max_pool, torch_linear)
+from cnn_jax.models.layers import (Activation, DropPath, Dtype, computed_once, conv2d,
+                                   get_activation, max_pool, torch_linear)
 from cnn_jax.models.registry import register_model
 
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu"), an untruncated normal.
@@ -129,7 +129,7 @@ class BasicBlock(nnx.Module):
     if not self.residual:
       return self.act(out)
     identity = x if self.downsample is None else self.downsample(x)
-    return self.act(identity + self.drop_path(out))
+    return computed_once(lambda a, b: self.act(a + b), identity, self.drop_path(out))
 
 
 class Bottleneck(nnx.Module):
@@ -162,7 +162,7 @@ class Bottleneck(nnx.Module):
     if not self.residual:
       return self.act(out)
     identity = x if self.downsample is None else self.downsample(x)
-    return self.act(identity + self.drop_path(out))
+    return computed_once(lambda a, b: self.act(a + b), identity, self.drop_path(out))
 
 
 BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {
