@@ -12,7 +12,7 @@ SCRIPT = "experiments/accelerator/run.py"
 
 def test_dry_run_writes_the_table_and_the_json(tmp_path):
   out = tmp_path / "acc"
-  result = subprocess.run([sys.executable, SCRIPT, "--dry_run", "--models", "resnet18",
+  result = subprocess.run([sys.executable, SCRIPT, "--dry_run", "--models", "resnet20",
                            "--out", str(out)], cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=HANG_TIMEOUT)
   assert result.returncode == 0, result.stdout + result.stderr
@@ -21,7 +21,7 @@ def test_dry_run_writes_the_table_and_the_json(tmp_path):
   bench, main_run = results["rows"]
   assert bench["ok"] and main_run["ok"], results["rows"]
   assert (bench["model"], bench["mode"], bench["batch_size"], bench["image_size"]) == (
-      "resnet18", "train", 8, 32)
+      "resnet20", "train", 8, 32)
   assert bench["images_per_sec"] > 0 and bench["compile_time_s"] > 0
   assert bench["model_flops_per_step"] > 0 and bench["mfu"] > 0
   # The main run trained its 3 steps through the synthetic input pipeline.

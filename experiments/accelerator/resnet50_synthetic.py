@@ -2,7 +2,7 @@
 the real input pipeline (grain, RandomResizedCrop + flip), bfloat16 compute, 300 steps.
 
   python -m cnn_jax.main --config experiments/accelerator/resnet50_synthetic.py --workdir W
-  ...resnet50_synthetic.py:dry   # ResNet-18 at 32 px, 3 steps: checks the wiring on a CPU
+  ...resnet50_synthetic.py:dry   # ResNet-20 at 32 px, 3 steps: checks the wiring on a CPU
 """
 
 import os
@@ -30,7 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.num_classes = 1000
     config.model.dtype = "float32" if dry else "bfloat16"
     if dry:
-      config.model.name = "resnet18"
+      config.model.name = "resnet20"
   config.data.source = "synthetic"
   config.data.name = "synthetic_224"
   config.data.image_size = 32 if dry else 224

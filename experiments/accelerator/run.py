@@ -47,7 +47,7 @@ FULL_ROWS = (
 )
 # Same kinds of step, models small enough to compile and run in seconds on a CPU.
 DRY_ROWS = (
-    BenchRow("ResNet-18 train (dry)", "resnet18", "train", 8, 32),
+    BenchRow("ResNet-20 train (dry)", "resnet20", "train", 8, 32),
     BenchRow("ConvNeXt V2-A train (dry)", "convnextv2_atto", "train", 8, 32),
     BenchRow("ViT-Ti/4 train (dry)", "vit_tiny_patch4_32", "train", 8, 32),
     BenchRow("ConvNeXt V2-A FCMAE (dry)", "convnextv2_atto", "fcmae", 8, 64),
