@@ -27,7 +27,7 @@ train: $(STAMP)
 	$(PY) -m cnn_jax.main --config $(CONFIG) --workdir $(WORKDIR)
 
 test: $(STAMP)
-	$(HUGEPAGES) $(PY) -m pytest -n $(WORKERS) --durations=15 tests
+	$(HUGEPAGES) $(PY) -m pytest -n $(WORKERS) --durations=40 tests
 
 # Heavier checks, kept runnable by hand (not part of `make test`).
 test-slow: $(STAMP)
