@@ -160,8 +160,11 @@ def compare(config, root: str, formats: list[str], variants: list[str], rounds: 
   first = next(iter(medians))
   print(f"medians over {rounds} rounds (ratios to {first[0]} / {first[1]}):")
   for (fmt, variant), (rate, cpu_ms) in medians.items():
+    # CPU time is counted in clock ticks (10 ms): a very short run can measure none at all.
+    fewer = f"x{medians[first][1] / cpu_ms:.2f}" if cpu_ms else "n/a"
+    per_core = f"{1e3 / cpu_ms:6.0f}" if cpu_ms else "   n/a"
     print(f"  {fmt:12s} {variant:8s} {rate:8.1f} images/s  {cpu_ms:6.2f} CPU-ms/image  "
-          f"x{medians[first][1] / cpu_ms:.2f} fewer CPU-ms  {1e3 / cpu_ms:6.0f} images/s per "
+          f"{fewer} fewer CPU-ms  {per_core} images/s per "
           f"core  {2470 * cpu_ms / 1e3:4.1f} cores per A100 (2,470 images/s)", flush=True)
   return medians
 
