@@ -67,3 +67,22 @@ def cached_indexes(paths: Sequence[str], index_dir: str, scan: Callable[[str], n
         _save(rows[i], caches[i])
         bar.update(os.path.getsize(paths[i]))
   return rows
+
+
+class ShardFiles:
+  """Positional reads from a list of shard files, each opened once per process: the open
+  descriptors are not pickled, so every grain worker process opens its own."""
+
+  paths: Sequence[str]
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state.pop("_fds", None)
+    return state
+
+  def read(self, shard: int, size: int, offset: int) -> bytes:
+    fds = self.__dict__.setdefault("_fds", {})
+    fd = fds.get(shard)
+    if fd is None:
+      fd = fds[shard] = os.open(self.paths[shard], os.O_RDONLY)
+    return os.pread(fd, size, offset)

@@ -83,7 +83,7 @@ def build_indexes(paths: Sequence[str], index_dir: str, *, progress: bool = True
                                     progress=progress)
 
 
-class TFRecordReader:
+class TFRecordReader(shard_index.ShardFiles):
   """Records [skip, skip + take) of each of `shards` as one random-access sequence of bytes.
 
   Picklable (grain worker processes): files are opened on first read in each process.
@@ -110,25 +110,13 @@ class TFRecordReader:
       parts.append(part)
     self.paths = paths
     self.records = np.concatenate(parts) if parts else np.zeros((0, 3), np.int64)
-    self._fds: dict[int, int] = {}
-
-  def __getstate__(self):
-    state = dict(self.__dict__)
-    state["_fds"] = {}
-    return state
 
   def __len__(self) -> int:
     return len(self.records)
 
-  def _fd(self, shard: int) -> int:
-    fd = self._fds.get(shard)
-    if fd is None:
-      fd = self._fds[shard] = os.open(self.paths[shard], os.O_RDONLY)
-    return fd
-
   def __getitem__(self, index: int) -> bytes:
     shard, offset, length = (int(v) for v in self.records[index])
-    blob = os.pread(self._fd(shard), length + 4, offset)
+    blob = self.read(shard, length + 4, offset)
     data = blob[:length]
     if len(blob) != length + 4 or struct.unpack("<I", blob[length:])[0] != masked_crc(data):
       raise UserError(f"{self.paths[shard]}: bad CRC of the record at byte {offset - 12} "

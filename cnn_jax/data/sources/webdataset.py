@@ -108,7 +108,7 @@ def scan_shard(path: str) -> np.ndarray:
   return np.asarray(rows, np.int64)
 
 
-class WebDatasetSource:
+class WebDatasetSource(shard_index.ShardFiles):
   """The samples of `pattern`'s shards in `data_dir`, read at random: (image bytes, label)."""
 
   def __init__(self, data_dir: str, pattern: str, *, num_classes: int = 0, index_dir: str = "",
@@ -128,22 +128,13 @@ class WebDatasetSource:
                       f"{self.num_classes} classes (data.num_classes)")
     self.labels = labels.astype(np.int32)
     self.name = f"{os.path.basename(data_dir.rstrip('/'))}/{pattern}"
-    self._fds: dict[int, int] = {}
-
-  def __getstate__(self):
-    state = dict(self.__dict__)
-    state["_fds"] = {}
-    return state
 
   def __len__(self) -> int:
     return len(self.records)
 
   def __getitem__(self, index: int):
     shard, offset, size, label = (int(v) for v in self.records[index])
-    fd = self._fds.get(shard)
-    if fd is None:
-      fd = self._fds[shard] = os.open(self.paths[shard], os.O_RDONLY)
-    return os.pread(fd, size, offset), label
+    return self.read(shard, size, offset), label
 
   def describe(self, index: int) -> str:
     shard, offset = (int(v) for v in self.records[index, :2])
