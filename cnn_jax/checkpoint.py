@@ -318,9 +318,12 @@ def _quiet_absl() -> Iterator[None]:
     absl_logging.set_verbosity(level)
 
 
-def read_run_weights(workdir: str) -> tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]:
+def read_run_weights(workdir: str, ema: bool = False
+                     ) -> tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]:
   """(step, flat params, flat model state) of a training run's checkpoint: the best one
-  (WORKDIR/checkpoints_best) when the run kept one, else the latest."""
+  (WORKDIR/checkpoints_best) when the run kept one, else the latest. With `ema`, the params
+  are the run's exponential moving average of them (UserError if it kept none)."""
+  params_key = "ema_params" if ema else "params"
   for sub in ("checkpoints_best", "checkpoints"):
     directory = os.path.join(os.path.abspath(workdir), sub)
     if not os.path.isdir(directory):
@@ -335,10 +338,13 @@ def read_run_weights(workdir: str) -> tuple[int, dict[str, np.ndarray], dict[str
         # metadata, which is all this needs, is there.
         saved = reader.metadata(os.path.join(directory, str(step), "default"))
       saved = getattr(saved, "item_metadata", saved)
+      if saved.get(params_key) is None:
+        raise UserError(f"the run in {workdir} kept no EMA of its parameters (its config has "
+                        "ema_decay = 0); use the trained parameters")
       device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
       # Only the parameters and model state: the optimizer state is not needed to predict.
       wanted = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                            {k: saved[k] for k in ("params", "model_state")})
+                            {k: saved[k] for k in (params_key, "model_state")})
       with _quiet_absl():
         tree = manager.restore(step, args=ocp.args.PyTreeRestore(
             item=wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
@@ -351,6 +357,6 @@ def read_run_weights(workdir: str) -> tuple[int, dict[str, np.ndarray], dict[str
       # A saved nnx.State keeps each Variable's array under "value".
       return {k.removesuffix(".value"): v for k, v in flat.items()}
 
-    return step, names(_flatten(tree["params"])), names(_flatten(tree["model_state"]))
+    return step, names(_flatten(tree[params_key])), names(_flatten(tree["model_state"]))
   raise UserError(f"{workdir} holds no checkpoint (checkpoints/ or checkpoints_best/); did the "
                   "run save one?")

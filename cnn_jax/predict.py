@@ -50,6 +50,7 @@ FLAGS = flags.FLAGS
 EVAL_CONFIG = "configs/eval_imagenet.py"
 RESULT_KEYS = ("image", "width", "height", "predictions", "cam")
 PREDICTION_KEYS = ("rank", "index", "class_id", "label", "probability")
+PARAMS_CHOICES = ("auto", "trained", "ema")
 
 
 def define_flags() -> None:
@@ -57,6 +58,9 @@ def define_flags() -> None:
                       "with --weights WORKDIR of a training run).")
   flags.DEFINE_string("weights", None, "A cnn_jax.convert directory, a .safetensors/.pth "
                       "checkpoint, or the WORKDIR of a cnn_jax training run.")
+  flags.DEFINE_enum("params", "auto", PARAMS_CHOICES, "For --weights WORKDIR of a run that "
+                    "kept an EMA: its trained parameters or their EMA. auto: the EMA when the "
+                    "run picked its best checkpoint by an ema_ metric, else the trained ones.")
   flags.DEFINE_integer("top_k", 5, "How many classes to print per image.")
   flags.DEFINE_bool("json", False, "One JSON object per image on stdout instead of text.")
   flags.DEFINE_bool("cam", False, "Write a Grad-CAM overlay PNG per image to --out/cam/.")
@@ -89,10 +93,24 @@ def eval_data_config(model_name: str) -> ml_collections.ConfigDict:
   return cli.load_config_file(EVAL_CONFIG, model_name).data
 
 
-def load_run(workdir: str, model_name: str | None) -> Loaded:
-  """The model of a cnn_jax training run with its checkpoint's weights (best, else latest)."""
+def uses_ema(config: ml_collections.ConfigDict, params: str) -> bool:
+  """Whether `params` (PARAMS_CHOICES) means a run's EMA parameters. "auto" follows the run's
+  own choice: its best checkpoint is best by the metric it named, so when that is an ema_
+  metric the EMA is the model it judged best (timm ranks checkpoints the same way)."""
+  if params not in PARAMS_CHOICES:
+    raise UserError(f"params must be one of {', '.join(PARAMS_CHOICES)} (got {params!r})")
+  if params == "auto":
+    best = config.get("checkpoint", {}).get("best_metric", "") or ""
+    return bool(config.get("ema_decay", 0.0)) and best.startswith("ema_")
+  return params == "ema"
+
+
+def load_run(workdir: str, model_name: str | None, params: str = "auto") -> Loaded:
+  """The model of a cnn_jax training run with its checkpoint's weights (best, else latest):
+  the trained parameters or their EMA, as `uses_ema` reads `params`."""
   with open(os.path.join(workdir, "config.json")) as f:
     config = ml_collections.ConfigDict(json.load(f))
+  ema = uses_ema(config, params)
   name = config.model.name
   if model_name and model_name != name:
     raise UserError(f"--model {model_name} but the run in {workdir} trained {name}; leave "
@@ -102,7 +120,7 @@ def load_run(workdir: str, model_name: str | None) -> Loaded:
   model = create_model(name, rngs=nnx.Rngs(0), **options)
   model.eval()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  _, saved_params, saved_state = checkpoint.read_run_weights(workdir)
+  _, saved_params, saved_state = checkpoint.read_run_weights(workdir, ema)
   # The run's model state also holds RNG stream counters; only BatchNorm statistics are
   # weights.
   stats = {".".join(str(p) for p in path) for path, v in rest.flat_state()
@@ -115,13 +133,16 @@ def load_run(workdir: str, model_name: str | None) -> Loaded:
   return Loaded(name, model, config.data, class_names.of_run(config, num_classes))
 
 
-def load(model_name: str | None, weights: str) -> Loaded:
-  """The model for `--model` / `--weights`; UserError for anything the user must fix."""
+def load(model_name: str | None, weights: str, params: str = "auto") -> Loaded:
+  """The model for `--model` / `--weights` (/ `--params` for a run's WORKDIR); UserError for
+  anything the user must fix."""
   path = os.path.expanduser(weights)
   if not os.path.exists(path):
     raise UserError(f"--weights {weights} does not exist")
   if os.path.isdir(path) and is_run_workdir(path):
-    return load_run(path, model_name)
+    return load_run(path, model_name, params)
+  if params == "ema":
+    raise UserError("--params=ema needs --weights WORKDIR of a training run that kept an EMA")
   if not model_name:
     raise UserError("--model is required unless --weights is a training run's WORKDIR")
   get_constructor(model_name)  # An unknown name fails before any weights are read.
@@ -415,7 +436,7 @@ def main(argv: list[str]) -> None:
   if FLAGS.top_k < 1:
     raise UserError(f"--top_k={FLAGS.top_k} must be at least 1")
   paths = find_images(inputs)
-  loaded = load(FLAGS.model, FLAGS.weights)
+  loaded = load(FLAGS.model, FLAGS.weights, FLAGS.params)
   if FLAGS.class_names:
     names = class_names.from_file(FLAGS.class_names)
     if len(names) != len(loaded.classes):

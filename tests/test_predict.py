@@ -10,6 +10,7 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 import pytest
 from flax import nnx
 from PIL import Image
@@ -186,11 +187,13 @@ def test_cli_bad_input(tmp_path, atto_checkpoint):
 
 def test_weights_workdir_of_a_training_run(tmp_path):
   """--weights WORKDIR: the run's model, eval transform and checkpoint. The probabilities of
-  all classes on the run's own eval images give back its final eval loss."""
+  all classes on the run's own eval images give back its final eval loss, and those of the
+  run's EMA parameters its final ema_loss."""
   from cnn_jax import train  # pylint: disable=import-outside-toplevel
   from cnn_jax.data import sources  # pylint: disable=import-outside-toplevel
 
-  config = load_config("resnet_cifar10", "smoke", **{"checkpoint.best_metric": ""})
+  config = load_config("resnet_cifar10", "smoke",
+                       **{"checkpoint.best_metric": "", "ema_decay": 0.5})
   workdir = str(tmp_path / "run")
   final = train.train_and_evaluate(config, workdir)
   splits = sources.create_source(config)
@@ -202,15 +205,36 @@ def test_weights_workdir_of_a_training_run(tmp_path):
     Image.fromarray(image).save(paths[-1])  # PNG: lossless, the same pixels
     labels.append(label)
 
-  loaded = predict.load(None, workdir)
+  def eval_loss(loaded: predict.Loaded) -> float:
+    results = list(predict.predict(loaded, paths, top_k=num_classes, progress=False))
+    return np.mean([-np.log(next(p["probability"] for p in r["predictions"]
+                                 if p["index"] == label))
+                    for r, label in zip(results, labels, strict=True)])
+
+  loaded = predict.load(None, workdir)  # auto: no ema_ best metric, so the trained params
   assert loaded.name == config.model.name and len(loaded.classes) == num_classes
-  results = list(predict.predict(loaded, paths, top_k=num_classes, progress=False))
-  loss = np.mean([-np.log(next(p["probability"] for p in r["predictions"]
-                               if p["index"] == label))
-                  for r, label in zip(results, labels, strict=True)])
-  assert loss == pytest.approx(final["loss"], rel=1e-4)
+  assert eval_loss(loaded) == pytest.approx(final["loss"], rel=1e-4)
+  assert final["ema_loss"] != pytest.approx(final["loss"], rel=1e-3)
+  assert eval_loss(predict.load(None, workdir, "ema")) == pytest.approx(final["ema_loss"],
+                                                                         rel=1e-4)
   with pytest.raises(UserError, match=r"trained resnet20; leave --model out"):
     predict.load("resnet56", workdir)
+
+
+def test_auto_params_follow_the_runs_best_metric(tmp_path):
+  def run_config(ema_decay, best_metric):
+    return ml_collections.ConfigDict({"ema_decay": ema_decay,
+                                      "checkpoint": {"best_metric": best_metric}})
+
+  assert predict.uses_ema(run_config(0.99, "ema_accuracy"), "auto")
+  assert not predict.uses_ema(run_config(0.99, "accuracy"), "auto")
+  assert not predict.uses_ema(run_config(0.0, "ema_accuracy"), "auto")
+  assert not predict.uses_ema(run_config(0.99, "ema_accuracy"), "trained")
+  assert predict.uses_ema(run_config(0.99, ""), "ema")
+  released = tmp_path / "weights.safetensors"
+  released.write_bytes(b"")
+  with pytest.raises(UserError, match=r"--params=ema needs --weights WORKDIR"):
+    predict.load("convnextv2_atto", str(released), "ema")
 
 
 def test_corrupt_images_reuse_the_pipeline_decoder(tmp_path):
