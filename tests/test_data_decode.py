@@ -11,11 +11,13 @@ from PIL import Image
 from cnn_jax import config as base
 from cnn_jax.data import mixing, transforms
 from cnn_jax.data.sources.images import CorruptImage, EncodedImage
+from cnn_jax.errors import UserError
 
 
-def _jpeg(size=(300, 200), mode="RGB", seed=0) -> bytes:
+def _jpeg(size=(300, 200), mode="RGB", seed=0, smoothness=8) -> bytes:
   rng = np.random.default_rng(seed)
-  small = rng.integers(0, 256, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
+  small = rng.integers(0, 256, (size[1] // smoothness, size[0] // smoothness, 3),
+                       dtype=np.uint8)
   img = Image.fromarray(small).resize(size, Image.Resampling.BICUBIC).convert(mode)
   buf = io.BytesIO()
   img.save(buf, "JPEG", quality=90)
@@ -140,3 +142,76 @@ def test_training_on_uint8_batches_equals_host_normalised_batches(tmp_path):
                          if "train/loss" in line]
   assert len(losses[True]) == 3
   np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
+
+
+# ------------------------------------------------------------ data.train_resampling = opencv
+
+
+@pytest.mark.parametrize("randaugment", ["", "rand-m9-mstd0.5-inc1"])
+def test_opencv_resampling_makes_the_same_crops_close_to_pil(randaugment):
+  """Same boxes, flips and RandAugment draws as the PIL path (the generators stay in step);
+  on a smooth image the pixels differ by the resampling kernels only (and, for reduced-size
+  decodes, by snapping the box to the reduced pixel grid)."""
+  payload = _jpeg((640, 480), seed=5, smoothness=64)
+  fields = {"randaugment": randaugment, "normalise_on_device": True, "random_erasing": 0.25}
+  pil = transforms.TrainTransform(_config(**fields))
+  fast = transforms.TrainTransform(_config(train_resampling="opencv", **fields))
+  diffs = []
+  for i in range(40):
+    rng_pil, rng_fast = np.random.default_rng(i), np.random.default_rng(i)
+    a, box_a = pil(EncodedImage(payload, 3), rng_pil)
+    b, box_b = fast(EncodedImage(payload, 3), rng_fast)
+    assert b.dtype == np.uint8 and b.shape == a.shape == (64, 64, 3)
+    np.testing.assert_array_equal(box_a, box_b)
+    assert rng_pil.random() == rng_fast.random()
+    diffs.append(np.abs(a.astype(np.int16) - b).mean())
+  # A flip or a crop elsewhere would differ by tens of grey levels; the kernels by about one.
+  assert np.median(diffs) < 2 and max(diffs) > 0
+  if not randaugment:
+    assert max(diffs) < 4
+
+
+def test_opencv_affine_has_pils_geometry():
+  """On a linear ramp both bicubic kernels are exact, so inside the image the output is the ramp
+  at the source point PIL's convention gives: OpenCV rounds it, PIL truncates it. A half-pixel
+  error in the conversion would cost 0.5-1.5 grey levels everywhere."""
+  y, x = np.mgrid[0:64, 0:64]
+  ramp = np.repeat((2 * x + y + 10).astype(np.uint8)[..., None], 3, axis=-1)
+  img = Image.fromarray(ramp)
+  rng = np.random.default_rng(0)
+  for name, matrix_fn in transforms._AFFINE_OPS.items():
+    matrix = matrix_fn(64, 64, 9.0, rng)
+    want = np.asarray(img.transform((64, 64), Image.Transform.AFFINE, matrix,
+                                    resample=Image.Resampling.BICUBIC, fillcolor=(0, 0, 0)))
+    got = transforms.opencv_affine(ramp, matrix, Image.Resampling.BICUBIC, (0, 0, 0))
+    a, b, c, d, e, f = matrix
+    # PIL: output pixel centres (x + 0.5) map to input coordinates with centres at + 0.5.
+    sx = a * (x + .5) + b * (y + .5) + c - .5
+    sy = d * (x + .5) + e * (y + .5) + f - .5
+    inside = (sx > 3) & (sx < 60) & (sy > 3) & (sy < 60)
+    assert inside.mean() > 0.3, name
+    exact = (2 * sx + sy + 10)[inside][:, None]
+    pil_error, cv_error = want[inside] - exact, got[inside] - exact
+    # Truncated (in [-1, 0] on average): the convention is right, not a pixel off.
+    assert -1 < pil_error.mean() <= 0 and np.abs(pil_error).max() < 1.5, name
+    # Rounded (OpenCV's coordinates are fixed point, 1/32 px): centred on the exact value.
+    assert np.abs(cv_error).max() < 0.75 and abs(cv_error.mean()) < 0.25, name
+  # Rotate's matrix is PIL's own rotate about the centre.
+  np.testing.assert_array_equal(
+      np.asarray(img.rotate(27.0, resample=Image.Resampling.BICUBIC)),
+      np.asarray(img.transform((64, 64), Image.Transform.AFFINE,
+                               transforms.rotate_matrix(64, 64, 27.0),
+                               resample=Image.Resampling.BICUBIC)))
+
+
+def test_opencv_resampling_on_grayscale_and_decoded_images_and_bad_names():
+  data = _config(train_resampling="opencv", channels=1, mean=(0.5,), std=(0.25,))
+  out = transforms.TrainTransform(data)(EncodedImage(_jpeg(mode="L"), 1),
+                                        np.random.default_rng(0))
+  assert out.shape == (64, 64, 1) and out.dtype == np.float32
+  img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (80, 90, 3), np.uint8))
+  fast = transforms.TrainTransform(_config(train_resampling="opencv"))
+  np.testing.assert_array_equal(fast(img, np.random.default_rng(1)),
+                                fast(img, np.random.default_rng(1)))  # Pure in the rng.
+  with pytest.raises(UserError, match="train_resampling"):
+    transforms.TrainTransform(_config(train_resampling="cv2"))

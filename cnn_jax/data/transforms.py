@@ -5,7 +5,8 @@ augmentation is a pure function of the generator's seed (the pipeline seeds it w
 (seed, global position in the stream)). What each function matches:
 
 - `random_resized_crop`: torchvision/timm RandomResizedCrop parameters (10 tries, then the
-  centre crop clamped to the ratio range), resized with PIL.
+  centre crop clamped to the ratio range), resized with PIL (or, with
+  data.train_resampling = "opencv", with OpenCV: same boxes, slightly different pixels).
 - `rand_augment`: timm `rand_augment_transform` ("rand-m9-mstd0.5-inc1" = 2 ops drawn with
   replacement from the 15 "increasing" ops, each applied with p=0.5, magnitude ~ N(9, 0.5)
   clipped to [0, 10], fill = the mean colour, the configured interpolation).
@@ -33,6 +34,67 @@ def interpolation(name: str) -> Image.Resampling:
   if name not in INTERPOLATIONS:
     raise UserError(f"data.interpolation={name!r}; known: {', '.join(INTERPOLATIONS)}")
   return INTERPOLATIONS[name]
+
+
+# data.train_resampling: which library resamples training images (the RandomResizedCrop
+# resize and RandAugment's rotate / shear / translate). "pil" = timm's pixels; "opencv" = the
+# same geometry through OpenCV's SIMD kernels, with slightly different pixels.
+TRAIN_RESAMPLING = ("pil", "opencv")
+
+
+def _opencv():
+  import cv2
+
+  # The pipeline already runs one image per thread / process; OpenCV's own thread pool on top
+  # would only oversubscribe the cores.
+  cv2.setNumThreads(1)
+  return cv2
+
+
+def opencv_resize(image: np.ndarray, size: int, resample) -> np.ndarray:
+  """`image` (uint8 HWC) to size x size: INTER_AREA (a pixel-area average, antialiased as PIL's
+  resize is) when both sides shrink, else the interpolation's cubic / linear kernel."""
+  cv2 = _opencv()
+  h, w = image.shape[:2]
+  if h >= size and w >= size:
+    flag = cv2.INTER_AREA
+  else:
+    flag = cv2.INTER_CUBIC if resample == Image.Resampling.BICUBIC else cv2.INTER_LINEAR
+  out = cv2.resize(image, (size, size), interpolation=flag)
+  return out if out.ndim == 3 else out[..., None]
+
+
+def opencv_flip(image: np.ndarray) -> np.ndarray:
+  """Left-right flip of a uint8 HWC array into a new contiguous one (a 3x cheaper copy than
+  NumPy's negative-stride one)."""
+  out = _opencv().flip(image, 1)
+  return out if out.ndim == 3 else out[..., None]
+
+
+def opencv_affine(image: np.ndarray, matrix, resample, fill) -> np.ndarray:
+  """PIL's `transform(size, AFFINE, matrix, resample, fillcolor)` of a uint8 HWC array.
+
+  PIL maps output pixel centres (x + 0.5, y + 0.5) through `matrix` to input coordinates whose
+  pixel centres are at +0.5; OpenCV maps integer pixel indices. Hence the shifted offsets.
+  """
+  cv2 = _opencv()
+  a, b, c, d, e, f = matrix
+  inverse = np.array([[a, b, c + 0.5 * (a + b) - 0.5], [d, e, f + 0.5 * (d + e) - 0.5]],
+                     np.float64)
+  flag = cv2.INTER_CUBIC if resample == Image.Resampling.BICUBIC else cv2.INTER_LINEAR
+  fill = tuple(fill) if isinstance(fill, (tuple, list)) else (fill,)
+  out = cv2.warpAffine(image, inverse, (image.shape[1], image.shape[0]),
+                       flags=flag | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
+                       borderValue=fill)
+  return out if out.ndim == 3 else out[..., None]
+
+
+def rotate_matrix(width: int, height: int, degrees: float) -> list[float]:
+  """The affine matrix of PIL's `Image.rotate(degrees)` about the centre, without expand."""
+  angle = -math.radians(degrees)
+  cos, sin = round(math.cos(angle), 15), round(math.sin(angle), 15)
+  cx, cy = width / 2, height / 2
+  return [cos, sin, cos * -cx + sin * -cy + cx, -sin, cos, -sin * -cx + cos * -cy + cy]
 
 
 # ------------------------------------------------------------------------- crops / resizes
@@ -181,6 +243,19 @@ _OPS.update({
         m / _LEVEL_DENOM * 1.8 + .1),
 })
 
+# RandAugment's resampling ops as the affine matrix PIL applies (output -> input coordinates),
+# for the OpenCV path: name -> function(width, height, magnitude, rng) -> matrix. Each draws
+# from `rng` exactly as its PIL twin in _OPS does.
+_AFFINE_OPS = {
+    "Rotate": lambda w, h, m, rng: rotate_matrix(w, h, _negate(m / _LEVEL_DENOM * 30.0, rng)),
+    "ShearX": lambda w, h, m, rng: (1, _negate(m / _LEVEL_DENOM * 0.3, rng), 0, 0, 1, 0),
+    "ShearY": lambda w, h, m, rng: (1, 0, 0, _negate(m / _LEVEL_DENOM * 0.3, rng), 1, 0),
+    "TranslateXRel": lambda w, h, m, rng: (1, 0, _negate(m / _LEVEL_DENOM * 0.45, rng) * w,
+                                           0, 1, 0),
+    "TranslateYRel": lambda w, h, m, rng: (1, 0, 0, 0, 1,
+                                           _negate(m / _LEVEL_DENOM * 0.45, rng) * h),
+}
+
 RAND_INCREASING_OPS = (
     "AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing",
     "SolarizeAdd", "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing",
@@ -194,7 +269,7 @@ RAND_OPS = (
 class RandAugment:
   """timm's RandAugment from a spec like "rand-m9-mstd0.5-inc1" (keys m, n, mstd, mmax, inc)."""
 
-  def __init__(self, spec: str, *, fill: tuple[int, ...], resample):
+  def __init__(self, spec: str, *, fill: tuple[int, ...], resample, resampling: str = "pil"):
     parts = spec.split("-")
     if parts[0] != "rand":
       raise UserError(f"data.randaugment={spec!r} must start with 'rand-'")
@@ -223,8 +298,11 @@ class RandAugment:
         raise UserError(f"data.randaugment={spec!r}: bad value in {part!r}") from None
     self.prob = 0.5
     self.geo = {"resample": resample, "fillcolor": fill}
+    self.resampling = resampling
 
-  def __call__(self, img: Image.Image, rng: np.random.Generator) -> Image.Image:
+  def __call__(self, img, rng: np.random.Generator):
+    """A PIL image -> a PIL image; with resampling "opencv", a uint8 HWC array -> an array (the
+    rotate / shear / translate ops run on it with OpenCV, the others through PIL)."""
     for index in rng.integers(0, len(self.ops), size=self.num_layers):  # with replacement
       if rng.random() > self.prob:
         continue
@@ -234,7 +312,16 @@ class RandAugment:
       elif self.magnitude_std > 0:
         m = rng.normal(m, self.magnitude_std)
       m = max(0.0, min(m, self.magnitude_max))
-      img = _OPS[self.ops[index]](img, m, rng, self.geo)
+      name = self.ops[index]
+      if self.resampling == "pil":
+        img = _OPS[name](img, m, rng, self.geo)
+      elif name in _AFFINE_OPS:
+        matrix = _AFFINE_OPS[name](img.shape[1], img.shape[0], m, rng)
+        img = opencv_affine(img, matrix, self.geo["resample"], self.geo["fillcolor"])
+      else:
+        out = np.asarray(_OPS[name](Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1
+                                                    else img), m, rng, self.geo))
+        img = out if out.ndim == 3 else out[..., None]
     return img
 
 
@@ -295,27 +382,46 @@ class TrainTransform:
     self.erasing = data_config.random_erasing
     self.crop_pct = data_config.crop_pct
     self.resample = interpolation(data_config.interpolation)
+    self.resampling = data_config.train_resampling
+    if self.resampling not in TRAIN_RESAMPLING:
+      raise UserError(f"data.train_resampling={self.resampling!r}; known: "
+                      f"{', '.join(TRAIN_RESAMPLING)}")
+    # OpenCV resamples the RandomResizedCrop only; the other chains stay PIL (timm's).
+    self.opencv = self.resampling == "opencv" and self.kind == "imagenet"
     self.mean, self.std = normalisation(data_config)
     fill = tuple(min(255, round(255 * m)) for m in self.mean)
     self.randaugment = (RandAugment(data_config.randaugment, fill=fill if len(fill) > 1
-                                    else fill[0], resample=self.resample)
+                                    else fill[0], resample=self.resample,
+                                    resampling="opencv" if self.opencv else "pil")
                         if data_config.randaugment else None)
     self.reduced_decode = float(data_config.reduced_decode)
     if self.reduced_decode and self.reduced_decode < 1:
       raise UserError(f"data.reduced_decode={self.reduced_decode} must be 0 (off) or >= 1")
     self.normalise_on_device = bool(data_config.normalise_on_device)
 
-  def _crop(self, img, rng: np.random.Generator) -> Image.Image:
+  def _crop(self, img, rng: np.random.Generator):
     """RandomResizedCrop; an undecoded image (EncodedImage) is decoded only now, reduced by a
-    JPEG DCT scale when the crop's shorter side is at least `reduced_decode` x the output."""
+    JPEG DCT scale when the crop's shorter side is at least `reduced_decode` x the output.
+    A PIL image, or with OpenCV resampling a uint8 HWC array."""
     width, height = img.size
     top, left, h, w = random_resized_crop_box(height, width, self.scale, self.ratio, rng)
-    if not isinstance(img, Image.Image):
-      reduce = self.reduced_decode and min(h, w) >= self.reduced_decode * self.size
+    min_size = None
+    if self.reduced_decode and min(h, w) >= self.reduced_decode * self.size:
       # The decoded crop keeps at least `size` px on its shorter side.
       factor = min(h, w) / self.size
-      img = img.decode((math.ceil(width / factor), math.ceil(height / factor)) if reduce
-                       else None)
+      min_size = (math.ceil(width / factor), math.ceil(height / factor))
+    if self.opencv:
+      if isinstance(img, Image.Image):
+        image = to_array(img)
+      else:
+        image = img.decode_array(min_size)
+      fx, fy = image.shape[1] / width, image.shape[0] / height
+      # The box in whole pixels of the (possibly reduced) decode: off by < 1/2 of its pixel.
+      x0, y0 = round(left * fx), round(top * fy)
+      x1, y1 = max(x0 + 1, round((left + w) * fx)), max(y0 + 1, round((top + h) * fy))
+      return opencv_resize(image[y0:y1, x0:x1], self.size, self.resample)
+    if not isinstance(img, Image.Image):
+      img = img.decode(min_size)
     fx, fy = img.width / width, img.height / height
     return img.resize((self.size, self.size), self.resample,
                       box=(left * fx, top * fy, (left + w) * fx, (top + h) * fy))
@@ -335,10 +441,10 @@ class TrainTransform:
       else:
         img = resize_center_crop(img, self.size, self.crop_pct, self.resample)
     if self.kind != "none" and rng.random() < self.hflip:
-      img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+      img = (opencv_flip(img) if self.opencv else img.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
     if self.randaugment is not None:
       img = self.randaugment(img, rng)
-    image = to_array(img)
+    image = img if self.opencv else to_array(img)
     if self.kind == "cifar" and self.pad:
       image = pad_random_crop(image, self.pad, rng)
     if self.normalise_on_device:

@@ -82,15 +82,31 @@ class EncodedImage:
       a = self._array
       return Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a).convert(self.mode)
     if self._jpeg is not None:
-      import simplejpeg
-      min_w, min_h = min_size or (0, 0)
-      try:
-        pixels = simplejpeg.decode_jpeg(self._jpeg, "RGB" if self.channels == 3 else "GRAY",
-                                        min_width=min_w, min_height=min_h)
-      except ValueError as e:
-        raise CorruptImage(f"{self._what}: {e}") from None
-      return Image.fromarray(pixels.squeeze(-1) if pixels.ndim == 3 and pixels.shape[-1] == 1
-                             else pixels)
+      pixels = self._decode_jpeg(min_size)
+      return Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels)
+    return self._decode_pil(min_size)
+
+  def decode_array(self, min_size: tuple[int, int] | None = None) -> np.ndarray:
+    """`decode` as a uint8 HWC array; simplejpeg's output is used as is (no PIL copy)."""
+    if self._jpeg is not None:
+      return self._decode_jpeg(min_size)
+    if self._array is not None and self._array.dtype == np.uint8 and self._array.ndim == 3 \
+        and self._array.shape[-1] == self.channels:
+      return self._array
+    image = np.asarray(self.decode(min_size))
+    return image[..., None] if image.ndim == 2 else image
+
+  def _decode_jpeg(self, min_size) -> np.ndarray:
+    import simplejpeg
+    min_w, min_h = min_size or (0, 0)
+    try:
+      pixels = simplejpeg.decode_jpeg(self._jpeg, "RGB" if self.channels == 3 else "GRAY",
+                                      min_width=min_w, min_height=min_h)
+    except ValueError as e:
+      raise CorruptImage(f"{self._what}: {e}") from None
+    return pixels if pixels.ndim == 3 else pixels[..., None]
+
+  def _decode_pil(self, min_size) -> Image.Image:
     img = self._pil
     try:
       if min_size is not None and img.format == "JPEG":
