@@ -13,10 +13,10 @@ Comparisons, measured back to back in one process (`--rounds` alternating turns,
 a loaded machine only the ratios mean much):
   --formats=imagefolder,tfrecord,webdataset   the same generated JPEGs read from an
       ImageFolder, a TFDS set in the tfrecord format and WebDataset tar shards
-  --variants=before,after   the train decode path: `before` = PIL decode, full-size decode,
-      float32 normalised on the host; `after` = simplejpeg, reduced-size DCT decode when the
-      crop is >= 2x the output, uint8 batches normalised on the device (`config`: as the
-      config says)
+  --variants=before,after,opencv   the train decode path: `before` = PIL decode, full-size
+      decode, float32 normalised on the host; `after` = simplejpeg, reduced-size DCT decode
+      when the crop is >= 2x the output, uint8 batches normalised on the device; `opencv` =
+      `after` with data.train_resampling = "opencv" (`config`: as the config says)
 """
 
 from __future__ import annotations
@@ -35,8 +35,12 @@ FLAGS = flags.FLAGS
 
 # Decode-path settings of --variants.
 VARIANTS = {
-    "before": {"decoder": "pil", "reduced_decode": 0.0, "normalise_on_device": False},
-    "after": {"decoder": "simplejpeg", "reduced_decode": 2.0, "normalise_on_device": True},
+    "before": {"decoder": "pil", "reduced_decode": 0.0, "normalise_on_device": False,
+               "train_resampling": "pil"},
+    "after": {"decoder": "simplejpeg", "reduced_decode": 2.0, "normalise_on_device": True,
+              "train_resampling": "pil"},
+    "opencv": {"decoder": "simplejpeg", "reduced_decode": 2.0, "normalise_on_device": True,
+               "train_resampling": "opencv"},
 }
 BENCH_TFDS_NAME = "cnn_jax_bench_jpegs"
 
@@ -157,11 +161,10 @@ def compare(config, root: str, formats: list[str], variants: list[str], rounds: 
         results.setdefault((fmt, variant), []).append(bench(cfg, steps, warmup_steps))
   medians = {key: (statistics.median(r for r, _ in runs), statistics.median(c for _, c in runs))
              for key, runs in results.items()}
-  first = next(iter(medians))
-  print(f"medians over {rounds} rounds (ratios to {first[0]} / {first[1]}):")
+  print(f"medians over {rounds} rounds (CPU-ms ratios to {variants[0]} on the same source):")
   for (fmt, variant), (rate, cpu_ms) in medians.items():
     # CPU time is counted in clock ticks (10 ms): a very short run can measure none at all.
-    fewer = f"x{medians[first][1] / cpu_ms:.2f}" if cpu_ms else "n/a"
+    fewer = f"x{medians[fmt, variants[0]][1] / cpu_ms:.2f}" if cpu_ms else "n/a"
     per_core = f"{1e3 / cpu_ms:6.0f}" if cpu_ms else "   n/a"
     print(f"  {fmt:12s} {variant:8s} {rate:8.1f} images/s  {cpu_ms:6.2f} CPU-ms/image  "
           f"{fewer} fewer CPU-ms  {per_core} images/s per "
@@ -246,7 +249,8 @@ def bench(config, steps: int, warmup_steps: int) -> tuple[float, float]:
         f"random_erasing={config.data.random_erasing}, num_workers={config.data.num_workers}, "
         f"num_threads={config.data.num_threads}, decoder={config.data.decoder}, "
         f"reduced_decode={config.data.reduced_decode}, "
-        f"normalise_on_device={config.data.normalise_on_device}, {os.cpu_count()} CPUs)",
+        f"normalise_on_device={config.data.normalise_on_device}, "
+        f"train_resampling={config.data.train_resampling}, {os.cpu_count()} CPUs)",
         flush=True)
   return rate, 1e3 * cpu / images
 

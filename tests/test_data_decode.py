@@ -101,14 +101,15 @@ def test_data_bench_compares_sources_and_decode_paths_on_the_same_images():
   result = run_cli("cnn_jax.data_bench", "--config=configs/data_examples/imagenet_bench.py",
                    "--num_images=16", "--num_classes=2", "--steps=1", "--warmup_steps=1",
                    "--config.data.image_size=32", "--config.data.batch_size=8",
-                   "--formats=imagefolder,tfrecord,webdataset", "--variants=before,after",
-                   env={"JAX_PLATFORMS": "cpu"})
+                   "--formats=imagefolder,tfrecord,webdataset",
+                   "--variants=before,after,opencv", env={"JAX_PLATFORMS": "cpu"})
   assert result.returncode == 0, result.stderr[-2000:]
   rows = result.stdout.split("medians over 1 rounds")[1].strip().splitlines()[1:]
   assert [row.split()[:2] for row in rows] == [
       [fmt, variant] for fmt in ("imagefolder", "tfrecord", "webdataset")
-      for variant in ("before", "after")]
+      for variant in ("before", "after", "opencv")]
   assert "source=tfds" in result.stdout and "source=webdataset" in result.stdout
+  assert "train_resampling=opencv" in result.stdout and "train_resampling=pil" in result.stdout
 
 
 @pytest.mark.slow  # ~20 s alone, about a minute on a loaded 2-core machine

@@ -33,6 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.num_threads = 2
   config.data.prefetch_batches = 2
   config.data.normalise_on_device = True  # as the ImageNet recipes
+  config.data.train_resampling = "opencv"  # as the ImageNet recipes
   config.data.mixup.mixup_alpha = 0.8
   config.data.mixup.cutmix_alpha = 1.0
   config.label_smoothing = 0.1
