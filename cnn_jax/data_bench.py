@@ -244,7 +244,8 @@ def bench(config, steps: int, warmup_steps: int) -> tuple[float, float]:
   if hasattr(it, "close"):  # Stops grain's worker processes and frees their shared memory.
     it.close()
   print(f"{info.name}: {rate:.1f} images/s, {1e3 * cpu / images:.2f} CPU-ms/image over all "
-        f"processes ({steps} batches of {batch['image'].shape}, {elapsed:.2f} s; source={config.data.source}, augment={config.data.augment}, "
+        f"processes ({steps} batches of {batch['image'].shape}, {elapsed:.2f} s; "
+        f"source={config.data.source}, augment={config.data.augment}, "
         f"randaugment={config.data.randaugment or 'off'}, "
         f"random_erasing={config.data.random_erasing}, num_workers={config.data.num_workers}, "
         f"num_threads={config.data.num_threads}, decoder={config.data.decoder}, "

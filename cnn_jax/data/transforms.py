@@ -70,8 +70,8 @@ def opencv_resize(image: np.ndarray, size: int, resample) -> np.ndarray:
 
 
 def opencv_flip(image: np.ndarray) -> np.ndarray:
-  """Left-right flip of a uint8 HWC array into a new contiguous one (a 3x cheaper copy than
-  NumPy's negative-stride one)."""
+  """Left-right flip of a uint8 HWC array into a new contiguous one (a cheaper copy than
+  NumPy's of a negative-stride view)."""
   out = _opencv().flip(image, 1)
   return out if out.ndim == 3 else out[..., None]
 
@@ -391,7 +391,7 @@ class TrainTransform:
     if self.resampling not in TRAIN_RESAMPLING:
       raise UserError(f"data.train_resampling={self.resampling!r}; known: "
                       f"{', '.join(TRAIN_RESAMPLING)}")
-    # OpenCV resamples the RandomResizedCrop only; the other chains stay PIL (timm's).
+    # OpenCV serves the "imagenet" chain (its crop and RandAugment); "cifar" / "none" stay PIL.
     self.opencv = self.resampling == "opencv" and self.kind == "imagenet"
     self.mean, self.std = normalisation(data_config)
     fill = tuple(min(255, round(255 * m)) for m in self.mean)
@@ -446,7 +446,7 @@ class TrainTransform:
       else:
         img = resize_center_crop(img, self.size, self.crop_pct, self.resample)
     if self.kind != "none" and rng.random() < self.hflip:
-      img = (opencv_flip(img) if self.opencv else img.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+      img = opencv_flip(img) if self.opencv else img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if self.randaugment is not None:
       img = self.randaugment(img, rng)
     image = img if self.opencv else to_array(img)
