@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 
 import ml_collections
 
@@ -56,3 +59,16 @@ def abstract_apply(model, shape: tuple[int, ...], *, method: str = "__call__", d
   graphdef, state = nnx.split(model)
   return jax.eval_shape(lambda s, x: getattr(nnx.merge(graphdef, s), method)(x), state,
                         jax.ShapeDtypeStruct(shape, dtype or jnp.float32))
+
+
+@contextlib.contextmanager
+def temporary_files_in(directory) -> Iterator[None]:
+  """Within the block, `tempfile` makes its files and directories under `directory` (a tmp_path).
+  TFDS's builder of a data set that is not prepared yet makes a temporary directory that it never
+  removes (DatasetInfo.initialize_from_bucket); without this, each run left one in /tmp."""
+  previous = tempfile.tempdir
+  tempfile.tempdir = str(directory)
+  try:
+    yield
+  finally:
+    tempfile.tempdir = previous

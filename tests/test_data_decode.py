@@ -95,14 +95,16 @@ def test_uint8_batches_normalised_on_device_equal_the_host_path():
       assert abs(out[i][inside].std() - 1) < 0.2 and abs(want[i][inside].std() - 1) < 0.2
 
 
-def test_data_bench_compares_sources_and_decode_paths_on_the_same_images():
+def test_data_bench_compares_sources_and_decode_paths_on_the_same_images(tmp_path):
   from helpers import run_cli
 
   result = run_cli("cnn_jax.data_bench", "--config=configs/data_examples/imagenet_bench.py",
                    "--num_images=16", "--num_classes=2", "--steps=1", "--warmup_steps=1",
                    "--config.data.image_size=32", "--config.data.batch_size=8",
                    "--formats=imagefolder,tfrecord,webdataset",
-                   "--variants=before,after,opencv", env={"JAX_PLATFORMS": "cpu"})
+                   "--variants=before,after,opencv",
+                   # TFDS's builder leaves a temporary directory behind: in tmp_path.
+                   env={"JAX_PLATFORMS": "cpu", "TMPDIR": str(tmp_path)})
   assert result.returncode == 0, result.stderr[-2000:]
   rows = result.stdout.split("medians over 1 rounds")[1].strip().splitlines()[1:]
   assert [row.split()[:2] for row in rows] == [

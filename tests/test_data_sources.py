@@ -15,7 +15,7 @@ from cnn_jax import data
 from cnn_jax.data import pipeline, transforms
 from cnn_jax.data.sources import images
 from cnn_jax.errors import UserError
-from helpers import run_cli
+from helpers import run_cli, temporary_files_in
 
 NUM_CLASSES = 4
 
@@ -78,7 +78,8 @@ def tfds_dir(tmp_path_factory):
         yield i, {"image": Image.fromarray(image), "label": label}
 
   root = str(tmp_path_factory.mktemp("tfds"))
-  CnnJaxTestShapes(data_dir=root, file_format="array_record").download_and_prepare()
+  with temporary_files_in(tmp_path_factory.mktemp("tfds_scratch")):
+    CnnJaxTestShapes(data_dir=root, file_format="array_record").download_and_prepare()
   return root
 
 
@@ -113,7 +114,8 @@ def test_tfds_bad_input_is_one_clear_user_error(tfds_dir, tmp_path):
     data.create_datasets(make_config(**{**good, "data_dir": str(tmp_path / "missing")}))
   with pytest.raises(UserError, match="data_dir is empty"):
     data.create_datasets(make_config(**{**good, "data_dir": ""}))
-  with pytest.raises(UserError, match="not prepared"):  # Registered in TFDS, not on disk.
+  with pytest.raises(UserError, match="not prepared"), temporary_files_in(tmp_path):
+    # Registered in TFDS, not on disk.
     data.create_datasets(make_config(**{**good, "name": "mnist", "data_dir": str(tmp_path)}))
   with pytest.raises(UserError, match="split"):
     data.create_datasets(make_config(**{**good, "train_split": "validation"}))

@@ -13,7 +13,7 @@ from cnn_jax import data
 from cnn_jax.data.sources import shard_index, tfrecord
 from cnn_jax.data.sources.tfds import TfdsSource
 from cnn_jax.errors import UserError
-from helpers import run_cli
+from helpers import run_cli, temporary_files_in
 from test_data_sources import NUM_CLASSES, labels_from_images, make_config, solid_value
 
 NAME = "cnn_jax_test_records"
@@ -60,7 +60,8 @@ def tfds_dir(tmp_path_factory):
                                                    np.uint8)), "label": i % NUM_CLASSES}
 
   root = str(tmp_path_factory.mktemp("tfds"))
-  CnnJaxTestRecords(data_dir=root, file_format="array_record").download_and_prepare()
+  with temporary_files_in(tmp_path_factory.mktemp("tfds_scratch")):
+    CnnJaxTestRecords(data_dir=root, file_format="array_record").download_and_prepare()
   return root
 
 
