@@ -6,6 +6,9 @@ The repository root is on sys.path through pytest's `pythonpath` option (pyproje
 """
 
 import os
+import shutil
+import sys
+import tempfile
 
 from cnn_jax import hostenv
 
@@ -14,3 +17,22 @@ if _FLAG not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 hostenv.set_xla_flags()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def pytest_configure(config):
+  """One JAX persistent compilation cache for the session, in a fresh temporary directory: the
+  pytest workers and every subprocess a test starts (the CLI runs inherit the environment)
+  compile each distinct program once, where several tests and subprocesses run the same one (the
+  kill -9 test's three identical training runs). A cached executable is the compiled one, so no
+  result changes. A JAX_COMPILATION_CACHE_DIR set by the caller is left alone."""
+  if hasattr(config, "workerinput") or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return  # An xdist worker inherits the controller's settings below.
+  cache_dir = tempfile.mkdtemp(prefix="cnn_jax_test_jit_")
+  config.add_cleanup(lambda: shutil.rmtree(cache_dir, ignore_errors=True))
+  min_compile_s = 0.5  # Faster compiles would load no faster from the cache.
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = cache_dir
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = str(min_compile_s)
+  if "jax" in sys.modules:  # Imported already: it has read its environment.
+    import jax  # pylint: disable=import-outside-toplevel
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_s)
