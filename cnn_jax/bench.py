@@ -238,11 +238,13 @@ def benchmark_jax(model_name: str, *, steps: int = 20, warmup: int = 3,
 
 
 def run(model_name: str, *, mode: str = "train", vs_torch: bool = False,
-        torch_python: str | None = None, steps: int = 20, warmup: int = 3,
+        torch_python: str | None = None, torch_model: str | None = None,
+        torch_options: dict[str, Any] | None = None, steps: int = 20, warmup: int = 3,
         conv_impl: str = "auto", **kwargs: Any) -> dict[str, Any]:
-  """The whole benchmark: `mode` in JAX; with `vs_torch`, train and infer in both frameworks.
-  `conv_impl` is the training config's field of that name (cnn_jax/models/layers.py);
-  kwargs: those of `prepare_jax`."""
+  """The whole benchmark: `mode` in JAX; with `vs_torch`, train and infer in both frameworks,
+  the PyTorch side `torch_model` (default: `model_name`) built with `torch_options`
+  (bench_torch.create_model). `conv_impl` is the training config's field of that name
+  (cnn_jax/models/layers.py); kwargs: those of `prepare_jax`."""
   from cnn_jax import train
   from cnn_jax.models import layers
 
@@ -256,7 +258,8 @@ def run(model_name: str, *, mode: str = "train", vs_torch: bool = False,
   with layers.conv_impl(conv_impl):
     if vs_torch:
       report = bench_torch.compare(functools.partial(prepare_jax, model_name, **kwargs),
-                                   python, model_name, steps, warmup)
+                                   python, torch_model or model_name, steps, warmup,
+                                   options=torch_options)
     else:
       report = {"jax": [benchmark_jax(model_name, mode=mode, steps=steps, warmup=warmup,
                                       **kwargs)],
@@ -308,8 +311,9 @@ def format_report(report: dict[str, Any]) -> str:
 
 FLAGS = flags.FLAGS
 # The flags passed to `run` under their own names.
-RUN_FLAGS = ("mode", "vs_torch", "torch_python", "batch_size", "image_size", "dtype", "steps",
-             "warmup", "with_data", "num_devices", "num_classes", "peak_flops", "conv_impl")
+RUN_FLAGS = ("mode", "vs_torch", "torch_python", "torch_model", "batch_size", "image_size",
+             "dtype", "steps", "warmup", "with_data", "num_devices", "num_classes", "peak_flops",
+             "conv_impl")
 
 
 def define_flags() -> None:
@@ -326,6 +330,13 @@ def define_flags() -> None:
   flags.DEFINE_integer("num_devices", -1, "Devices of the data-parallel mesh (-1 = all).")
   flags.DEFINE_bool("with_data", False, "Feed every step from the synthetic input pipeline.")
   flags.DEFINE_bool("vs_torch", False, "Also time train and infer in PyTorch; print the ratios.")
+  flags.DEFINE_string("model_options", None, "JSON object of the model's constructor options, "
+                      'e.g. \'{"patch_size": 1}\' (as --config.model.* in training).')
+  flags.DEFINE_string("torch_model", None, "PyTorch model for --vs_torch when its name is not "
+                      "--model's: timm's or torchvision's, or one of bench_torch.small_models "
+                      "(e.g. resnet_micro for the long-range experiment's).")
+  flags.DEFINE_string("torch_options", None, "JSON object of keyword arguments for the PyTorch "
+                      "model (timm's create_model), e.g. '{\"patch_size\": 1}'.")
   flags.DEFINE_string("torch_python", None, "Python that has torch and timm, for --vs_torch "
                       "(default: this one).")
   flags.DEFINE_float("peak_flops", None, "Peak FLOP/s of all devices together, for MFU "
@@ -335,11 +346,26 @@ def define_flags() -> None:
                     "computed, as the training config's conv_impl (auto: CPU forms on CPU).")
 
 
+def _json_object(flag: str) -> dict[str, Any]:
+  """The JSON object given to --flag ({} if none)."""
+  text = FLAGS[flag].value
+  try:
+    value = json.loads(text) if text else {}
+  except json.JSONDecodeError as e:
+    raise UserError(f"--{flag} is not valid JSON ({e}): {text!r}") from None
+  if not isinstance(value, dict):
+    raise UserError(f"--{flag} must be a JSON object like '{{\"patch_size\": 1}}' "
+                    f"(got {text!r})")
+  return value
+
+
 def main(argv: list[str]) -> None:
   cli.no_extra_args(argv)
   if not FLAGS.model:
     raise UserError("--model is required, e.g. --model resnet50")
-  report = run(FLAGS.model, **{name: FLAGS[name].value for name in RUN_FLAGS})
+  report = run(FLAGS.model, model_kwargs=_json_object("model_options"),
+               torch_options=_json_object("torch_options"),
+               **{name: FLAGS[name].value for name in RUN_FLAGS})
   print(json.dumps(report) if FLAGS.json else format_report(report), flush=True)
 
 

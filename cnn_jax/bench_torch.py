@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import resource
@@ -42,11 +43,13 @@ else:  # run as a script, maybe by a Python without cnn_jax: its directory is sy
 # ----------------------------------------------------------------------------- worker side
 
 def small_models():
-  """{name: constructor(num_classes, in_channels)}: PyTorch definitions of the small cnn_jax
-  models that timm and torchvision lack, layer for layer and with the same parameter count
-  (tests/test_bench_torch_models.py): LeNet-5 (ReLU, max pooling, as cnn_jax's default) and
+  """{name: constructor(num_classes, in_channels, image_size)}: PyTorch definitions of the small
+  cnn_jax models that timm and torchvision lack, layer for layer and with the same parameter
+  count (tests/test_bench_torch_models.py): LeNet-5 (ReLU, max pooling, as cnn_jax's default),
   the CIFAR ResNets with option-A shortcuts (akamaster/pytorch_resnet_cifar10) and their plain
-  twins."""
+  twins, and the long-range experiment's models under its names (configs/longrange.py:
+  resnet_micro, convnext_micro_bn, hybrid_micro with its norm="bn", vit_micro; the last two
+  and the hybrid's attention blocks are timm's)."""
   import torch
   from torch import nn
   import torch.nn.functional as F
@@ -102,38 +105,168 @@ def small_models():
       x = self.blocks(F.relu(self.bn1(self.conv1(x))))
       return self.fc(torch.mean(x, dim=(2, 3)))
 
-  models = {"lenet5": LeNet5}
+  # The long-range experiment's models (configs/longrange.py), with BatchNorm wherever cnn_jax
+  # puts its norm="bn" (a conv directly before a BN has no bias).
+  class GRN(nn.Module):  # ConvNeXt V2's Global Response Norm, channels first (timm's)
+    def __init__(self, dim: int):
+      super().__init__()
+      self.gamma = nn.Parameter(torch.zeros(1, dim, 1, 1))
+      self.beta = nn.Parameter(torch.zeros(1, dim, 1, 1))
+
+    def forward(self, x):
+      gx = torch.linalg.vector_norm(x, dim=(2, 3), keepdim=True)
+      return self.gamma * (x * (gx / (gx.mean(dim=1, keepdim=True) + 1e-6))) + self.beta + x
+
+  class ConvNeXtV2BNBlock(nn.Module):
+    def __init__(self, dim: int):
+      super().__init__()
+      self.conv_dw = nn.Conv2d(dim, dim, 7, padding=3, groups=dim, bias=False)
+      self.norm = nn.BatchNorm2d(dim)
+      self.fc1 = nn.Conv2d(dim, 4 * dim, 1)  # timm's conv_mlp form of the atto-nano models
+      self.grn = GRN(4 * dim)
+      self.fc2 = nn.Conv2d(4 * dim, dim, 1)
+
+    def forward(self, x):
+      return x + self.fc2(self.grn(F.gelu(self.fc1(self.norm(self.conv_dw(x))))))
+
+  def downsample(cin: int, cout: int):
+    return nn.Sequential(nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 2, 2))
+
+  class AttentionStage(nn.Module):  # cnn_jax.models.hybrid.AttentionStage
+    def __init__(self, cin: int, dim: int, depth: int, side: int):
+      from timm.models.vision_transformer import Block
+      super().__init__()
+      self.downsample = downsample(cin, dim)
+      self.pos_embed = nn.Parameter(torch.zeros(1, side * side, dim))
+      norm = functools.partial(nn.LayerNorm, eps=1e-6)
+      self.blocks = nn.Sequential(*[Block(dim, dim // 32, qkv_bias=True, norm_layer=norm)
+                                    for _ in range(depth)])
+
+    def forward(self, x):
+      x = self.downsample(x)
+      n, c, h, w = x.shape
+      tokens = self.blocks(x.flatten(2).transpose(1, 2) + self.pos_embed)
+      return tokens.transpose(1, 2).reshape(n, c, h, w)
+
+  class MicroConvNeXtBN(nn.Module):
+    """convnext_micro_bn (attention=False) and hybrid_micro with norm="bn" (attention=True):
+    dims 16/32/64/128, depths 2/2/6/2 resp. 2/2/6/1, 4x4 patchify stem."""
+
+    def __init__(self, attention: bool, num_classes: int, in_channels: int, image_size: int):
+      super().__init__()
+      dims, depths = (16, 32, 64, 128), (2, 2, 6, 1) if attention else (2, 2, 6, 2)
+      self.stem = nn.Sequential(nn.Conv2d(in_channels, dims[0], 4, 4, bias=False),
+                                nn.BatchNorm2d(dims[0]))
+      stages, cin = [], dims[0]
+      for i, (dim, depth) in enumerate(zip(dims, depths)):
+        if attention and i >= 2:
+          stages.append(AttentionStage(cin, dim, depth, image_size // (4 * 2 ** i)))
+        else:
+          stages.append(nn.Sequential(*([downsample(cin, dim)] if i else []),
+                                      *[ConvNeXtV2BNBlock(dim) for _ in range(depth)]))
+        cin = dim
+      self.stages = nn.Sequential(*stages)
+      # cnn_jax's ConvNeXt head norm is the model's norm; the hybrid's is always LayerNorm.
+      self.head_norm = nn.LayerNorm(cin, eps=1e-6) if attention else nn.BatchNorm1d(cin)
+      self.head = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+      return self.head(self.head_norm(self.stages(self.stem(x)).mean(dim=(2, 3))))
+
+  class Bottleneck(nn.Module):
+    """ConvNeXt roadmap step 0's block: torchvision's ResNet-50 bottleneck plus LayerScale."""
+
+    def __init__(self, cin: int, dim: int, stride: int):
+      super().__init__()
+      hidden = dim // 4
+      self.body = nn.Sequential(
+          nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(),
+          nn.Conv2d(hidden, hidden, 3, stride, 1, bias=False), nn.BatchNorm2d(hidden),
+          nn.ReLU(), nn.Conv2d(hidden, dim, 1, bias=False), nn.BatchNorm2d(dim))
+      self.gamma = nn.Parameter(torch.full((1, dim, 1, 1), 1e-6))
+      self.shortcut = (nn.Sequential(nn.Conv2d(cin, dim, 1, stride, bias=False),
+                                     nn.BatchNorm2d(dim))
+                       if stride != 1 or cin != dim else nn.Identity())
+
+    def forward(self, x):
+      return F.relu(self.body(x) * self.gamma + self.shortcut(x))
+
+  class ResNetMicro(nn.Module):
+    """resnet_micro: roadmap step 0 narrowed to dims 64/128/256/512, stem 16, one block each."""
+
+    def __init__(self, num_classes: int, in_channels: int):
+      super().__init__()
+      self.stem = nn.Sequential(nn.Conv2d(in_channels, 16, 7, 2, 3, bias=False),
+                                nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+      blocks, cin = [], 16
+      for i, dim in enumerate((64, 128, 256, 512)):
+        blocks.append(Bottleneck(cin, dim, 2 if i else 1))
+        cin = dim
+      self.blocks = nn.Sequential(*blocks)
+      self.head = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+      return self.head(self.blocks(self.stem(x)).mean(dim=(2, 3)))
+
+  def vit_micro(num_classes: int, in_channels: int, image_size: int):
+    from timm.models.vision_transformer import VisionTransformer  # cnn_jax's vit_micro_patch8_64
+    return VisionTransformer(img_size=image_size, patch_size=8, in_chans=in_channels,
+                             num_classes=num_classes, embed_dim=96, depth=5, num_heads=3)
+
+  models = {"lenet5": lambda num_classes, in_channels, image_size: LeNet5(num_classes,
+                                                                          in_channels)}
   for n in (3, 5, 7, 9, 18):
     depth = 6 * n + 2
     for prefix, residual in (("resnet", True), ("plain", False)):
       models[f"{prefix}{depth}"] = (
-          lambda num_classes, in_channels, n=n, residual=residual:
+          lambda num_classes, in_channels, image_size, n=n, residual=residual:
           CifarResNet(n, residual, num_classes, in_channels))
+  models["resnet_micro"] = lambda num_classes, in_channels, image_size: ResNetMicro(
+      num_classes, in_channels)
+  models["convnext_micro_bn"] = functools.partial(MicroConvNeXtBN, False)
+  models["hybrid_micro"] = functools.partial(MicroConvNeXtBN, True)
+  models["vit_micro"] = vit_micro
   return models
 
 
-def create_model(name: str, num_classes: int, in_channels: int, image_size: int):
+def create_model(name: str, num_classes: int, in_channels: int, image_size: int,
+                 options: dict[str, Any] | None = None):
   """(model, source): this file's definition for the small models (`small_models`), else
-  timm's model of this name, else torchvision's."""
+  timm's model of this name, else torchvision's. `options`: further keyword arguments of
+  timm's `create_model` (e.g. patch_size for ConvNeXt)."""
   import torch
+  from torch import nn
 
   small = small_models()
+  options = dict(options or {})
   if name in small:
-    model = small[name](num_classes, in_channels)
-    with torch.no_grad():  # materialises LazyLinear's input size
-      model(torch.zeros(1, in_channels, image_size, image_size))
+    if options:
+      raise ValueError(f"{name!r} is defined in bench_torch.py and takes no options "
+                       f"(got {options})")
+    model = small[name](num_classes, in_channels, image_size)
+    with torch.no_grad():  # materialises LazyLinear's input size (eval: BN takes 1 image)
+      model.eval()(torch.zeros(1, in_channels, image_size, image_size))
     return model, f"cnn_jax/bench_torch.py (torch {torch.__version__})"
   import timm
 
   if name in timm.list_models():
-    kwargs = {"num_classes": num_classes, "in_chans": in_channels}
+    kwargs = {"num_classes": num_classes, "in_chans": in_channels, **options}
     if name.startswith(("vit", "deit")):
       kwargs["img_size"] = image_size
-    return timm.create_model(name, pretrained=False, **kwargs), f"timm {timm.__version__}"
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    source = f"timm {timm.__version__}"
+    stage0 = getattr(getattr(model, "stages", [None])[0], "downsample", None)
+    if name.startswith("convnext") and stage0 is not None and not isinstance(stage0, nn.Identity):
+      # timm keeps a total stride of 32 at patch_size 2 by downsampling in stage 0; cnn_jax's
+      # patch_size, as the ConvNeXt V2 CIFAR recipes, only changes the stem.
+      model.stages[0].downsample = nn.Identity()
+      source += ", stage 0 without its downsampling (cnn_jax's patch_size)"
+    return model, source
   try:
     import torchvision
     if in_channels == 3 and name in torchvision.models.list_models():
-      return (torchvision.models.get_model(name, weights=None, num_classes=num_classes),
+      return (torchvision.models.get_model(name, weights=None, num_classes=num_classes,
+                                           **options),
               f"torchvision {torchvision.__version__}")
   except ImportError:
     pass
@@ -150,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--in_channels", type=int, default=3)
   parser.add_argument("--num_classes", type=int, default=1000)
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+  parser.add_argument("--options", default="{}",
+                      help="JSON object: further keyword arguments of timm's create_model.")
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--serve", action="store_true",
@@ -163,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     return 3
   try:
     model, source = create_model(args.model, args.num_classes, args.in_channels,
-                                 args.image_size)
-  except (ImportError, ValueError) as e:
+                                 args.image_size, json.loads(args.options))
+  except (ImportError, ValueError, TypeError) as e:
     print(json.dumps({"error": str(e)}), flush=True)
     return 3
 
@@ -280,12 +415,14 @@ class TorchWorker:
   """This file run with `--serve` in a second process: times PyTorch steps on request."""
 
   def __init__(self, python: str, model_name: str, *, batch_size: int, image_size: int,
-               in_channels: int, num_classes: int, dtype: str):
+               in_channels: int, num_classes: int, dtype: str,
+               options: dict[str, Any] | None = None):
     self._stderr = tempfile.TemporaryFile(mode="w+")
     self._proc = subprocess.Popen(
         [python, os.path.abspath(__file__), "--serve", "--model", model_name, "--batch_size",
          str(batch_size), "--image_size", str(image_size), "--in_channels", str(in_channels),
-         "--num_classes", str(num_classes), "--dtype", dtype],
+         "--num_classes", str(num_classes), "--dtype", dtype, "--options",
+         json.dumps(options or {})],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
         bufsize=1)
     self.meta = self._reply()["ready"]
@@ -347,17 +484,18 @@ def torch_result(meta: dict[str, Any], mode: str, warm_times: list[float],
 
 
 def compare(prepare: Callable[..., Any], python: str, model_name: str, steps: int,
-            warmup: int) -> dict[str, Any]:
+            warmup: int, options: dict[str, Any] | None = None) -> dict[str, Any]:
   """Train and infer in both frameworks, in turns (`paired_times`), so that a change in the
   machine's load hits both alike. `prepare(mode=...)` builds the JAX step: an object with
   `fields` (its sizes), `time_steps(n)` and `result(warm_times, times)` (cnn_jax.bench's
-  PreparedStep). Returns bench's report without its "host"."""
+  PreparedStep). `model_name` and `options` choose the PyTorch model (`create_model`).
+  Returns bench's report without its "host"."""
   if steps < 1 or warmup < 0:
     raise UserError(f"need steps >= 1 and warmup >= 0 (got {steps}, {warmup})")
   step = prepare(mode="train")
   worker = TorchWorker(python, model_name, **{
       k: step.fields[k] for k in ("batch_size", "image_size", "in_channels", "num_classes",
-                                  "dtype")})
+                                  "dtype")}, options=options)
   report: dict[str, Any] = {"jax": [], "torch": {}, "ratio_vs_torch": {},
                             "ratio_vs_torch_per_pair": {}}
   try:
