@@ -147,6 +147,7 @@ def prepare_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
     raise UserError(f"need a mode of {MODES}, a dtype of {DTYPES} and batch_size >= 1 "
                     f"(got {mode!r}, {dtype!r}, {batch_size})")
   model_kwargs = dict(model_kwargs or {})
+  model_options = dict(model_kwargs)  # As given, for the report.
   if dtype != "float32":
     model_kwargs["dtype"] = jnp.dtype(dtype)
   if num_classes is not None:
@@ -217,7 +218,8 @@ def prepare_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
     holder["state"], out = compiled(holder["state"], next_batch())
     return out
 
-  fields = {"framework": "jax", "model": model_name, "mode": mode, "batch_size": batch_size,
+  fields = {"framework": "jax", "model": model_name, "model_options": model_options,
+            "mode": mode, "batch_size": batch_size,
             "image_size": image_size, "in_channels": in_channels, "num_classes": num_classes,
             "dtype": dtype, "with_data": with_data, "lower_time_s": lower_s,
             "compile_time_s": compile_s, "forward_flops_per_step": forward_flops,

@@ -48,8 +48,8 @@ def small_models():
   count (tests/test_bench_torch_models.py): LeNet-5 (ReLU, max pooling, as cnn_jax's default),
   the CIFAR ResNets with option-A shortcuts (akamaster/pytorch_resnet_cifar10) and their plain
   twins, and the long-range experiment's models under its names (configs/longrange.py:
-  resnet_micro, convnext_micro_bn, hybrid_micro with its norm="bn", vit_micro; the last two
-  and the hybrid's attention blocks are timm's)."""
+  resnet_micro, convnext_micro_bn, hybrid_micro_bn for its hybrid_micro with norm="bn",
+  vit_micro; the ViT and the hybrid's attention blocks are timm's)."""
   import torch
   from torch import nn
   import torch.nn.functional as F
@@ -224,7 +224,8 @@ def small_models():
   models["resnet_micro"] = lambda num_classes, in_channels, image_size: ResNetMicro(
       num_classes, in_channels)
   models["convnext_micro_bn"] = functools.partial(MicroConvNeXtBN, False)
-  models["hybrid_micro"] = functools.partial(MicroConvNeXtBN, True)
+  # Not "hybrid_micro": cnn_jax's registered hybrid_micro has LayerNorm unless norm="bn".
+  models["hybrid_micro_bn"] = functools.partial(MicroConvNeXtBN, True)
   models["vit_micro"] = vit_micro
   return models
 

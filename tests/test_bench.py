@@ -67,6 +67,15 @@ def test_cli_table_bfloat16():
     assert words in result.stdout
 
 
+def test_cli_model_options_reach_the_model():
+  result = run_cli("cnn_jax.bench", "--model=lenet5", "--batch_size=8", "--steps=1",
+                   "--warmup=0", "--mode=infer", "--num_devices=1", "--json",
+                   '--model_options={"in_channels": 1}')
+  assert result.returncode == 0, result.stderr
+  (r,) = json.loads(result.stdout)["jax"]
+  assert r["in_channels"] == 1 and r["model_options"] == {"in_channels": 1}
+
+
 @pytest.mark.parametrize("args, message", [
     (("--model=resnet_5o",), "unknown model"),
     (("--model=lenet5", "--mode=sideways"), "mode"),
@@ -75,6 +84,8 @@ def test_cli_table_bfloat16():
     (("--model=lenet5", "--vs_torch", "--torch_python=/nonexistent/python"), "cannot be run"),
     (("--model=lenet5", "--vs_torch", "--mode=fcmae"), "--vs_torch"),
     (("--model=lenet5", "--conv_impl=fast"), "conv_impl"),
+    (("--model=lenet5", "--model_options={patch_size: 1}"), "--model_options is not valid JSON"),
+    (("--model=lenet5", "--torch_options=[1]"), "--torch_options must be a JSON object"),
     ((), "--model is required"),
 ])
 def test_user_errors_are_one_line(args, message):
@@ -147,8 +158,11 @@ def test_vs_torch_report_with_a_stand_in_worker(monkeypatch):
   monkeypatch.setattr(bench_torch, "_SETTLE_S", 0.0)
   monkeypatch.setattr(bench_torch, "check_torch", lambda python: "python")
 
+  built = []
+
   class StandIn:
-    def __init__(self, python, model_name, **sizes):
+    def __init__(self, python, model_name, options=None, **sizes):
+      built.append((model_name, options))
       self.meta = {"framework": "torch", "source": "stand-in", "torch_version": "0",
                    "threads": 1, **sizes}
 
@@ -159,7 +173,9 @@ def test_vs_torch_report_with_a_stand_in_worker(monkeypatch):
       pass
 
   monkeypatch.setattr(bench_torch, "TorchWorker", StandIn)
-  report = bench.run("lenet5", vs_torch=True, batch_size=8, steps=2, warmup=1, num_devices=1)
+  report = bench.run("lenet5", vs_torch=True, batch_size=8, steps=2, warmup=1, num_devices=1,
+                     torch_model="lenet5_twin", torch_options={"width": 2})
+  assert built == [("lenet5_twin", {"width": 2})]
   assert [r["mode"] for r in report["jax"]] == ["train", "infer"]
   for r in report["jax"]:
     mode = r["mode"]

@@ -39,7 +39,9 @@ for row in $ROWS; do
               --num_classes 10 ;;
     resnet_micro|convnext_micro_bn|hybrid_micro|vit_micro)
       read -r name options < <(longrange_options "$row")
-      bench "$row" --model "$name" --model_options "$options" --torch_model "$row" \
+      torch_model=$row
+      [[ $row == hybrid_micro ]] && torch_model=hybrid_micro_bn  # the experiment's norm="bn"
+      bench "$row" --model "$name" --model_options "$options" --torch_model "$torch_model" \
         --batch_size 64 --image_size 96 --num_classes 2 ;;
     atto_p1|atto_p2)
       patch="{\"patch_size\": ${row#atto_p}}"
