@@ -83,6 +83,43 @@ def _build_model(task: Any, config: Any) -> tuple[Any, Any]:
 
 
 @dataclasses.dataclass
+class FeedCheck:
+  """Whether the input pipeline keeps up with the step (`--with_data`): steps run back to
+  back as the loop runs them (one wait at the end, so host work may overlap the step) on the
+  fixed batch, on the pipeline's batches, and the pipeline's batches (copied to the devices)
+  with no step. Each callable does one unit and returns what to wait on."""
+  step_alone: Callable[[], Any]
+  step_with_data: Callable[[], Any]
+  pipeline_alone: Callable[[], Any]
+
+  def measure(self, steps: int, rounds: int = 2) -> dict[str, Any]:
+    """Seconds per unit of each kind, `rounds` rounds taken in turns (machine load drifts),
+    and step_with_data / step_alone of the totals."""
+    import jax
+
+    kinds = ("step_alone", "step_with_data", "pipeline_alone")
+    per_round: dict[str, list[float]] = {kind: [] for kind in kinds}
+    cpu: dict[str, float] = {kind: 0.0 for kind in kinds}
+    for _ in range(rounds):
+      for kind in kinds:
+        unit = getattr(self, kind)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        for _ in range(steps):
+          out = unit()
+        jax.block_until_ready(out)  # The steps chain through the state; copies go in order.
+        per_round[kind].append((time.perf_counter() - start) / steps)
+        cpu[kind] += (time.process_time() - start_cpu) / steps / rounds
+    mean = {kind: sum(times) / len(times) for kind, times in per_round.items()}
+    # CPU seconds of this process (every thread: XLA's, the pipeline's) per unit: the figure
+    # that holds on a shared machine.
+    return {"steps_per_round": steps, "rounds": rounds, "seconds_per_round": per_round,
+            **{f"{kind}_s": mean[kind] for kind in kinds},
+            **{f"{kind}_cpu_s": cpu[kind] for kind in kinds},
+            "with_data_vs_alone": mean["step_with_data"] / mean["step_alone"],
+            "pipeline_faster": mean["pipeline_alone"] < mean["step_alone"]}
+
+
+@dataclasses.dataclass
 class PreparedStep:
   """A compiled step and the figures known before it runs (`fields`: the sizes, FLOPs and
   compile times of `benchmark_jax`'s result)."""
@@ -91,6 +128,7 @@ class PreparedStep:
   devices: list[Any]
   fields: dict[str, Any]
   peak_flops: float | None
+  feed: FeedCheck | None = None  # With `with_data`.
 
   def time_steps(self, count: int) -> list[float]:
     import jax
@@ -131,10 +169,14 @@ class PreparedStep:
 def prepare_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
                 image_size: int | None = None, dtype: str = "float32",
                 with_data: bool = False, num_devices: int = -1, num_classes: int | None = None,
-                peak_flops: float | None = None, model_kwargs: dict[str, Any] | None = None
-                ) -> PreparedStep:
+                peak_flops: float | None = None, model_kwargs: dict[str, Any] | None = None,
+                config: Any = None) -> PreparedStep:
   """Builds and compiles the step of `mode` as the training loop does, on one batch of the
-  synthetic source (or, `with_data`, on its pipeline)."""
+  synthetic source (or, `with_data`, on its pipeline).
+
+  config: a training config whose model, optimizer, schedule and data (source, batch size,
+  image size, devices) replace `model_name`, the sizes, `dtype` and the synthetic source, so
+  that the step timed is the one `python -m cnn_jax.main` runs with it."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -146,9 +188,15 @@ def prepare_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
   if mode not in MODES or dtype not in DTYPES or batch_size < 1:
     raise UserError(f"need a mode of {MODES}, a dtype of {DTYPES} and batch_size >= 1 "
                     f"(got {mode!r}, {dtype!r}, {batch_size})")
+  if config is not None:
+    model_kwargs = {k: v for k, v in config.model.to_dict().items() if k != "name"}
+    model_name, batch_size = config.model.name, config.data.batch_size
+    image_size, dtype = config.data.image_size, str(jnp.dtype(model_kwargs.get("dtype",
+                                                                               "float32")))
+    model_kwargs.pop("image_size", None)  # `image_size` above: summarize passes it on
   model_kwargs = dict(model_kwargs or {})
   model_options = dict(model_kwargs)  # As given, for the report.
-  if dtype != "float32":
+  if dtype != "float32" and config is None:
     model_kwargs["dtype"] = jnp.dtype(dtype)
   if num_classes is not None:
     model_kwargs["num_classes"] = num_classes
@@ -158,9 +206,12 @@ def prepare_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
   image_size, in_channels = info["image_size"], info["in_channels"]
   num_classes, forward_flops = info["num_classes"], info["batch"]["flops"]
 
-  config = bench_config(model_name, batch_size=batch_size, image_size=image_size,
-                        in_channels=in_channels, num_classes=num_classes,
-                        model_kwargs=model_kwargs, num_devices=num_devices)
+  if config is None:
+    config = bench_config(model_name, batch_size=batch_size, image_size=image_size,
+                          in_channels=in_channels, num_classes=num_classes,
+                          model_kwargs=model_kwargs, num_devices=num_devices)
+  else:
+    config = config.copy_and_resolve_references()
   mesh = parallel.create_mesh(config)
   parallel.check_batch_divisible(batch_size, mesh, "--batch_size")
   if mode == "fcmae":
@@ -175,7 +226,12 @@ def prepare_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
   if mode == "fcmae":  # The encoder's count has a head and no decoder.
     forward_flops = perf.forward_flops(eval_graphdef, params, model_state, input_shape)
 
-  schedule = optim.create_schedule(config, 1, 1)
+  train_batches, _, data_info = data.create_datasets(config)
+  # The loop's schedule, so a config's step is its run's (the synthetic config's is constant).
+  total_steps = config.total_steps or config.num_epochs * train_batches.steps_per_epoch
+  accum = config.optimizer.grad_accum_steps
+  schedule = optim.create_schedule(config, max(total_steps // accum, 1),
+                                   max(train_batches.steps_per_epoch // accum, 1))
   # Inference keeps no optimizer state (identity's is empty), so it does not take memory.
   tx = (optax.identity() if mode == "infer"
         else train.build_optimizer(config, schedule, model, params))
@@ -183,7 +239,6 @@ def prepare_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
   state_shardings = parallel.state_sharding(state, mesh, config.mesh.strategy,
                                             config.mesh.fsdp_min_size)
   state = jax.device_put(state, state_shardings)
-  train_batches, _, data_info = data.create_datasets(config)
   if mode == "infer":
     step_fn = train.jit_eval_step(task, mesh, eval_graphdef, state_shardings)
   else:
@@ -195,15 +250,15 @@ def prepare_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
       batch = {**batch, "mask": np.ones(batch["label"].shape, np.float32)}
     return parallel.shard_batch(batch, mesh)
 
+  fixed = device_batch(train_batches.batch(0))
   if with_data:  # Fed as the loop feeds its steps, copies issued a few batches ahead.
     batches = data.prefetch_to_device(train_batches.iterate(0), device_batch,
                                       config.data.prefetch_to_device)
     next_batch = lambda: next(batches)  # noqa: E731
   else:
-    fixed = device_batch(train_batches.batch(0))
     next_batch = lambda: fixed  # noqa: E731
 
-  example = next_batch()
+  example = fixed
   start = time.perf_counter()
   lowered = step_fn.lower(state, example)
   lower_s, start = time.perf_counter() - start, time.perf_counter()
@@ -212,11 +267,14 @@ def prepare_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
 
   holder = {"state": state}
 
-  def run_step() -> Any:
+  def step_on(batch: Any) -> Any:
     if mode == "infer":
-      return compiled(holder["state"], next_batch())
-    holder["state"], out = compiled(holder["state"], next_batch())
+      return compiled(holder["state"], batch)
+    holder["state"], out = compiled(holder["state"], batch)
     return out
+
+  def run_step() -> Any:
+    return step_on(next_batch())
 
   fields = {"framework": "jax", "model": model_name, "model_options": model_options,
             "mode": mode, "batch_size": batch_size,
@@ -224,7 +282,9 @@ def prepare_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
             "dtype": dtype, "with_data": with_data, "lower_time_s": lower_s,
             "compile_time_s": compile_s, "forward_flops_per_step": forward_flops,
             "model_flops_per_step": forward_flops if mode == "infer" else 3 * forward_flops}
-  return PreparedStep(run_step, compiled, list(mesh.devices.flat), fields, peak_flops)
+  feed = (FeedCheck(step_alone=lambda: step_on(fixed), step_with_data=run_step,
+                    pipeline_alone=next_batch) if with_data else None)
+  return PreparedStep(run_step, compiled, list(mesh.devices.flat), fields, peak_flops, feed)
 
 
 def benchmark_jax(model_name: str, *, steps: int = 20, warmup: int = 3,
@@ -236,7 +296,10 @@ def benchmark_jax(model_name: str, *, steps: int = 20, warmup: int = 3,
     raise UserError(f"need steps >= 1 and warmup >= 0 (got {steps}, {warmup})")
   prepared = prepare_jax(model_name, **kwargs)
   warm_times = prepared.time_steps(warmup)
-  return prepared.result(warm_times, prepared.time_steps(steps))
+  result = prepared.result(warm_times, prepared.time_steps(steps))
+  if prepared.feed is not None:
+    result["feed"] = prepared.feed.measure(steps)
+  return result
 
 
 def run(model_name: str, *, mode: str = "train", vs_torch: bool = False,
@@ -305,6 +368,15 @@ def format_report(report: dict[str, Any]) -> str:
                    f"GFLOP/s ({r['peak_flops_source']})")
     else:
       lines.append(f"  MFU             n/a ({r['peak_flops_source']})")
+    if r.get("feed"):
+      f = r["feed"]
+      lines.append(
+          f"  input pipeline  steps back to back: {f['step_alone_s'] * 1e3:.1f} ms alone, "
+          f"{f['step_with_data_s'] * 1e3:.1f} ms fed by the pipeline "
+          f"({100 * (f['with_data_vs_alone'] - 1):+.1f} %); the pipeline alone "
+          f"{f['pipeline_alone_s'] * 1e3:.1f} ms/batch ({f['rounds']} rounds of "
+          f"{f['steps_per_round']}); CPU {f['step_alone_cpu_s'] * 1e3:.1f}, "
+          f"{f['step_with_data_cpu_s'] * 1e3:.1f}, {f['pipeline_alone_cpu_s'] * 1e3:.1f} ms")
   lines += bench_torch.report_lines(report)
   return "\n".join(lines)
 
@@ -322,6 +394,10 @@ def define_flags() -> None:
   from cnn_jax.models import layers
 
   flags.DEFINE_string("model", None, "Registered model name, e.g. resnet50, convnext_tiny.")
+  cli.define_config_flag("config", "A training config (configs/X.py[:arg], --config.a.b=v "
+                         "overrides): time the step `python -m cnn_jax.main` runs with it, on "
+                         "its data; replaces --model, --batch_size, --image_size, --dtype, "
+                         "--num_classes, --num_devices and --conv_impl.")
   flags.DEFINE_integer("batch_size", 64, "Global batch size (split over the devices).")
   flags.DEFINE_integer("image_size", None, "Input side in pixels (default: the model's own).")
   flags.DEFINE_enum("mode", "train", list(MODES), "What to time.")
@@ -363,11 +439,15 @@ def _json_object(flag: str) -> dict[str, Any]:
 
 def main(argv: list[str]) -> None:
   cli.no_extra_args(argv)
-  if not FLAGS.model:
-    raise UserError("--model is required, e.g. --model resnet50")
-  report = run(FLAGS.model, model_kwargs=_json_object("model_options"),
-               torch_options=_json_object("torch_options"),
-               **{name: FLAGS[name].value for name in RUN_FLAGS})
+  kwargs = {name: FLAGS[name].value for name in RUN_FLAGS}
+  model = FLAGS.model
+  if FLAGS["config"].present:
+    kwargs["config"] = cli.config_value("config", "configs/lenet5_mnist.py")
+    model, kwargs["conv_impl"] = kwargs["config"].model.name, kwargs["config"].conv_impl
+  elif not model:
+    raise UserError("--model is required (or --config), e.g. --model resnet50")
+  report = run(model, model_kwargs=_json_object("model_options"),
+               torch_options=_json_object("torch_options"), **kwargs)
   print(json.dumps(report) if FLAGS.json else format_report(report), flush=True)
 
 

@@ -28,7 +28,7 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from cnn_jax import checkpoint, data, metrics, optim, parallel, workdir_lock
+from cnn_jax import checkpoint, data, metrics, optim, parallel, timing, workdir_lock
 from cnn_jax.errors import UserError
 from cnn_jax.models import create_model, layers
 
@@ -373,6 +373,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         task: Task) -> dict[str, float]:
+  clock = timing.PhaseClock()  # For the run's `time/*` record.
   _prepare_workdir(workdir, config)
   _check_best_metric(config, task)
   mesh = parallel.create_mesh(config)
@@ -431,13 +432,22 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                        config.data.prefetch_to_device)
   metric_sums, metric_count = None, 0
   last_log_time, last_log_step = time.perf_counter(), start_step
+  clock.split("setup")
+  # A logging window's images/s leaves out its time outside the train steps.
+  not_steps = ("first_step", "eval")
+  unlogged_since, finished = 0.0, False
   eval_metrics: dict[str, float] = {}
   step = start_step
   with _TerminationSignal(start_step) as terminated:
     try:
       while step < halt_at:
         batch = next(train_iter)
-        state, step_metrics = train_fn(state, batch)
+        if step == start_step:  # The call compiles the step: timed apart from the others.
+          with clock.phase("first_step"):
+            state, step_metrics = train_fn(state, batch)
+            jax.block_until_ready(step_metrics)
+        else:
+          state, step_metrics = train_fn(state, batch)
         step += 1
         # Accumulated on device: no host round-trip except at logging time.
         metric_sums = step_metrics if metric_sums is None else jax.tree.map(
@@ -454,18 +464,22 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                      for k, v in jax.device_get(metric_sums).items()}
           now = time.perf_counter()
           scalars["train/images_per_sec"] = (
-              (step - last_log_step) * config.data.batch_size / max(now - last_log_time, 1e-9))
+              (step - last_log_step) * config.data.batch_size
+              / max(now - last_log_time - (clock.wall(*not_steps) - unlogged_since), 1e-9))
           last_log_time, last_log_step = now, step
+          unlogged_since = clock.wall(*not_steps)
           writer.write_scalars(step, scalars)
           progress.report(step, {k.split("/")[1]: v for k, v in scalars.items()})
           metric_sums, metric_count = None, 0
 
         if step % config.eval_every_steps == 0 or is_last:
-          eval_metrics = evaluate(eval_fn, state, eval_batches, mesh, task.summarize_eval)
-          writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
-          progress.report(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
-          if best_ckpt is not None:
-            best_ckpt.maybe_save(step, state, eval_metrics)
+          jax.block_until_ready(state)  # The steps queued so far are not eval's time.
+          with clock.phase("eval"):
+            eval_metrics = evaluate(eval_fn, state, eval_batches, mesh, task.summarize_eval)
+            writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
+            progress.report(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
+            if best_ckpt is not None:
+              best_ckpt.maybe_save(step, state, eval_metrics)
 
         force = is_last or stop_now
         if step_hook is not None:
@@ -481,11 +495,18 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           print(f"{stop_reason}: checkpoint saved at step {step}; "
                 "rerun the same command to resume", flush=True)
           break
+      finished = True
     finally:
-      for manager in (ckpt, best_ckpt):
-        if manager is not None:
-          manager.wait()
-          manager.close()
+      with clock.phase("checkpoint_wait"):
+        for manager in (ckpt, best_ckpt):
+          if manager is not None:
+            manager.wait()
+            manager.close()
+      if finished and step > start_step:
+        times = clock.record("steps")
+        writer.write_scalars(step, times)
+        if jax.process_index() == 0:
+          print(timing.loop_time_summary(times, step - start_step - 1), flush=True)
       writer.close()
 
   if step == total_steps and not eval_metrics:

@@ -52,6 +52,28 @@ def test_cli_json_train_has_every_field():
   assert "images/s" in bench.format_report(report)
 
 
+def test_config_times_the_runs_step_and_its_feed():
+  # The config's model, batch and channels replace the flags' (--model is not needed).
+  result = run_cli("cnn_jax.bench", "--config=configs/lenet5_digits.py",
+                   "--config.data.batch_size=16", "--config.mesh.num_devices=1", "--with_data",
+                   "--steps=2", "--warmup=1", "--json")
+  assert result.returncode == 0, result.stderr
+  [r] = json.loads(result.stdout)["jax"]
+  _check_jax_result(r, "train", 2)
+  assert (r["model"], r["batch_size"], r["in_channels"], r["num_devices"]) == \
+      ("lenet5", 16, 1, 1)
+  feed = r["feed"]
+  assert feed["rounds"] == 2 and feed["steps_per_round"] == 2
+  assert all(len(feed["seconds_per_round"][k]) == 2 and feed[f"{k}_s"] > 0
+             and feed[f"{k}_cpu_s"] >= 0
+             for k in ("step_alone", "step_with_data", "pipeline_alone"))
+  assert feed["with_data_vs_alone"] == pytest.approx(
+      feed["step_with_data_s"] / feed["step_alone_s"])
+  assert "input pipeline" in bench.format_report(
+      {"jax": [r], "torch": None, "host": {"cpus": 2, "load_avg_1m_start": 0.0,
+                                           "load_avg_1m_end": 0.0}})
+
+
 def test_infer_with_data_in_process():
   r = bench.benchmark_jax("lenet5", mode="infer", batch_size=8, steps=2, warmup=1,
                           with_data=True, num_devices=1)

@@ -36,6 +36,13 @@ def test_training_learns_on_real_digits(tmp_path):
   assert (tmp_path / "final_metrics.json").exists()
   assert any(name.startswith("events") for name in os.listdir(tmp_path / "tensorboard"))
   assert json.loads((tmp_path / "config.json").read_text())["model"]["name"] == "lenet5"
+  # Where the run's time went: one record at the last step, the phases it names all measured.
+  [times] = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "time/steps_s" in r]
+  assert times["step"] == log[-1]["step"]
+  phases = ("setup", "first_step", "steps", "eval", "checkpoint_wait")
+  assert set(times) == {"step"} | {f"time/{p}{cpu}_s" for p in phases for cpu in ("", "_cpu")}
+  assert all(times[f"time/{p}{cpu}_s"] > 0 for p in phases[:4] for cpu in ("", "_cpu"))
+  assert all(r["train/images_per_sec"] > 0 for r in log)
 
 
 def test_one_device_and_eight_devices_give_the_same_losses(tmp_path):
