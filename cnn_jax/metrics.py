@@ -82,3 +82,14 @@ class Progress:
     print(f"[{step:>{len(str(self.total_steps))}d}/{self.total_steps} "
           f"{100 * step / self.total_steps:5.1f}%  {_format_seconds(elapsed)} elapsed, "
           f"eta {eta_text}]  {metrics}", file=self.stream, flush=True)
+
+
+def window_means(window: list[dict[str, Any]]) -> dict[str, float]:
+  """Means over a logging window of per-step metrics still on the device: one transfer at
+  logging time, summed on the host in the metrics' dtype and in step order, which is what an
+  on-device running sum gave (same bits), without an op dispatched per step."""
+  host = jax.device_get(window)
+  sums = host[0]
+  for step_metrics in host[1:]:
+    sums = {k: np.add(sums[k], v) for k, v in step_metrics.items()}
+  return {k: float(v) / len(window) for k, v in sums.items()}

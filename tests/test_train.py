@@ -8,7 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from cnn_jax import train
+from cnn_jax import metrics, train
 from cnn_jax.errors import UserError
 from helpers import load_config
 
@@ -43,6 +43,20 @@ def test_training_learns_on_real_digits(tmp_path):
   assert set(times) == {"step"} | {f"time/{p}{cpu}_s" for p in phases for cpu in ("", "_cpu")}
   assert all(times[f"time/{p}{cpu}_s"] > 0 for p in phases[:4] for cpu in ("", "_cpu"))
   assert all(r["train/images_per_sec"] > 0 for r in log)
+
+
+def test_window_means_are_the_on_device_running_sums():
+  # The loop logs metrics.window_means of the window's per-step metrics; it used to keep a
+  # running sum on the device (jnp.add per step): the logged figures must be the same bits.
+  rng = np.random.default_rng(0)
+  window = [{"loss": jax.numpy.asarray(rng.uniform(0, 3), np.float32),
+             "accuracy": jax.numpy.asarray(rng.uniform(), np.float32)} for _ in range(7)]
+  running = window[0]
+  for step_metrics in window[1:]:
+    running = jax.tree.map(jax.numpy.add, running, step_metrics)
+  expected = {k: float(v) / len(window) for k, v in jax.device_get(running).items()}
+  assert metrics.window_means(window) == expected
+  assert metrics.window_means(window[:1]) == {k: float(v) for k, v in window[0].items()}
 
 
 def test_one_device_and_eight_devices_give_the_same_losses(tmp_path):
