@@ -210,8 +210,9 @@ def prepare_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
     config = bench_config(model_name, batch_size=batch_size, image_size=image_size,
                           in_channels=in_channels, num_classes=num_classes,
                           model_kwargs=model_kwargs, num_devices=num_devices)
-  else:
+  else:  # A config file's is locked; `_build_model` and the fcmae mode add fields.
     config = config.copy_and_resolve_references()
+    config.unlock()
   mesh = parallel.create_mesh(config)
   parallel.check_batch_divisible(batch_size, mesh, "--batch_size")
   if mode == "fcmae":

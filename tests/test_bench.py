@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from cnn_jax import bench, bench_torch, perf
-from tests.helpers import run_cli
+from tests.helpers import load_config, run_cli
 
 JAX_FIELDS = {
     "framework", "model", "mode", "batch_size", "image_size", "in_channels", "num_classes",
@@ -72,6 +72,15 @@ def test_config_times_the_runs_step_and_its_feed():
   assert "input pipeline" in bench.format_report(
       {"jax": [r], "torch": None, "host": {"cpus": 2, "load_avg_1m_start": 0.0,
                                            "load_avg_1m_end": 0.0}})
+
+
+def test_config_without_model_image_size_in_process():
+  # A config file's ConfigDict is locked, and most models take no image_size (ResNets).
+  config = load_config("lenet5_digits", **{"data.batch_size": 8, "mesh.num_devices": 1})
+  del config.model["image_size"]
+  config.lock()
+  r = bench.benchmark_jax("ignored", config=config, steps=1, warmup=0)
+  assert (r["model"], r["batch_size"], r["image_size"], r["in_channels"]) == ("lenet5", 8, 32, 1)
 
 
 def test_infer_with_data_in_process():
