@@ -461,9 +461,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if step % config.log_every_steps == 0 or is_last or stop_now:
           scalars = {f"train/{k}": v for k, v in metrics.window_means(window_metrics).items()}
           now = time.perf_counter()
-          scalars["train/images_per_sec"] = (
-              (step - last_log_step) * config.data.batch_size
-              / max(now - last_log_time - (clock.wall(*not_steps) - unlogged_since), 1e-9))
+          # The first step is left out with its time (a window of it alone has no rate).
+          counted = step - last_log_step - (last_log_step == start_step)
+          if counted:
+            scalars["train/images_per_sec"] = (
+                counted * config.data.batch_size
+                / max(now - last_log_time - (clock.wall(*not_steps) - unlogged_since), 1e-9))
           last_log_time, last_log_step = now, step
           unlogged_since = clock.wall(*not_steps)
           writer.write_scalars(step, scalars)

@@ -45,6 +45,17 @@ def test_training_learns_on_real_digits(tmp_path):
   assert all(r["train/images_per_sec"] > 0 for r in log)
 
 
+def test_images_per_sec_leaves_out_the_first_step(tmp_path):
+  # Logged every step: the first step's window (compilation) has no rate, the others have one.
+  config = load_config("lenet5_digits", total_steps=3, log_every_steps=1, eval_every_steps=3,
+                       **{"schedule.warmup_epochs": 0.02})
+  train.train_and_evaluate(config, str(tmp_path))
+  log = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "train/loss" in r]
+  assert [r["step"] for r in log] == [1, 2, 3]
+  assert "train/images_per_sec" not in log[0]
+  assert all(0 < r["train/images_per_sec"] < 1e7 for r in log[1:])
+
+
 def test_window_means_are_the_on_device_running_sums():
   # The loop logs metrics.window_means of the window's per-step metrics; it used to keep a
   # running sum on the device (jnp.add per step): the logged figures must be the same bits.
