@@ -29,22 +29,31 @@ def depthwise_by_shifts(x: jax.Array, kernel: jax.Array,
   multiply-adds: XLA:CPU runs a depthwise conv (and its gradients) as a generic grouped
   convolution, many times slower than these elementwise loops.
 
-  The gradient is written by hand, with `optimization_barrier`s where XLA would otherwise fuse
-  the padding (or the producer of x) into each of the kh*kw taps and recompute it per tap."""
+  The gradient is written by hand. Forward and gradient run image by image (`lax.scan`): a loop
+  body's inputs and outputs are buffers, so XLA:CPU can neither fuse the padding (or the producer
+  of x) into each of the kh*kw taps nor the taps into each consumer, which recomputed them (and
+  compiled them again) per tap or per consumer."""
   return _depthwise_by_shifts_fwd(x, kernel, padding)[0]
 
 
 def _depthwise_by_shifts_fwd(x, kernel, padding):
   (top, bottom), (left, right) = padding
   kh, kw = kernel.shape[:2]
-  padded = jax.lax.optimization_barrier(
-      jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0))))
+  padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
   out_h, out_w = padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
-  out = None
-  for i, j, tap in _depthwise_taps(padded, kh, kw, out_h, out_w):
-    term = tap * kernel[i, j, 0]
-    out = term if out is None else out + term
-  return out, (padded, kernel)
+
+  # Image by image (lax.scan) so that the output is computed once: over the whole batch
+  # XLA:CPU fused the kh*kw taps into each consumer of the output (LayerNorm's statistics, its
+  # normalisation, their gradients), compiling and running the taps several times over.
+  def one_image(carry, padded_image):
+    out = None
+    for i, j, tap in _depthwise_taps(padded_image, kh, kw, out_h, out_w):
+      term = tap * kernel[i, j, 0]
+      out = term if out is None else out + term
+    return carry, out
+
+  _, out = jax.lax.scan(one_image, None, padded[:, None])
+  return out.reshape(x.shape[0], out_h, out_w, x.shape[3]), (padded, kernel)
 
 
 def _depthwise_by_shifts_bwd(padding, residuals, dy):
@@ -70,9 +79,12 @@ def _depthwise_by_shifts_bwd(padding, residuals, dy):
       term = tap * kernel[kh - 1 - i, kw - 1 - j, 0]
       d_padded = term if d_padded is None else d_padded + term
     dx_image = d_padded[:, top:in_h - bottom, left:in_w - right, :]
-    d_kernel = d_kernel + jnp.stack([
-        jnp.sum(tap * dy_image, axis=(0, 1, 2), dtype=jnp.float32)
-        for _, _, tap in _depthwise_taps(padded_image, kh, kw, out_h, out_w)])
+    # One variadic reduce: as kh*kw separate sums XLA:CPU compiled kh*kw kernels per conv.
+    products = [(tap * dy_image).astype(jnp.float32)
+                for _, _, tap in _depthwise_taps(padded_image, kh, kw, out_h, out_w)]
+    sums = jax.lax.reduce(products, [jnp.float32(0)] * len(products),
+                          lambda a, b: [u + v for u, v in zip(a, b)], (0, 1, 2))
+    d_kernel = d_kernel + jnp.stack(sums)
     return d_kernel, dx_image
 
   d_kernel, dx = jax.lax.scan(
