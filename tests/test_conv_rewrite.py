@@ -225,3 +225,32 @@ def test_a_deep_residual_stage_is_not_recomputed_block_by_block():
   x = jax.random.normal(jax.random.key(7), (4, 6, 6, 4))
   # A block's own fusions read its two convs' outputs at most.
   assert _fusions_reading_several_convs(Stage(), x) <= 2
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's fusion decisions")
+def test_depthwise_taps_are_compiled_once_per_direction():
+  # Most of a ConvNeXt step's XLA:CPU compile time was the 7x7 taps: over the whole batch the
+  # forward's tap chain was fused into each consumer of the output (here the LayerNorm's
+  # statistics and normalisation: 7 chains in all), and the kernel gradient's 49 sums were 49
+  # kernels (54 reduce fusions). Now: forward, input gradient, kernel gradient.
+  import re
+
+  x = jax.random.normal(jax.random.key(8), (2, 9, 9, 8))
+  w = jax.random.normal(jax.random.key(9), (7, 7, 1, 8))
+
+  def loss(x, w):
+    with layers.conv_impl("rewrite"):
+      y = layers.conv_general_dilated(x, w, (1, 1), ((3, 3), (3, 3)),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                      feature_group_count=8)
+    mean = y.mean(-1, keepdims=True)
+    var = ((y - mean) ** 2).mean(-1, keepdims=True)
+    return jnp.sum(jnp.sin((y - mean) / jnp.sqrt(var + 1e-6)))
+
+  hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w).compile().as_text()
+  computations = re.split(r"\n(?=\S)", hlo)
+  tap_chains = [c for c in computations if len(re.findall(r" slice\(", c)) >= 49]
+  reduce_fusions = [c for c in computations
+                    if c.startswith("%fused") and re.search(r" reduce\(", c)]
+  assert len(tap_chains) <= 3
+  assert len(reduce_fusions) < 49
