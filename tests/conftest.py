@@ -2,6 +2,11 @@
 equivalence runs in one process, and the XLA:CPU flags the command-line tools apply for
 themselves (cnn_jax/hostenv.py), so the tests run the convolutions the tools run, as fast.
 
+The conv autotune (cnn_jax/models/autotune.py) is off: "auto" takes the CPU forms without
+timing anything, so no test spends seconds measuring conv shapes, and every test traces the
+same program whatever this machine measured. tests/test_autotune.py turns it on for itself. Its
+cache directory is private to the session all the same, so nothing reads or writes the user's.
+
 The repository root is on sys.path through pytest's `pythonpath` option (pyproject.toml).
 """
 
@@ -10,6 +15,8 @@ import shutil
 import sys
 import tempfile
 
+import pytest
+
 from cnn_jax import hostenv
 
 _FLAG = "--xla_force_host_platform_device_count=8"
@@ -17,6 +24,7 @@ if _FLAG not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 hostenv.set_xla_flags()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("CNN_JAX_CONV_AUTOTUNE", "0")  # autotune.MODE_ENV (not imported: no jax yet)
 
 
 def pytest_configure(config):
@@ -36,3 +44,8 @@ def pytest_configure(config):
     import jax  # pylint: disable=import-outside-toplevel
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_s)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_conv_autotune_cache(tmp_path_factory):
+  os.environ["CNN_JAX_CACHE_DIR"] = str(tmp_path_factory.mktemp("conv_autotune_cache"))

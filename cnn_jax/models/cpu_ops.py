@@ -2,7 +2,8 @@
 hand-written gradients.
 
 `layers.conv_general_dilated` and `layers.max_pool` decide when these apply (the "rewrite"
-conv impl, the default on CPU) and for which shapes; here are only the computations. Each
+conv impl; under "auto" on CPU, per shape, where `autotune` measured them faster) and for which
+shapes; here are only the computations. Each
 gives the values and gradients of the XLA op it replaces (equal to float rounding, tested in
 tests/test_conv_rewrite.py) and takes the same parameters. The speed-ups that justify them are
 in experiments/cpu_speed/README.md ("Figures behind code choices in models/").

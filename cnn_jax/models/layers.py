@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cnn_jax.models import cpu_ops
+from cnn_jax.models import autotune, cpu_ops
 
 Dtype = Any
 Activation = Callable[[jax.Array], jax.Array]
@@ -63,9 +63,10 @@ _conv_impl = contextvars.ContextVar("conv_impl", default="auto")
 
 @contextlib.contextmanager
 def conv_impl(impl: str) -> Iterator[None]:
-  """Within the block, `conv_general_dilated` traces as `impl`: "auto" ("rewrite" on CPU, XLA's
-  conv elsewhere), "xla" (always lax.conv_general_dilated) or "rewrite" (the cheaper exact forms
-  of `cpu_ops` where a conv or max pool has one).
+  """Within the block, `conv_general_dilated` and `max_pool` trace as `impl`: "xla" (always
+  XLA's op), "rewrite" (the exact CPU forms of `cpu_ops` where an op has one) or "auto" (XLA's op
+  off CPU; on CPU, per op shape, whichever of the two `autotune` measured faster on this CPU
+  model, once, cached).
 
   `cnn_jax.summary` traces with "xla" so that MACs are counted from the conv equations."""
   if impl not in CONV_IMPLS:
@@ -78,9 +79,27 @@ def conv_impl(impl: str) -> Iterator[None]:
 
 
 def _use_cpu_forms() -> bool:
-  """The one rule for when the forms of `cpu_ops` replace XLA's conv and max pool."""
+  """Whether the forms of `cpu_ops` (and `computed_once`'s loop) may replace XLA's ops: under
+  "rewrite", and under "auto" on CPU (where `_dispatch` then asks the autotune per op)."""
   impl = _conv_impl.get()
   return impl == "rewrite" or (impl == "auto" and jax.default_backend() == "cpu")
+
+
+def _dispatch(description: str, cpu_form: Callable[..., jax.Array],
+              xla_op: Callable[..., jax.Array], *operands: jax.Array) -> jax.Array:
+  """The one rule for an op that has a CPU form: the form under "rewrite", XLA's op under "xla"
+  and off CPU, and under "auto" on CPU the one `autotune` chose for this CPU model and shape."""
+  if not _use_cpu_forms():
+    return xla_op(*operands)
+  if _conv_impl.get() == "auto":
+    choice = autotune.choose(description, {"rewrite": cpu_form, "xla": xla_op}, operands)
+    if choice == "xla":
+      return xla_op(*operands)
+  return cpu_form(*operands)
+
+
+def _shape(x: jax.Array) -> str:
+  return f"{'x'.join(map(str, x.shape))} {x.dtype}"
 
 
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
@@ -88,13 +107,19 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
                          rhs_dilation: Sequence[int] | None = None,
                          dimension_numbers: Any = None, feature_group_count: int = 1,
                          precision: Any = None, **kwargs: Any) -> jax.Array:
-  """`lax.conv_general_dilated`, except that under the "rewrite" impl (default on CPU) 2-D NHWC
-  convs with a cheaper exact form in `cpu_ops` take it: stride-1 depthwise convs as shifted
-  multiply-adds, unpadded 1x1 convs (any stride) and k x k convs of stride k (patchify,
-  downsampling) as one matmul.
+  """`lax.conv_general_dilated`, except that the 2-D NHWC convs with a cheaper exact form in
+  `cpu_ops` take it under "rewrite", and under "auto" on CPU where it measured faster
+  (`_dispatch`): stride-1 depthwise convs as shifted multiply-adds, unpadded 1x1 convs (any
+  stride) and k x k convs of stride k (patchify, downsampling) as one matmul.
 
   A drop-in for `nnx.Conv(conv_general_dilated=...)`: the parameters and the results are those
   of the XLA conv (equal to float rounding, tested); only the computation differs."""
+  def xla_op(lhs: jax.Array, rhs: jax.Array) -> jax.Array:
+    return jax.lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count, precision=precision, **kwargs)
+
   plain = (
       _use_cpu_forms() and lhs.ndim == 4 and kwargs.get("out_sharding") is None
       and kwargs.get("preferred_element_type") is None
@@ -109,29 +134,39 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
     channels = lhs.shape[-1]
     kh, kw = rhs.shape[:2]
     strides = tuple(window_strides)
+    described = (f"lhs {_shape(lhs)}, kernel {_shape(rhs)}, stride {strides}, padding {pads}, "
+                 f"precision {precision}")
     if (pads is not None and feature_group_count == channels > 1 and rhs.shape[2] == 1
         and rhs.shape[3] == channels and strides == (1, 1)):
-      return cpu_ops.depthwise_by_shifts(lhs, rhs, tuple(pads))
+      return _dispatch(f"depthwise conv {described}",
+                       lambda x, w: cpu_ops.depthwise_by_shifts(x, w, tuple(pads)),
+                       xla_op, lhs, rhs)
     if (pads == [(0, 0), (0, 0)] and feature_group_count == 1 and kh == kw
         and strides[0] == strides[1] and (kh == 1 or strides[0] == kh)):
-      return cpu_ops.patches_by_matmul(lhs, rhs, strides[0], precision)
-  return jax.lax.conv_general_dilated(
-      lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-      dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-      precision=precision, **kwargs)
+      return _dispatch(f"patch conv {described}",
+                       lambda x, w: cpu_ops.patches_by_matmul(x, w, strides[0], precision),
+                       xla_op, lhs, rhs)
+  return xla_op(lhs, rhs)
 
 
 def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Array:
   """k x k max pooling of NHWC x (padding with -inf, as PyTorch's MaxPool2d).
 
-  Under the "rewrite" conv impl (default on CPU) it is `cpu_ops.max_pool_by_taps`: the maximum
-  of k*k strided views, whose gradient goes to the first maximum of each window exactly as
-  XLA's select-and-scatter routes it; values and gradients are identical (tested)."""
+  Its CPU form (`_dispatch`: under "rewrite", and under "auto" on CPU where it measured faster)
+  is `cpu_ops.max_pool_by_taps`: the maximum of k*k strided views, whose gradient goes to the
+  first maximum of each window exactly as XLA's select-and-scatter routes it; values and
+  gradients are identical (tested)."""
   pads = ((0, 0), (padding, padding), (padding, padding), (0, 0))
-  if not _use_cpu_forms():
+
+  def xla_op(x: jax.Array) -> jax.Array:
     return nnx.max_pool(x, (window, window), strides=(stride, stride), padding=pads[1:3])
-  padded = jnp.pad(x, pads, constant_values=-jnp.inf) if padding else x
-  return cpu_ops.max_pool_by_taps(padded, window, stride)
+
+  def cpu_form(x: jax.Array) -> jax.Array:
+    padded = jnp.pad(x, pads, constant_values=-jnp.inf) if padding else x
+    return cpu_ops.max_pool_by_taps(padded, window, stride)
+
+  return _dispatch(f"max pool {_shape(x)}, window {window}, stride {stride}, padding {padding}",
+                   cpu_form, xla_op, x)
 
 
 # torch's default Conv2d/Linear init is kaiming_uniform_(a=sqrt(5)): U(+-1/sqrt(fan_in)) for
@@ -198,7 +233,7 @@ _by_row_halves.defvjp(_by_row_halves_fwd, _by_row_halves_bwd)
 
 def computed_once(fn: Any, *arrays: jax.Array) -> jax.Array:
   """`fn(*arrays)` for an elementwise `fn` of same-shaped arrays (a block's residual add and
-  activation), under the "rewrite" conv impl (default on CPU) computed in a two-iteration loop
+  activation), under the "rewrite" conv impl and "auto" on CPU computed in a two-iteration loop
   over the halves of axis 1: XLA:CPU cannot fuse a loop's result into its consumers.
 
   Without it, XLA:CPU fuses the cheap elementwise chain of a residual stream, x_{k+1} =

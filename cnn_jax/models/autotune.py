@@ -1,0 +1,206 @@
+"""Which form of a conv or max pool runs faster on this CPU: XLA's op or the exact CPU form of
+`cpu_ops`, measured once per CPU model and op shape and cached on disk (as cuDNN's benchmark
+mode), instead of a fixed rule tuned on one kind of CPU.
+
+`layers` asks `choose` while it traces a conv or max pool that has a CPU form, under the
+"auto" conv impl on CPU. The first time a shape is met on a CPU model, both forms are timed on
+random operands of exactly that shape and dtype, forward and backward (the gradient dominates a
+train step), and the faster is recorded in `cache_path()`, a JSON file of
+{CPU key: {op key: record}}; later traces, in this process or any other, read it. A CPU key
+names the model and the vector extensions ("AMD EPYC" alone names both a Zen 3 with AVX2 and a
+Zen 4 with AVX-512); an op key names the shapes, dtype and parameters of the op together with the
+jax version and the XLA:CPU flags, which change XLA's kernels.
+
+Either form gives the same values and gradients (float rounding; tests/test_conv_rewrite.py), so
+the choice changes only speed. Environment:
+  CNN_JAX_CACHE_DIR       the cache directory (default $XDG_CACHE_HOME/cnn_jax or ~/.cache/cnn_jax)
+  CNN_JAX_CONV_AUTOTUNE=0 no measuring: always the CPU form, the rule before measuring existed
+                          (the test suite runs so, for a program that does not depend on timings)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+CACHE_ENV = "CNN_JAX_CACHE_DIR"
+MODE_ENV = "CNN_JAX_CONV_AUTOTUNE"
+CACHE_NAME = "conv_forms.json"
+CHOICES = ("rewrite", "xla")  # The CPU form, XLA's op: the names of `layers.conv_impl`.
+DEFAULT = "rewrite"  # Where nothing is measured: the forms won on every CPU measured so far.
+
+# Timed rounds (each form once per round, alternating, so a change in load hits both); one round
+# decides when a form is this many times faster, as XLA's depthwise conv or max pool usually is.
+ROUNDS = 3
+CLEAR_WIN = 1.5
+
+_memo: dict[tuple[str, str, str], str] = {}  # (cache file, CPU key, op key) -> choice
+_unwritable_reported = False
+_announced: list[str] = []  # The header line is printed once per process.
+
+
+def enabled() -> bool:
+  return os.environ.get(MODE_ENV, "1") != "0"
+
+
+def cache_path() -> str:
+  base = os.environ.get(CACHE_ENV) or os.path.join(
+      os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+      "cnn_jax")
+  return os.path.join(base, CACHE_NAME)
+
+
+def cpu_key(cpuinfo: str | None = None) -> str:
+  """This CPU's model and vector extensions, from /proc/cpuinfo (or `cpuinfo`'s text), e.g.
+  'AuthenticAMD family 25 model 17 AMD EPYC [avx avx2 avx512bw ... fma]'."""
+  if cpuinfo is None:
+    try:
+      with open("/proc/cpuinfo") as f:
+        cpuinfo = f.read()
+    except OSError:
+      cpuinfo = ""
+  fields: dict[str, str] = {}
+  for line in cpuinfo.splitlines():
+    name, _, value = line.partition(":")
+    fields.setdefault(name.strip(), value.strip())
+  if not fields.get("model name"):
+    return f"{platform.machine()} {platform.processor()}".strip()
+  vector = sorted(f for f in fields.get("flags", "").split()
+                  if re.match(r"(avx|amx|fma|f16c|sve|neon|asimd)", f))
+  return (f"{fields.get('vendor_id', '')} family {fields.get('cpu family', '?')} model "
+          f"{fields.get('model', '?')} {fields['model name']} [{' '.join(vector)}]").strip()
+
+
+def op_key(description: str) -> str:
+  """`description` (the op and its static parameters) with what else decides its speed."""
+  xla_cpu_flags = sorted(w for w in os.environ.get("XLA_FLAGS", "").split()
+                         if w.startswith("--xla_cpu"))
+  return f"{description} | jax {jax.__version__} | {' '.join(xla_cpu_flags) or 'no XLA:CPU flags'}"
+
+
+def _load(path: str) -> dict[str, Any]:
+  try:
+    with open(path) as f:
+      data = json.load(f)
+  except (OSError, ValueError):
+    return {}  # Missing, unreadable or corrupt: measured again and rewritten.
+  return data if isinstance(data, dict) else {}
+
+
+@contextlib.contextmanager
+def _locked(path: str) -> Iterator[None]:
+  """An exclusive lock beside `path` where the file system has them, so that processes tuning
+  at once merge their records instead of overwriting each other's."""
+  try:
+    import fcntl
+    lock = open(path + ".lock", "a")
+  except (ImportError, OSError):
+    yield
+    return
+  with lock:
+    with contextlib.suppress(OSError):
+      fcntl.flock(lock, fcntl.LOCK_EX)
+    yield
+
+
+def _store(path: str, cpu: str, key: str, record: Mapping[str, Any]) -> None:
+  """Adds `record` under (cpu, key), written to a temporary file and renamed into place: a
+  reader never sees half a file."""
+  global _unwritable_reported
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with _locked(path):
+      data = _load(path)
+      entries = data.get(cpu)
+      data[cpu] = {**(entries if isinstance(entries, dict) else {}), key: dict(record)}
+      fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+      try:
+        with os.fdopen(fd, "w") as f:
+          json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+      except BaseException:
+        os.unlink(tmp)
+        raise
+  except OSError as e:
+    if not _unwritable_reported:  # The choice still holds for this process.
+      print(f"conv autotune: cannot write {path} ({e}); choices are not cached", file=sys.stderr,
+            flush=True)
+      _unwritable_reported = True
+
+
+def _random_operands(avals: Sequence[Any], rng: np.random.Generator) -> list[jax.Array]:
+  return [jax.device_put(rng.standard_normal(a.shape).astype(a.dtype)) for a in avals]
+
+
+def _seconds(fn: Callable[..., Any], args: Sequence[jax.Array]) -> float:
+  start = time.perf_counter()
+  jax.block_until_ready(fn(*args))
+  return time.perf_counter() - start
+
+
+def measure(candidates: Mapping[str, Callable[..., jax.Array]], avals: Sequence[Any]
+            ) -> dict[str, float]:
+  """Seconds of one forward + backward (`jax.vjp` with a random cotangent) of each candidate
+  on random operands of `avals`' shapes and dtypes: the best of up to `ROUNDS` alternating
+  rounds after one untimed (compiling) call each."""
+  rng = np.random.default_rng(0)
+  with jax.ensure_compile_time_eval():  # Run now, even while a jit traces the caller.
+    operands = _random_operands(avals, rng)
+    out = jax.eval_shape(next(iter(candidates.values())), *operands)
+    cotangent = _random_operands([out], rng)[0]
+    steps = {name: jax.jit(lambda *xs, fn=fn: jax.vjp(fn, *xs[:-1])[1](xs[-1]))
+             for name, fn in candidates.items()}
+    args = [*operands, cotangent]
+    for step in steps.values():
+      jax.block_until_ready(step(*args))
+    best = {name: float("inf") for name in steps}
+    for round_ in range(ROUNDS):
+      for name, step in steps.items():
+        best[name] = min(best[name], _seconds(step, args))
+      if round_ == 0 and max(best.values()) > CLEAR_WIN * min(best.values()):
+        break
+  return best
+
+
+def choose(description: str, candidates: Mapping[str, Callable[..., jax.Array]],
+           operands: Sequence[Any]) -> str:
+  """"rewrite" or "xla": the faster of `candidates` (those two names: the CPU form and XLA's
+  op, functions of `operands`) for this CPU and the op `description` names, from the cache or,
+  the first time, measured (one line on stderr) and cached."""
+  if not enabled():
+    return DEFAULT
+  avals = [jax.typeof(x) for x in operands]
+  if not all(isinstance(d, int) for a in avals for d in a.shape):
+    return DEFAULT  # Symbolic shapes (export): nothing to time.
+  path, cpu, key = cache_path(), cpu_key(), op_key(description)
+  memo_key = (path, cpu, key)
+  if memo_key in _memo:
+    return _memo[memo_key]
+  record = _load(path).get(cpu, {})
+  record = record.get(key) if isinstance(record, dict) else None
+  if not (isinstance(record, dict) and record.get("choice") in CHOICES):
+    start = time.perf_counter()
+    seconds = measure(candidates, avals)
+    choice = min(CHOICES, key=lambda name: seconds[name])
+    record = {"choice": choice, **{f"{name}_s": round(s, 6) for name, s in seconds.items()}}
+    if not _announced:
+      print(f"conv autotune: timing XLA's op against the CPU form for each new conv shape, once "
+            f"for this CPU; cached in {path}", file=sys.stderr, flush=True)
+      _announced.append(path)
+    print(f"  {description}: CPU form {seconds['rewrite'] * 1e3:.1f} ms, XLA "
+          f"{seconds['xla'] * 1e3:.1f} ms -> {'CPU form' if choice == 'rewrite' else 'XLA'} "
+          f"({time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True)
+    _store(path, cpu, key, record)
+  _memo[memo_key] = record["choice"]
+  return record["choice"]

@@ -1,0 +1,162 @@
+"""The conv autotune (cnn_jax/models/autotune.py): under conv_impl "auto" on CPU each conv or max
+pool with a CPU form takes the form measured faster for this CPU model and shape, measured once
+and then read from the cache; "xla" and "rewrite" force a form without measuring; either
+choice computes the same values and gradients."""
+
+import json
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cnn_jax.models import autotune, layers
+
+ZEN3 = ("vendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n"
+        "flags\t\t: fpu sse4_2 avx f16c fma avx2 bmi2\n")
+ZEN4 = ZEN3.replace("model\t\t: 1", "model\t\t: 17").replace(
+    "avx2", "avx2 avx512f avx512bw avx512_bf16")
+
+
+@pytest.fixture
+def tuning(tmp_path, monkeypatch):
+  """Autotune on, a fresh cache file and memory, and a fake `measure` whose timings the test
+  sets (`calls` counts the measurements)."""
+  monkeypatch.setenv(autotune.MODE_ENV, "1")
+  monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path))
+  monkeypatch.setattr(autotune, "_memo", {})
+
+  class Fake:
+    def __init__(self):
+      self.calls = 0
+      self.seconds = {"rewrite": 2.0, "xla": 1.0}
+
+    def __call__(self, candidates, avals):
+      self.calls += 1
+      assert set(candidates) == set(autotune.CHOICES)
+      return dict(self.seconds)
+
+  fake = Fake()
+  monkeypatch.setattr(autotune, "measure", fake)
+  return fake
+
+
+def _depthwise(x, w):
+  return layers.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     feature_group_count=x.shape[-1])
+
+
+def _operands():
+  kx, kw = jax.random.split(jax.random.key(0))
+  return jax.random.normal(kx, (2, 9, 9, 6)), jax.random.normal(kw, (3, 3, 1, 6))
+
+
+def _traced(impl="auto", scale=1.0):
+  """The jaxpr of a freshly traced jit of the depthwise conv (a new function: no trace cache)."""
+  def f(x, w):
+    with layers.conv_impl(impl):
+      return _depthwise(x, w) * scale
+  return str(jax.make_jaxpr(jax.jit(f))(*_operands()))
+
+
+def test_the_choice_is_measured_once_then_read_from_the_cache(tuning):
+  assert "conv_general_dilated" in _traced()  # XLA's conv measured faster: taken.
+  assert tuning.calls == 1
+  assert "conv_general_dilated" in _traced(scale=2.0)  # A new trace, same shape: from memory.
+  assert tuning.calls == 1
+  autotune._memo.clear()  # As a new process: from the file.
+  assert "conv_general_dilated" in _traced(scale=3.0)
+  assert tuning.calls == 1
+  (records,) = json.loads(open(autotune.cache_path()).read()).values()
+  (record,) = records.values()
+  assert record["choice"] == "xla" and record["xla_s"] < record["rewrite_s"]
+
+
+def test_each_shape_is_measured_and_the_faster_form_taken(tuning):
+  tuning.seconds = {"rewrite": 1.0, "xla": 2.0}
+  assert "conv_general_dilated" not in _traced()  # The CPU form (shifted multiply-adds).
+  x, w = _operands()
+  with layers.conv_impl("auto"):
+    jax.make_jaxpr(_depthwise)(x[:, :5], w)  # Another shape: measured too.
+  assert tuning.calls == 2
+
+
+def test_the_choice_is_per_cpu_model(tuning, monkeypatch):
+  assert autotune.cpu_key(ZEN3) != autotune.cpu_key(ZEN4)  # Both are "AMD EPYC".
+  assert "avx512f" in autotune.cpu_key(ZEN4) and "avx512f" not in autotune.cpu_key(ZEN3)
+  key_of = autotune.cpu_key
+  monkeypatch.setattr(autotune, "cpu_key", lambda: key_of(ZEN3))
+  _traced()
+  monkeypatch.setattr(autotune, "cpu_key", lambda: key_of(ZEN4))
+  _traced(scale=2.0)
+  assert tuning.calls == 2  # Another CPU model: measured again, not read.
+  assert set(json.loads(open(autotune.cache_path()).read())) == {key_of(ZEN3), key_of(ZEN4)}
+
+
+def test_xla_and_rewrite_force_a_form_without_measuring(tuning):
+  assert "conv_general_dilated" in _traced("xla")
+  assert "conv_general_dilated" not in _traced("rewrite")
+  assert tuning.calls == 0
+
+
+def test_measuring_can_be_turned_off_for_the_cpu_forms(tuning, monkeypatch):
+  monkeypatch.setenv(autotune.MODE_ENV, "0")
+  assert "conv_general_dilated" not in _traced()
+  assert tuning.calls == 0
+
+
+def test_a_corrupt_cache_file_is_measured_again_and_rewritten(tuning):
+  path = autotune.cache_path()
+  with open(path, "w") as f:
+    f.write('{"half a file')
+  _traced()
+  assert tuning.calls == 1
+  (records,) = json.loads(open(path).read()).values()
+  assert [r["choice"] for r in records.values()] == ["xla"]
+
+
+def test_processes_tuning_at_once_keep_each_others_records(tmp_path):
+  path = str(tmp_path / "forms.json")
+
+  def store(writer):
+    for i in range(10):
+      autotune._store(path, "cpu", f"op {writer} {i}", {"choice": "xla"})
+
+  threads = [threading.Thread(target=store, args=(w,)) for w in range(4)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert len(json.loads(open(path).read())["cpu"]) == 40
+  assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("faster", autotune.CHOICES)
+def test_either_choice_gives_the_same_values_and_gradients(tuning, faster):
+  tuning.seconds = {name: 1.0 if name == faster else 2.0 for name in autotune.CHOICES}
+  x, w = _operands()
+  pooled = jax.random.normal(jax.random.key(1), (2, 11, 11, 6))
+
+  def loss(impl, x, w, pooled):
+    with layers.conv_impl(impl):
+      return jnp.sum(jnp.sin(_depthwise(x, w))) + jnp.sum(jnp.cos(layers.max_pool(pooled, 3, 2, 1)))
+
+  want = jax.value_and_grad(loss, argnums=(1, 2, 3))("xla", x, w, pooled)
+  got = jax.value_and_grad(loss, argnums=(1, 2, 3))("auto", x, w, pooled)
+  assert tuning.calls == 2  # The conv and the pool.
+  for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
+
+
+def test_measure_times_both_forms_while_a_jit_traces_the_caller():
+  seen = {}
+
+  def f(x, w):
+    seen.update(autotune.measure({"rewrite": lambda x, w: x @ w, "xla": lambda x, w: (w.T @ x.T).T},
+                                 [x, w]))
+    return x @ w
+
+  jax.jit(f)(jnp.ones((8, 4)), jnp.ones((4, 3)))
+  assert set(seen) == set(autotune.CHOICES) and all(0 < s < 60 for s in seen.values())
