@@ -129,11 +129,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.total_steps = 0               # > 0 overrides num_epochs
   config.halt_after_steps = 0          # > 0: stop this invocation early (a rerun resumes)
 
-  # How convolutions are computed (same parameters and results): "auto" = on CPU the cheaper
-  # exact forms of cnn_jax/models/layers.py (depthwise by shifted multiply-adds, 1x1 and
-  # patchify convs as matmuls, max pooling by slices), XLA's conv elsewhere, because XLA:CPU's
-  # own convs are several times slower for these (experiments/cpu_speed); "xla" = XLA's conv
-  # everywhere; "rewrite" = the forms anywhere.
+  # How convolutions are computed (same parameters and results): "auto" = XLA's conv off CPU;
+  # on CPU, per conv and max pool that has one of the exact CPU forms of
+  # cnn_jax/models/cpu_ops.py (depthwise by shifted multiply-adds, 1x1 and patchify convs as
+  # matmuls, max pooling by strided views), whichever of the form and XLA's op measured faster
+  # on this CPU model and shape, measured once and cached (cnn_jax/models/autotune.py);
+  # "xla" = XLA's conv everywhere; "rewrite" = the forms anywhere. Neither measures.
   config.conv_impl = "auto"
 
   config.mesh = ml_collections.ConfigDict()

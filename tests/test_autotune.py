@@ -33,9 +33,11 @@ def tuning(tmp_path, monkeypatch):
       self.seconds = {"rewrite": 2.0, "xla": 1.0}
 
     def __call__(self, candidates, avals):
+      """`seconds`: {form: s} for forward and gradient alike, or {form: {part: s}}."""
       self.calls += 1
       assert set(candidates) == set(autotune.CHOICES)
-      return dict(self.seconds)
+      return {name: s if isinstance(s, dict) else dict.fromkeys(autotune.PARTS, s)
+              for name, s in self.seconds.items()}
 
   fake = Fake()
   monkeypatch.setattr(autotune, "measure", fake)
@@ -71,7 +73,8 @@ def test_the_choice_is_measured_once_then_read_from_the_cache(tuning):
   assert tuning.calls == 1
   (records,) = json.loads(open(autotune.cache_path()).read()).values()
   (record,) = records.values()
-  assert record["choice"] == "xla" and record["xla_s"] < record["rewrite_s"]
+  assert record["forward"] == record["gradient"] == "xla"
+  assert record["xla_gradient_s"] < record["rewrite_gradient_s"]
 
 
 def test_each_shape_is_measured_and_the_faster_form_taken(tuning):
@@ -114,7 +117,7 @@ def test_a_corrupt_cache_file_is_measured_again_and_rewritten(tuning):
   _traced()
   assert tuning.calls == 1
   (records,) = json.loads(open(path).read()).values()
-  assert [r["choice"] for r in records.values()] == ["xla"]
+  assert [r["gradient"] for r in records.values()] == ["xla"]
 
 
 def test_processes_tuning_at_once_keep_each_others_records(tmp_path):
@@ -133,9 +136,26 @@ def test_processes_tuning_at_once_keep_each_others_records(tmp_path):
   assert not list(tmp_path.glob("*.tmp"))
 
 
-@pytest.mark.parametrize("faster", autotune.CHOICES)
-def test_either_choice_gives_the_same_values_and_gradients(tuning, faster):
-  tuning.seconds = {name: 1.0 if name == faster else 2.0 for name in autotune.CHOICES}
+def test_inference_and_training_may_take_different_forms(tuning):
+  tuning.seconds = {"xla": {"forward": 1.0, "gradient": 2.0},
+                    "rewrite": {"forward": 2.0, "gradient": 1.0}}
+  x, w = _operands()
+
+  def f(x, w):
+    with layers.conv_impl("auto"):
+      return jnp.sum(jnp.sin(_depthwise(x, w)))
+
+  assert "conv_general_dilated" in str(jax.make_jaxpr(f)(x, w))
+  assert "conv_general_dilated" not in str(jax.make_jaxpr(jax.grad(f, argnums=(0, 1)))(x, w))
+  assert tuning.calls == 1
+
+
+@pytest.mark.parametrize("forward,gradient", [("rewrite", "rewrite"), ("xla", "xla"),
+                                              ("xla", "rewrite"), ("rewrite", "xla")])
+def test_every_choice_gives_the_same_values_and_gradients(tuning, forward, gradient):
+  tuning.seconds = {name: {"forward": 1.0 if name == forward else 2.0,
+                           "gradient": 1.0 if name == gradient else 2.0}
+                    for name in autotune.CHOICES}
   x, w = _operands()
   pooled = jax.random.normal(jax.random.key(1), (2, 11, 11, 6))
 
@@ -145,6 +165,7 @@ def test_either_choice_gives_the_same_values_and_gradients(tuning, faster):
 
   want = jax.value_and_grad(loss, argnums=(1, 2, 3))("xla", x, w, pooled)
   got = jax.value_and_grad(loss, argnums=(1, 2, 3))("auto", x, w, pooled)
+  np.testing.assert_allclose(loss("auto", x, w, pooled), want[0], rtol=1e-5)  # Not differentiated.
   assert tuning.calls == 2  # The conv and the pool.
   for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
@@ -159,4 +180,6 @@ def test_measure_times_both_forms_while_a_jit_traces_the_caller():
     return x @ w
 
   jax.jit(f)(jnp.ones((8, 4)), jnp.ones((4, 3)))
-  assert set(seen) == set(autotune.CHOICES) and all(0 < s < 60 for s in seen.values())
+  assert set(seen) == set(autotune.CHOICES)
+  assert all(set(parts) == set(autotune.PARTS) and all(0 < s < 60 for s in parts.values())
+             for parts in seen.values())

@@ -4,8 +4,9 @@ mode), instead of a fixed rule tuned on one kind of CPU.
 
 `layers` asks `choose` while it traces a conv or max pool that has a CPU form, under the
 "auto" conv impl on CPU. The first time a shape is met on a CPU model, both forms are timed on
-random operands of exactly that shape and dtype, forward and backward (the gradient dominates a
-train step), and the faster is recorded in `cache_path()`, a JSON file of
+random operands of exactly that shape and dtype, forward alone (what inference runs) and forward
++ backward (what a train step runs, where the gradient dominates), and the faster of each is
+recorded in `cache_path()`, a JSON file of
 {CPU key: {op key: record}}; later traces, in this process or any other, read it. A CPU key
 names the model and the vector extensions ("AMD EPYC" alone names both a Zen 3 with AVX2 and a
 Zen 4 with AVX-512); an op key names the shapes, dtype and parameters of the op together with the
@@ -29,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -38,6 +39,8 @@ CACHE_ENV = "CNN_JAX_CACHE_DIR"
 MODE_ENV = "CNN_JAX_CONV_AUTOTUNE"
 CACHE_NAME = "conv_forms.json"
 CHOICES = ("rewrite", "xla")  # The CPU form, XLA's op: the names of `layers.conv_impl`.
+_NAMES = {"rewrite": "CPU form", "xla": "XLA"}
+PARTS = ("forward", "gradient")  # Timed: the op alone; the op with its backward.
 DEFAULT = "rewrite"  # Where nothing is measured: the forms won on every CPU measured so far.
 
 # Timed rounds (each form once per round, alternating, so a change in load hits both); one round
@@ -45,7 +48,7 @@ DEFAULT = "rewrite"  # Where nothing is measured: the forms won on every CPU mea
 ROUNDS = 3
 CLEAR_WIN = 1.5
 
-_memo: dict[tuple[str, str, str], str] = {}  # (cache file, CPU key, op key) -> choice
+_memo: dict[tuple[str, str, str], Choice] = {}  # (cache file, CPU key, op key) -> choice
 _unwritable_reported = False
 _announced: list[str] = []  # The header line is printed once per process.
 
@@ -150,57 +153,75 @@ def _seconds(fn: Callable[..., Any], args: Sequence[jax.Array]) -> float:
 
 
 def measure(candidates: Mapping[str, Callable[..., jax.Array]], avals: Sequence[Any]
-            ) -> dict[str, float]:
-  """Seconds of one forward + backward (`jax.vjp` with a random cotangent) of each candidate
-  on random operands of `avals`' shapes and dtypes: the best of up to `ROUNDS` alternating
-  rounds after one untimed (compiling) call each."""
+            ) -> dict[str, dict[str, float]]:
+  """{candidate: {"forward": s, "gradient": s}}: seconds of a forward and of a forward +
+  backward (`jax.vjp` with a random cotangent) of each candidate on random operands of `avals`'
+  shapes and dtypes; the best of up to `ROUNDS` alternating rounds after one untimed
+  (compiling) call each."""
   rng = np.random.default_rng(0)
   with jax.ensure_compile_time_eval():  # Run now, even while a jit traces the caller.
     operands = _random_operands(avals, rng)
     out = jax.eval_shape(next(iter(candidates.values())), *operands)
     cotangent = _random_operands([out], rng)[0]
-    steps = {name: jax.jit(lambda *xs, fn=fn: jax.vjp(fn, *xs[:-1])[1](xs[-1]))
-             for name, fn in candidates.items()}
-    args = [*operands, cotangent]
-    for step in steps.values():
+    steps = {}
+    for name, fn in candidates.items():
+      steps[name, "forward"] = (jax.jit(fn), operands)
+      steps[name, "gradient"] = (jax.jit(lambda *xs, fn=fn: jax.vjp(fn, *xs[:-1])[1](xs[-1])),
+                                 [*operands, cotangent])
+    for step, args in steps.values():
       jax.block_until_ready(step(*args))
-    best = {name: float("inf") for name in steps}
+    best = dict.fromkeys(steps, float("inf"))
     for round_ in range(ROUNDS):
-      for name, step in steps.items():
-        best[name] = min(best[name], _seconds(step, args))
-      if round_ == 0 and max(best.values()) > CLEAR_WIN * min(best.values()):
+      for which, (step, args) in steps.items():
+        best[which] = min(best[which], _seconds(step, args))
+      if round_ == 0 and all(_clear_win([best[name, part] for name in candidates])
+                             for part in PARTS):
         break
-  return best
+  return {name: {part: best[name, part] for part in PARTS} for name in candidates}
+
+
+def _clear_win(seconds: Sequence[float]) -> bool:
+  return max(seconds) > CLEAR_WIN * min(seconds)
+
+
+class Choice(NamedTuple):
+  """The form ("rewrite" or "xla") for an op's forward where nothing differentiates it
+  (inference), and for its forward + backward where something does (training)."""
+  forward: str
+  gradient: str
 
 
 def choose(description: str, candidates: Mapping[str, Callable[..., jax.Array]],
-           operands: Sequence[Any]) -> str:
-  """"rewrite" or "xla": the faster of `candidates` (those two names: the CPU form and XLA's
-  op, functions of `operands`) for this CPU and the op `description` names, from the cache or,
-  the first time, measured (one line on stderr) and cached."""
+           operands: Sequence[Any]) -> Choice:
+  """The faster of `candidates` (named "rewrite" and "xla": the CPU form and XLA's op,
+  functions of `operands`), forward alone and with its backward, for this CPU and the op
+  `description` names: from the cache or, the first time, measured (a line on stderr) and
+  cached."""
   if not enabled():
-    return DEFAULT
+    return Choice(DEFAULT, DEFAULT)
   avals = [jax.typeof(x) for x in operands]
   if not all(isinstance(d, int) for a in avals for d in a.shape):
-    return DEFAULT  # Symbolic shapes (export): nothing to time.
+    return Choice(DEFAULT, DEFAULT)  # Symbolic shapes (export): nothing to time.
   path, cpu, key = cache_path(), cpu_key(), op_key(description)
   memo_key = (path, cpu, key)
   if memo_key in _memo:
     return _memo[memo_key]
   record = _load(path).get(cpu, {})
   record = record.get(key) if isinstance(record, dict) else None
-  if not (isinstance(record, dict) and record.get("choice") in CHOICES):
+  if not (isinstance(record, dict) and all(record.get(part) in CHOICES for part in PARTS)):
     start = time.perf_counter()
     seconds = measure(candidates, avals)
-    choice = min(CHOICES, key=lambda name: seconds[name])
-    record = {"choice": choice, **{f"{name}_s": round(s, 6) for name, s in seconds.items()}}
+    record = {part: min(CHOICES, key=lambda name: seconds[name][part]) for part in PARTS}
+    record.update({f"{name}_{part}_s": round(seconds[name][part], 6)
+                   for name in CHOICES for part in PARTS})
     if not _announced:
       print(f"conv autotune: timing XLA's op against the CPU form for each new conv shape, once "
             f"for this CPU; cached in {path}", file=sys.stderr, flush=True)
       _announced.append(path)
-    print(f"  {description}: CPU form {seconds['rewrite'] * 1e3:.1f} ms, XLA "
-          f"{seconds['xla'] * 1e3:.1f} ms -> {'CPU form' if choice == 'rewrite' else 'XLA'} "
-          f"({time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True)
+    print(f"  {description}: " + "; ".join(
+        f"{part} CPU form {seconds['rewrite'][part] * 1e3:.1f} ms, XLA "
+        f"{seconds['xla'][part] * 1e3:.1f} ms -> {_NAMES[record[part]]}" for part in PARTS)
+        + f" ({time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True)
     _store(path, cpu, key, record)
-  _memo[memo_key] = record["choice"]
-  return record["choice"]
+  _memo[memo_key] = Choice(record["forward"], record["gradient"])
+  return _memo[memo_key]

@@ -88,14 +88,27 @@ def _use_cpu_forms() -> bool:
 def _dispatch(description: str, cpu_form: Callable[..., jax.Array],
               xla_op: Callable[..., jax.Array], *operands: jax.Array) -> jax.Array:
   """The one rule for an op that has a CPU form: the form under "rewrite", XLA's op under "xla"
-  and off CPU, and under "auto" on CPU the one `autotune` chose for this CPU model and shape."""
+  and off CPU, and under "auto" on CPU the ones `autotune` chose for this CPU model and shape,
+  one for the forward where nothing differentiates the op and one for forward and backward."""
   if not _use_cpu_forms():
     return xla_op(*operands)
-  if _conv_impl.get() == "auto":
-    choice = autotune.choose(description, {"rewrite": cpu_form, "xla": xla_op}, operands)
-    if choice == "xla":
-      return xla_op(*operands)
-  return cpu_form(*operands)
+  if _conv_impl.get() == "rewrite":
+    return cpu_form(*operands)
+  forms = {"rewrite": cpu_form, "xla": xla_op}
+  choice = autotune.choose(description, forms, operands)
+  if choice.forward == choice.gradient:
+    return forms[choice.forward](*operands)
+  return _forward_and_gradient_by(forms[choice.forward], forms[choice.gradient], *operands)
+
+
+def _forward_and_gradient_by(forward: Callable[..., jax.Array],
+                             differentiated: Callable[..., jax.Array],
+                             *operands: jax.Array) -> jax.Array:
+  """`forward(*operands)` where nothing differentiates it; under differentiation the forward
+  and backward of `differentiated` (the same function, computed otherwise)."""
+  op = jax.custom_vjp(lambda *xs: forward(*xs))
+  op.defvjp(lambda *xs: jax.vjp(differentiated, *xs), lambda vjp, dy: vjp(dy))
+  return op(*operands)
 
 
 def _shape(x: jax.Array) -> str:
