@@ -183,3 +183,9 @@ def test_measure_times_both_forms_while_a_jit_traces_the_caller():
   assert set(seen) == set(autotune.CHOICES)
   assert all(set(parts) == set(autotune.PARTS) and all(0 < s < 60 for s in parts.values())
              for parts in seen.values())
+
+
+def test_a_near_tie_keeps_the_cpu_form(tuning):
+  tuning.seconds = {"rewrite": autotune.MARGIN * 0.99, "xla": 1.0}  # XLA faster, within noise.
+  assert "conv_general_dilated" not in _traced()
+  assert tuning.calls == 1
