@@ -10,7 +10,8 @@ recorded in `cache_path()`, a JSON file of
 {CPU key: {op key: record}}; later traces, in this process or any other, read it. A CPU key
 names the model and the vector extensions ("AMD EPYC" alone names both a Zen 3 with AVX2 and a
 Zen 4 with AVX-512); an op key names the shapes, dtype and parameters of the op together with the
-jax version and the XLA:CPU flags, which change XLA's kernels.
+jax version and the XLA:CPU flags, which change XLA's kernels, and a digest of cpu_ops' source,
+which changes the forms.
 
 Either form gives the same values and gradients (float rounding; tests/test_conv_rewrite.py), so
 the choice changes only speed. Environment:
@@ -22,6 +23,8 @@ the choice changes only speed. Environment:
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
 import os
 import platform
@@ -93,7 +96,17 @@ def op_key(description: str) -> str:
   """`description` (the op and its static parameters) with what else decides its speed."""
   xla_cpu_flags = sorted(w for w in os.environ.get("XLA_FLAGS", "").split()
                          if w.startswith("--xla_cpu"))
-  return f"{description} | jax {jax.__version__} | {' '.join(xla_cpu_flags) or 'no XLA:CPU flags'}"
+  return (f"{description} | jax {jax.__version__} | cpu_ops {_forms_version()} | "
+          f"{' '.join(xla_cpu_flags) or 'no XLA:CPU flags'}")
+
+
+@functools.cache
+def _forms_version() -> str:
+  """A digest of cpu_ops' source: a choice timed against an earlier CPU form is timed again."""
+  from cnn_jax.models import cpu_ops  # pylint: disable=import-outside-toplevel
+
+  with open(cpu_ops.__file__, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()[:12]
 
 
 def _load(path: str) -> dict[str, Any]:
