@@ -10,7 +10,6 @@ alternating rounds, medians per stage.
 """
 
 import glob
-import importlib.util
 import math
 import sys
 import time
@@ -18,21 +17,12 @@ import time
 import numpy as np
 from PIL import Image
 
+from cnn_jax import cli
 from cnn_jax.data import transforms
 from cnn_jax.data.sources.images import EncodedImage
+from cnn_jax.data_bench import VARIANTS  # the same decode-path settings as --variants
 
-spec = importlib.util.spec_from_file_location("bench", "configs/data_examples/imagenet_bench.py")
-bench_config = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench_config)
-
-VARIANTS = {  # data_bench's --variants
-    "before": {"decoder": "pil", "reduced_decode": 0.0, "normalise_on_device": False,
-               "train_resampling": "pil"},
-    "after": {"decoder": "simplejpeg", "reduced_decode": 2.0, "normalise_on_device": True,
-              "train_resampling": "pil"},
-    "opencv": {"decoder": "simplejpeg", "reduced_decode": 2.0, "normalise_on_device": True,
-               "train_resampling": "opencv"},
-}
+BENCH_CONFIG = "configs/data_examples/imagenet_bench.py"
 
 
 def stages(path: str, index: int, t: transforms.TrainTransform, decoder: str, times: dict):
@@ -114,7 +104,7 @@ def main() -> None:
   rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 3
   chains = {}
   for name, fields in VARIANTS.items():
-    config = bench_config.get_config()
+    config = cli.load_config_file(BENCH_CONFIG)
     config.data.update(fields)
     chains[name] = (transforms.TrainTransform(config.data), fields["decoder"])
   runs = {name: [] for name in VARIANTS}
