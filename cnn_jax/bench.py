@@ -183,7 +183,7 @@ def prepare_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
   import optax
   from flax import nnx
 
-  from cnn_jax import data, fcmae, optim, parallel, perf, summary, train
+  from cnn_jax import data, fcmae, parallel, perf, summary, train
 
   if mode not in MODES or dtype not in DTYPES or batch_size < 1:
     raise UserError(f"need a mode of {MODES}, a dtype of {DTYPES} and batch_size >= 1 "
@@ -229,10 +229,7 @@ def prepare_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
 
   train_batches, _, data_info = data.create_datasets(config)
   # The loop's schedule, so a config's step is its run's (the synthetic config's is constant).
-  total_steps = config.total_steps or config.num_epochs * train_batches.steps_per_epoch
-  accum = config.optimizer.grad_accum_steps
-  schedule = optim.create_schedule(config, max(total_steps // accum, 1),
-                                   max(train_batches.steps_per_epoch // accum, 1))
+  _, schedule = train.run_schedule(config, train_batches.steps_per_epoch)
   # Inference keeps no optimizer state (identity's is empty), so it does not take memory.
   tx = (optax.identity() if mode == "infer"
         else train.build_optimizer(config, schedule, model, params))

@@ -179,6 +179,16 @@ def classification_metrics(totals: dict[str, Any]) -> dict[str, float]:
   return results
 
 
+def run_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int
+                 ) -> tuple[int, optax.Schedule]:
+  """The run's length in steps and its learning-rate schedule, which counts optimizer updates
+  (one per `optimizer.grad_accum_steps` steps)."""
+  total_steps = config.total_steps or config.num_epochs * steps_per_epoch
+  accum = config.optimizer.grad_accum_steps
+  return total_steps, optim.create_schedule(config, total_steps // accum,
+                                            steps_per_epoch // accum)
+
+
 def classification_step_options(config: ml_collections.ConfigDict,
                                 info: data.DatasetInfo) -> dict[str, Any]:
   mixup = config.data.mixup if data.mixing.is_active(config.data.mixup) else None
@@ -382,10 +392,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   train_batches, eval_batches, info = data.create_datasets(config)
 
   steps_per_epoch = train_batches.steps_per_epoch
-  total_steps = config.total_steps or config.num_epochs * steps_per_epoch
-  accum = config.optimizer.grad_accum_steps
-  # The schedule counts optimizer updates, one per `accum` steps.
-  schedule = optim.create_schedule(config, total_steps // accum, steps_per_epoch // accum)
+  total_steps, schedule = run_schedule(config, steps_per_epoch)
 
   model = task.build_model(config)
   check_input_shape(model, config.data.batch_size // jax.process_count(), info.image_shape)
