@@ -29,7 +29,6 @@ def step_time_stats(times: Sequence[float]) -> dict[str, float]:
           "spread_pct": 100.0 * (quantile(0.9) - quantile(0.1)) / median if median else 0.0}
 
 
-
 class PhaseClock:
   """Wall and CPU seconds (this process, all its threads) per named phase of a run; `steps`
   is what is left of the whole after the named phases. CPU time is the figure that holds
