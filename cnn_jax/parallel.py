@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from cnn_jax import cli
 from cnn_jax.errors import UserError
 
 DATA_AXIS = "data"
@@ -117,9 +118,10 @@ def shard_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax
 FAILURE_KEY = "cnn_jax/failed_process"
 
 
-def _one_line(e: BaseException) -> str:
-  text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
-  return f"{type(e).__name__}: {text}" if text else type(e).__name__
+def _named_one_line(e: BaseException) -> str:
+  """What another process prints of this one's failure: the type too, as it has no traceback."""
+  text = cli.one_line(e)
+  return text if text == type(e).__name__ else f"{type(e).__name__}: {text}"
 
 
 @contextlib.contextmanager
@@ -158,7 +160,7 @@ def stop_all_on_failure(ack_timeout_s: float = 10.0) -> Iterator[None]:
         if failures_in_a_row < 30 or finished.is_set():
           time.sleep(1.0)
           continue
-        message = f"lost the coordination service (process 0): {_one_line(e)}"
+        message = f"lost the coordination service (process 0): {_named_one_line(e)}"
       if finished.is_set():
         return
       print(f"error: stopping process {me} of {count}: {message}", file=sys.stderr, flush=True)
@@ -175,8 +177,7 @@ def stop_all_on_failure(ack_timeout_s: float = 10.0) -> Iterator[None]:
     finished.set()
     if isinstance(e, SystemExit) and e.code in (0, None):
       raise
-    from cnn_jax.errors import UserError
-    reason = (f"exit code {e.code}" if isinstance(e, SystemExit) else _one_line(e))
+    reason = (f"exit code {e.code}" if isinstance(e, SystemExit) else _named_one_line(e))
     message = f"process {me} of {count} on {socket.gethostname()} failed: {reason}"
     first = True
     try:

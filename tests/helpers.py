@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import textwrap
 from collections.abc import Iterator
 
 import ml_collections
@@ -72,3 +73,27 @@ def temporary_files_in(directory) -> Iterator[None]:
     yield
   finally:
     tempfile.tempdir = previous
+
+
+def write_sweep_file(directory, *, workdir: str, overrides: list, points: list,
+                     grid: list) -> str:
+  """A sweep config file (configs/sweeps/ form) over configs/lenet5_digits.py; its path."""
+  path = os.path.join(str(directory), "my_sweep.py")
+  with open(path, "w") as f:
+    f.write(textwrap.dedent(f"""
+        import ml_collections
+
+        def get_config():
+          config = ml_collections.ConfigDict()
+          config.name = "cli sweep"
+          config.base_config = "configs/lenet5_digits.py"
+          config.base_config_arg = ""
+          config.workdir = {workdir!r}
+          config.overrides = {overrides!r}
+          config.points = {points!r}
+          config.grid = {grid!r}
+          config.plot_metrics = ("train/loss",)
+          config.summarize = False
+          return config
+        """))
+  return path

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from cnn_jax import bench, bench_torch, perf
-from tests.helpers import load_config, run_cli
+from helpers import load_config, run_cli
 
 JAX_FIELDS = {
     "framework", "model", "mode", "batch_size", "image_size", "in_channels", "num_classes",

@@ -7,7 +7,7 @@ from absl import flags
 
 from cnn_jax import cli, config
 from cnn_jax.errors import UserError
-from tests.helpers import run_cli
+from helpers import run_cli
 
 TOOLS = ("cnn_jax.main", "cnn_jax.convert", "cnn_jax.erf", "cnn_jax.summary",
          "cnn_jax.data_bench", "cnn_jax.bench", "cnn_jax.sweep", "cnn_jax.launch",

@@ -23,7 +23,7 @@ from safetensors.numpy import save_file
 from cnn_jax import checkpoint, convert
 from cnn_jax.errors import UserError
 from cnn_jax.models import alexnet, convnext, create_model, resnet, vit
-from tests.helpers import REPO_ROOT, run_cli
+from helpers import REPO_ROOT, run_cli
 
 FIXTURES = os.path.join(REPO_ROOT, "tests", "fixtures")
 PRETRAINED = os.path.join(FIXTURES, "pretrained")
@@ -280,7 +280,7 @@ def test_eval_config_evaluates_converted_weights(tmp_path):
   A CIFAR ResNet-20 (same ResNet class, torchvision names) stands in for an ImageNet model and
   synthetic images for ImageNet."""
   from cnn_jax import train  # pylint: disable=import-outside-toplevel
-  from tests.helpers import load_config  # pylint: disable=import-outside-toplevel
+  from helpers import load_config  # pylint: disable=import-outside-toplevel
 
   source = create_model("resnet20", rngs=nnx.Rngs(5), num_classes=10)
   checkpoint_file = str(tmp_path / "resnet20.safetensors")

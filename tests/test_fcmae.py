@@ -19,7 +19,7 @@ from cnn_jax import checkpoint, fcmae, train
 # must not clash with them (importing the cnn_jax.convert CLI module would).
 from cnn_jax import summary  # noqa: F401
 from cnn_jax.models import create_model
-from tests.helpers import load_config
+from helpers import load_config
 
 # A tiny ConvNeXt V2: stem 1x1, stages at 16/8/4/2 px for 16x16 images, so the mask is a 2x2
 # grid of 8x8 patches and the 7x7 depthwise convs reach across patch borders at every stage.
@@ -357,7 +357,7 @@ def test_bad_fcmae_settings_are_user_errors():
 
 
 def test_cli_rejects_an_unknown_task(tmp_path):
-  from tests.helpers import run_cli
+  from helpers import run_cli
   result = run_cli("cnn_jax.main", "--config", "configs/fcmae_convnextv2_digits.py",
                    "--workdir", str(tmp_path), "--config.task=regression")
   assert result.returncode == 2

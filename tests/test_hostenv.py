@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from cnn_jax import hostenv
-from tests.helpers import HANG_TIMEOUT, REPO_ROOT
+from helpers import HANG_TIMEOUT, REPO_ROOT
 
 MAIN = ["python", "-m", "cnn_jax.main", "--config", "configs/lenet5_digits.py"]
 GLIBC = ("glibc", "2.36")

@@ -13,13 +13,12 @@ import os
 import pickle
 import re
 import stat
-import textwrap
 
 import pytest
 
 from cnn_jax import launch, sweep
 from cnn_jax.errors import UserError
-from helpers import REPO_ROOT, run_cli
+from helpers import REPO_ROOT, run_cli, write_sweep_file
 from test_sweep import _TINY, make_sweep
 
 _SBATCH = """#!/bin/sh
@@ -158,24 +157,8 @@ def test_sbatch_refusal_is_passed_on_in_one_line(tmp_path, fake_slurm, monkeypat
 
 
 def _write_sweep_file(tmp_path) -> str:
-  path = tmp_path / "my_sweep.py"
-  path.write_text(textwrap.dedent(f"""
-      import ml_collections
-
-      def get_config():
-        config = ml_collections.ConfigDict()
-        config.name = "cli sweep"
-        config.base_config = "configs/lenet5_digits.py"
-        config.base_config_arg = ""
-        config.workdir = {str(tmp_path / 'w')!r}
-        config.overrides = {_TINY!r}
-        config.points = []
-        config.grid = [("optimizer.learning_rate", (0.001, 0.01))]
-        config.plot_metrics = ("train/loss",)
-        config.summarize = False
-        return config
-      """))
-  return str(path)
+  return write_sweep_file(tmp_path, workdir=str(tmp_path / "w"), overrides=_TINY, points=[],
+                          grid=[("optimizer.learning_rate", (0.001, 0.01))])
 
 
 def test_no_sbatch_on_the_path_is_one_line_and_nothing_is_written(tmp_path):

@@ -4,7 +4,7 @@ installs) name the same pinned packages."""
 import os
 import tomllib
 
-from tests.helpers import REPO_ROOT
+from helpers import REPO_ROOT
 
 
 def _requirement_lines() -> list[str]:

@@ -22,7 +22,7 @@ from cnn_jax.data.sources.images import CorruptImage, decode_image
 from cnn_jax.data.transforms import EvalTransform
 from cnn_jax.errors import UserError
 from cnn_jax.models import create_model
-from tests.helpers import load_config, run_cli
+from helpers import load_config, run_cli
 from tests.test_convert import PRETRAINED, export_state_dict
 
 FIXTURE_IMAGES = [os.path.join(PRETRAINED, f"image{i}.png") for i in range(3)]

@@ -16,7 +16,7 @@ from flax import nnx
 from cnn_jax import summary
 from cnn_jax.errors import UserError
 from cnn_jax.models import list_models
-from tests.helpers import run_cli
+from helpers import run_cli
 
 # Published MACs for one 224x224 image (REFERENCE.md; torchvision / timm / the papers' "FLOPs")
 # and exact parameter counts where the reference gives them.

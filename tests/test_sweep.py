@@ -5,14 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import os
-import textwrap
 
 import ml_collections
 import pytest
 
 from cnn_jax import sweep
 from cnn_jax.errors import UserError
-from helpers import REPO_ROOT, run_cli
+from helpers import REPO_ROOT, run_cli, write_sweep_file
 
 # Tiny runs of LeNet-5 on the 8x8 digits: a few steps each, checkpoint every 2 steps.
 _TINY = [("total_steps", 4), ("log_every_steps", 1), ("eval_every_steps", 4),
@@ -150,29 +149,14 @@ def test_sweep_trains_skips_finished_resumes_interrupted_and_writes_outputs(tmp_
   assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def _write_sweep_file(tmp_path, grid: str) -> str:
-  path = tmp_path / "my_sweep.py"
-  path.write_text(textwrap.dedent(f"""
-      import ml_collections
-
-      def get_config():
-        config = ml_collections.ConfigDict()
-        config.name = "cli sweep"
-        config.base_config = "configs/lenet5_digits.py"
-        config.base_config_arg = ""
-        config.workdir = {str(tmp_path / 'default_workdir')!r}
-        config.overrides = [("num_epochs", 1), ("data.max_shift", 1)]
-        config.points = [{{"model.name": "lenet5"}}]
-        config.grid = {grid}
-        config.plot_metrics = ("train/loss",)
-        config.summarize = False
-        return config
-      """))
-  return str(path)
+def _write_sweep_file(tmp_path, grid: list) -> str:
+  return write_sweep_file(tmp_path, workdir=str(tmp_path / "default_workdir"),
+                          overrides=[("num_epochs", 1), ("data.max_shift", 1)],
+                          points=[{"model.name": "lenet5"}], grid=grid)
 
 
 def test_print_commands_writes_one_main_command_per_point(tmp_path):
-  path = _write_sweep_file(tmp_path, '[("optimizer.learning_rate", (0.001, 0.01))]')
+  path = _write_sweep_file(tmp_path, [("optimizer.learning_rate", (0.001, 0.01))])
   workdir = str(tmp_path / "w")
   result = run_cli("cnn_jax.sweep", f"--config={path}", f"--workdir={workdir}",
                    "--print_commands")
@@ -189,14 +173,14 @@ def test_print_commands_writes_one_main_command_per_point(tmp_path):
 
 
 def test_printed_tuple_values_are_quoted_for_the_shell(tmp_path):
-  path = _write_sweep_file(tmp_path, '[("data.mean", ((0.5, 0.5, 0.5),))]')
+  path = _write_sweep_file(tmp_path, [("data.mean", ((0.5, 0.5, 0.5),))])
   result = run_cli("cnn_jax.sweep", f"--config={path}", "--print_commands")
   assert result.returncode == 0, result.stderr
   assert "'--config.data.mean=(0.5, 0.5, 0.5)'" in result.stdout
 
 
 def test_cli_bad_override_is_one_line_and_exit_2(tmp_path):
-  path = _write_sweep_file(tmp_path, '[("optimizer.lr", (0.1,))]')
+  path = _write_sweep_file(tmp_path, [("optimizer.lr", (0.1,))])
   result = run_cli("cnn_jax.sweep", f"--config={path}", f"--workdir={tmp_path / 'w'}")
   assert result.returncode == 2
   assert result.stderr.strip().count("\n") == 0

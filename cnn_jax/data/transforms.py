@@ -53,6 +53,12 @@ def _opencv():
   return cv2
 
 
+def _hwc(image: np.ndarray) -> np.ndarray:
+  """OpenCV and PIL hand a one-channel image back without its channel axis; the pipeline
+  keeps HWC throughout."""
+  return image if image.ndim == 3 else image[..., None]
+
+
 def opencv_resize(image: np.ndarray, size: int, resample) -> np.ndarray:
   """`image` (uint8 HWC) to size x size with the interpolation's cubic / linear kernel; a side
   that shrinks by f is first blurred by a Gaussian of sigma 0.5 sqrt(f^2 - 1) px, the
@@ -66,14 +72,14 @@ def opencv_resize(image: np.ndarray, size: int, resample) -> np.ndarray:
                              sigmaY=max(sigma_y, 1e-3))
   flag = cv2.INTER_CUBIC if resample == Image.Resampling.BICUBIC else cv2.INTER_LINEAR
   out = cv2.resize(image, (size, size), interpolation=flag)
-  return out if out.ndim == 3 else out[..., None]
+  return _hwc(out)
 
 
 def opencv_flip(image: np.ndarray) -> np.ndarray:
   """Left-right flip of a uint8 HWC array into a new contiguous one (a cheaper copy than
   NumPy's of a negative-stride view)."""
   out = _opencv().flip(image, 1)
-  return out if out.ndim == 3 else out[..., None]
+  return _hwc(out)
 
 
 def opencv_affine(image: np.ndarray, matrix, resample, fill) -> np.ndarray:
@@ -91,7 +97,7 @@ def opencv_affine(image: np.ndarray, matrix, resample, fill) -> np.ndarray:
   out = cv2.warpAffine(image, inverse, (image.shape[1], image.shape[0]),
                        flags=flag | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
                        borderValue=fill)
-  return out if out.ndim == 3 else out[..., None]
+  return _hwc(out)
 
 
 def rotate_matrix(width: int, height: int, degrees: float) -> list[float]:
@@ -326,7 +332,7 @@ class RandAugment:
       else:
         out = np.asarray(_OPS[name](Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1
                                                     else img), m, rng, self.geo))
-        img = out if out.ndim == 3 else out[..., None]
+        img = _hwc(out)
     return img
 
 
