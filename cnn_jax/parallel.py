@@ -164,10 +164,20 @@ def stop_all_on_failure(ack_timeout_s: float = 10.0) -> Iterator[None]:
       if finished.is_set():
         return
       print(f"error: stopping process {me} of {count}: {message}", file=sys.stderr, flush=True)
-      with contextlib.suppress(Exception):
-        client.key_value_set(f"{FAILURE_KEY}/ack/{me}", "1")
+      acknowledge_and_outlive_the_failed()
       sys.stdout.flush()
       os._exit(1)
+
+  def acknowledge_and_outlive_the_failed() -> None:
+    with contextlib.suppress(Exception):
+      client.key_value_set(f"{FAILURE_KEY}/ack/{me}", "1")
+    if me == 0:
+      # Process 0 hosts the coordination service. Were it to exit while the failed process is
+      # still leaving, that process's coordination client would abort it (SIGABRT and a C++
+      # log line in place of its exit code 2 and its one-line error).
+      with contextlib.suppress(Exception):
+        client.blocking_key_value_get(f"{FAILURE_KEY}/gone", int(2000 * ack_timeout_s))
+        time.sleep(1.0)  # "gone" is said just before its os._exit, which takes a moment
 
   watcher = threading.Thread(target=watch, name="cnn_jax-peer-failure", daemon=True)
   watcher.start()
@@ -206,6 +216,10 @@ def stop_all_on_failure(ack_timeout_s: float = 10.0) -> Iterator[None]:
           continue
         with contextlib.suppress(Exception):
           client.blocking_key_value_get(f"{FAILURE_KEY}/ack/{other}", left_ms)
+      with contextlib.suppress(Exception):
+        client.key_value_set(f"{FAILURE_KEY}/gone", "1")
+    else:
+      acknowledge_and_outlive_the_failed()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
