@@ -136,6 +136,48 @@ def test_processes_tuning_at_once_keep_each_others_records(tmp_path):
   assert not list(tmp_path.glob("*.tmp"))
 
 
+class _FakeCoordination:
+  """jax.distributed's key-value store, as two processes of one run share it."""
+
+  def __init__(self):
+    self.store = {}
+
+  def key_value_set(self, key, value, allow_overwrite=False):
+    assert allow_overwrite or key not in self.store
+    self.store[key] = value
+
+  def blocking_key_value_get(self, key, timeout_in_ms):
+    if key not in self.store:
+      raise RuntimeError("DEADLINE_EXCEEDED")
+    return self.store[key]
+
+
+def test_the_processes_of_a_run_take_process_0s_choice(tuning, monkeypatch, capsys):
+  coordination = _FakeCoordination()
+  monkeypatch.setattr(autotune, "_coordination_client", lambda: coordination)
+  monkeypatch.setattr(jax, "process_index", lambda: 0)
+  tuning.seconds = {"rewrite": {"forward": 2.0, "gradient": 1.0},
+                    "xla": {"forward": 1.0, "gradient": 2.0}}
+  assert "conv_general_dilated" in _traced()
+  assert tuning.calls == 1 and list(coordination.store.values()) == ["xla,rewrite"]
+
+  # Process 1, on a CPU that would measure the other way: process 0's forms, nothing timed.
+  autotune._memo.clear()
+  monkeypatch.setattr(autotune, "cpu_key", lambda: "another CPU")
+  monkeypatch.setattr(jax, "process_index", lambda: 1)
+  tuning.seconds = {"rewrite": 1.0, "xla": 2.0}
+  assert "conv_general_dilated" in _traced()
+  assert tuning.calls == 1
+  assert "another CPU" not in json.loads(open(autotune.cache_path()).read())
+
+  # No word from process 0 (it died): the CPU form, said in a line, not a hang.
+  autotune._memo.clear()
+  coordination.store.clear()
+  capsys.readouterr()
+  assert "conv_general_dilated" not in _traced()
+  assert "no choice from process 0" in capsys.readouterr().err
+
+
 def test_inference_and_training_may_take_different_forms(tuning):
   tuning.seconds = {"xla": {"forward": 1.0, "gradient": 2.0},
                     "rewrite": {"forward": 2.0, "gradient": 1.0}}

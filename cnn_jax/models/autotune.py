@@ -11,7 +11,8 @@ recorded in `cache_path()`, a JSON file of
 names the model and the vector extensions ("AMD EPYC" alone names both a Zen 3 with AVX2 and a
 Zen 4 with AVX-512); an op key names the shapes, dtype and parameters of the op together with the
 jax version and the XLA:CPU flags, which change XLA's kernels, and a digest of cpu_ops' source,
-which changes the forms.
+which changes the forms. In a run of many processes, process 0 alone measures (or reads its
+cache) and hands each choice to the others through jax.distributed's key-value store.
 
 Either form gives the same values and gradients (float rounding; tests/test_conv_rewrite.py), so
 the choice changes only speed. Environment:
@@ -54,6 +55,9 @@ CLEAR_WIN = 1.5
 # a shared machine are noise, and an isolated timing misses what the forms save around them in a
 # whole step (the transposed gradient copies that 2-D matmul operands avoid).
 MARGIN = 1.1
+# How long another process of a run waits for process 0 to time a shape it reached first; process
+# 0 may be that far behind (its own start-up, compile of earlier programs).
+WAIT_MS = 30 * 60 * 1000
 
 _memo: dict[tuple[str, str, str], Choice] = {}  # (cache file, CPU key, op key) -> choice
 _unwritable_reported = False
@@ -223,6 +227,47 @@ def choose(description: str, candidates: Mapping[str, Callable[..., jax.Array]],
   memo_key = (path, cpu, key)
   if memo_key in _memo:
     return _memo[memo_key]
+  client = _coordination_client()
+  if client is not None and jax.process_index() != 0:
+    _memo[memo_key] = _read_from_process_0(client, key, description)
+    return _memo[memo_key]
+  _memo[memo_key] = _measured_or_cached(description, candidates, avals, path, cpu, key)
+  if client is not None:
+    client.key_value_set(_shared_key(key), ",".join(_memo[memo_key]), allow_overwrite=True)
+  return _memo[memo_key]
+
+
+def _coordination_client() -> Any:
+  """jax.distributed's client in a run of many processes; None in a single process."""
+  if jax.process_count() == 1:
+    return None
+  from jax._src import distributed  # pylint: disable=import-outside-toplevel
+  return distributed.global_state.client
+
+
+def _shared_key(op: str) -> str:
+  return "cnn_jax/conv_form/" + hashlib.sha256(op.encode()).hexdigest()[:32]
+
+
+def _read_from_process_0(client: Any, op: str, description: str) -> Choice:
+  """Process 0's choice. The processes of one run take the same forms: each timing on its own,
+  at once, would make their timings compete and could split their choices (equally exact,
+  but rounded differently)."""
+  if not _announced:
+    print("conv autotune: taking process 0's choice for each conv shape (it times new ones)",
+          file=sys.stderr, flush=True)
+    _announced.append("process 0")
+  try:
+    forward, gradient = client.blocking_key_value_get(_shared_key(op), WAIT_MS).split(",")
+  except Exception as e:  # Process 0 died, or is that far behind: the rule, not a hang.
+    print(f"conv autotune: no choice from process 0 for {description} ({type(e).__name__}); "
+          f"the CPU form", file=sys.stderr, flush=True)
+    return Choice(DEFAULT, DEFAULT)
+  return Choice(forward, gradient)
+
+
+def _measured_or_cached(description: str, candidates: Mapping[str, Callable[..., jax.Array]],
+                        avals: Sequence[Any], path: str, cpu: str, key: str) -> Choice:
   record = _load(path).get(cpu, {})
   record = record.get(key) if isinstance(record, dict) else None
   if not (isinstance(record, dict) and all(record.get(part) in CHOICES for part in PARTS)):
@@ -242,5 +287,4 @@ def choose(description: str, candidates: Mapping[str, Callable[..., jax.Array]],
         f"{seconds['xla'][part] * 1e3:.1f} ms -> {_NAMES[record[part]]}" for part in PARTS)
         + f" ({time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True)
     _store(path, cpu, key, record)
-  _memo[memo_key] = Choice(record["forward"], record["gradient"])
-  return _memo[memo_key]
+  return Choice(record["forward"], record["gradient"])
