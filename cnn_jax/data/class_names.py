@@ -98,8 +98,8 @@ def of_run(config: ml_collections.ConfigDict, num_classes: int) -> ClassNames:
     return imagenet()
   if data.source == "tfds":
     try:
-      import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-      info = tfds.builder(data.name, data_dir=data.data_dir or None).info
+      from cnn_jax.data.sources import tfds  # pylint: disable=import-outside-toplevel
+      info = tfds.builder(data.name, data.data_dir or None).info
       label = info.features[info.supervised_keys[1]]
       if len(label.names) == num_classes:
         return ClassNames(tuple(label.names), tuple(label.names))

@@ -10,6 +10,9 @@ read with `tfds.data_source`; tfrecord sets through a per-shard index of record 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from typing import Any
 
 import ml_collections
 
@@ -31,6 +34,22 @@ def create(config: ml_collections.ConfigDict) -> Splits:
 
 
 
+def builder(name: str, data_dir: str | None) -> Any:
+  """`tfds.builder(name, data_dir=data_dir)`, without the empty directory that TFDS leaves in
+  /tmp on every call for a data set not prepared there (DatasetInfo.initialize_from_bucket
+  makes it and never removes it)."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+  scratch = tempfile.mkdtemp(prefix="cnn_jax_tfds_")
+  previous = tempfile.tempdir
+  tempfile.tempdir = scratch
+  try:
+    return tfds.builder(name, data_dir=data_dir)
+  finally:
+    tempfile.tempdir = previous
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
 class TfdsSource:
   """One split of a prepared TFDS data set (array_record or tfrecord), read at random."""
 
@@ -43,17 +62,17 @@ class TfdsSource:
     if not os.path.isdir(data_dir):
       raise UserError(f"data.data_dir={data_dir!r} does not exist")
     try:
-      builder = tfds.builder(name, data_dir=data_dir)
+      dataset = builder(name, data_dir)
     except tfds.core.registered.DatasetNotFoundError:
       raise UserError(f"TFDS has no data set {name!r} (and {data_dir!r} holds none by that "
                       "name)") from None
     except (ValueError, KeyError) as e:
       raise UserError(f"bad TFDS name {name!r}: {str(e).splitlines()[0]}") from None
-    if not builder.is_prepared():
+    if not dataset.is_prepared():
       raise UserError(
           f"TFDS data set {name!r} is not prepared in {data_dir!r}; run: tfds build {name} "
           f"--data_dir={data_dir}")
-    info = builder.info
+    info = dataset.info
     keys = info.supervised_keys
     if not keys or len(keys) != 2:
       raise UserError(f"TFDS data set {name!r} has no (image, label) supervised keys")
@@ -73,7 +92,7 @@ class TfdsSource:
       self._source = _tfrecord_split(info, split, index_dir)
     elif info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
       try:
-        self._source = builder.as_data_source(
+        self._source = dataset.as_data_source(
             split=split, decoders={self.image_key: tfds.decode.SkipDecoding()})
       except (ValueError, KeyError, AssertionError) as e:
         raise UserError(f"TFDS {name!r} split {split!r}: {str(e).splitlines()[0]}") from None
