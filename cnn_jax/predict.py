@@ -44,7 +44,7 @@ from cnn_jax.data import class_names, transforms
 from cnn_jax.data.sources.imagefolder import IMAGE_EXTENSIONS
 from cnn_jax.data.sources.images import CorruptImage, decode_image
 from cnn_jax.errors import UserError
-from cnn_jax.models import create_model, get_constructor
+from cnn_jax.models import create_model, get_constructor, layers
 
 FLAGS = flags.FLAGS
 EVAL_CONFIG = "configs/eval_imagenet.py"
@@ -268,7 +268,9 @@ class Predictor:
     """Fails before any image is read, with the model's own reason, on a crop it cannot take."""
     size, channels = loaded.data_config.image_size, loaded.data_config.channels
     try:
-      jax.eval_shape(loaded.model, jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32))
+      with layers.conv_impl("xla"):  # Shapes only: no conv autotune at a batch never run.
+        jax.eval_shape(loaded.model,
+                       jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32))
     except (ValueError, TypeError) as e:
       raise UserError(f"{loaded.name} cannot take {size}x{size}x{channels} crops: "
                       f"{cli.one_line(e)}") from None
@@ -279,8 +281,9 @@ class Predictor:
       raise UserError(f"--cam needs a model with a last-stage feature map; "
                       f"{self.loaded.name} has no forward_features")
     channels = self.loaded.data_config.channels
-    shape = jax.eval_shape(model.forward_features,
-                           jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)).shape
+    with layers.conv_impl("xla"):
+      shape = jax.eval_shape(model.forward_features,
+                             jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)).shape
     if len(shape) != 4:
       raise UserError(f"--cam needs a spatial last-stage feature map (N, H, W, C); "
                       f"{self.loaded.name}'s is {tuple(shape)} (a token sequence)")

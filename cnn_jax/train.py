@@ -66,8 +66,11 @@ def check_input_shape(model: nnx.Module, batch_size: int, image_shape: tuple[int
     return nnx.merge(graphdef, model_state)(images)
 
   try:
-    jax.eval_shape(forward, model_state,
-                   jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.float32))
+    # XLA's ops: under "auto" the CPU's conv autotune would time every conv at this batch size,
+    # which in a run of many processes is no step's, only to check shapes.
+    with layers.conv_impl("xla"):
+      jax.eval_shape(forward, model_state,
+                     jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.float32))
   except (ValueError, TypeError) as e:
     raise UserError(f"the model cannot take images of shape {tuple(image_shape)}: "
                     f"{str(e).splitlines()[0]}") from None
