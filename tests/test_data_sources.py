@@ -1,6 +1,7 @@
 """TFDS (a real array_record data set built on disk here), ImageFolder with bad files,
 synthetic data; shards across simulated processes; exact resume of the data order."""
 
+import functools
 import glob
 import io
 import logging
@@ -20,6 +21,7 @@ from cnn_jax.errors import UserError
 from helpers import run_cli, temporary_files_in
 
 NUM_CLASSES = 4
+TFDS_NAME = "cnn_jax_test_shapes"
 
 
 def solid_value(label: int) -> int:
@@ -51,8 +53,10 @@ def labels_from_images(images: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------ TFDS
 
 
-@pytest.fixture(scope="module")
-def tfds_dir(tmp_path_factory):
+@functools.cache
+def _tfds_test_builder():
+  """The TFDS builder class of the test set, made once: TFDS registers builder classes by
+  name, once per process."""
   import tensorflow_datasets as tfds
 
   class CnnJaxTestShapes(tfds.core.GeneratorBasedBuilder):
@@ -79,14 +83,24 @@ def tfds_dir(tmp_path_factory):
         # Encoded here with PIL: TFDS needs TensorFlow to encode numpy arrays.
         yield i, {"image": Image.fromarray(image), "label": label}
 
+  return CnnJaxTestShapes
+
+
+def prepare_tfds_test_set(tmp_path_factory) -> str:
+  """The TFDS set TFDS_NAME (40 train / 10 test images, array_record) in a new data_dir."""
   root = str(tmp_path_factory.mktemp("tfds"))
   with temporary_files_in(tmp_path_factory.mktemp("tfds_scratch")):
-    CnnJaxTestShapes(data_dir=root, file_format="array_record").download_and_prepare()
+    _tfds_test_builder()(data_dir=root, file_format="array_record").download_and_prepare()
   return root
 
 
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+  return prepare_tfds_test_set(tmp_path_factory)
+
+
 def test_tfds_array_record_source_with_split_syntax(tfds_dir):
-  config = make_config(source="tfds", name="cnn_jax_test_shapes", data_dir=tfds_dir,
+  config = make_config(source="tfds", name=TFDS_NAME, data_dir=tfds_dir,
                        train_split="train[:80%]", eval_split="test")
   train, evaluation, info = data.create_datasets(config)
   assert (info.num_classes, info.num_train, info.num_eval) == (NUM_CLASSES, 32, 10)
@@ -109,7 +123,7 @@ def test_tfds_array_record_source_with_split_syntax(tfds_dir):
 
 
 def test_tfds_bad_input_is_one_clear_user_error(tfds_dir, tmp_path):
-  good = dict(source="tfds", name="cnn_jax_test_shapes", data_dir=tfds_dir)
+  good = dict(source="tfds", name=TFDS_NAME, data_dir=tfds_dir)
   with pytest.raises(UserError, match="no data set 'no_such_dataset_xyz'"):
     data.create_datasets(make_config(**{**good, "name": "no_such_dataset_xyz"}))
   with pytest.raises(UserError, match="does not exist"):

@@ -13,10 +13,9 @@ from cnn_jax import data
 from cnn_jax.data.sources import shard_index, tfrecord
 from cnn_jax.data.sources.tfds import TfdsSource
 from cnn_jax.errors import UserError
-from helpers import run_cli, temporary_files_in
-from test_data_sources import NUM_CLASSES, labels_from_images, make_config, solid_value
-
-NAME = "cnn_jax_test_records"
+from helpers import run_cli
+from test_data_sources import TFDS_NAME as NAME
+from test_data_sources import NUM_CLASSES, labels_from_images, make_config, prepare_tfds_test_set
 
 
 def test_masked_crc_is_tensorflows():
@@ -33,36 +32,7 @@ def _listing(root) -> dict:
 
 @pytest.fixture(scope="module")
 def tfds_dir(tmp_path_factory):
-  """An array_record TFDS set built here (test_data_sources' twin, under its own name: TFDS
-  registers builder classes by name, once per process)."""
-  import tensorflow_datasets as tfds
-  from PIL import Image
-
-  class CnnJaxTestRecords(tfds.core.GeneratorBasedBuilder):
-    VERSION = tfds.core.Version("1.0.0")
-
-    def _info(self):
-      return tfds.core.DatasetInfo(
-          builder=self,
-          features=tfds.features.FeaturesDict({
-              "image": tfds.features.Image(shape=(None, None, 3)),
-              "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES)}),
-          supervised_keys=("image", "label"))
-
-    def _split_generators(self, dl_manager):
-      return {"train": self._generate_examples(40, 0), "test": self._generate_examples(10, 1)}
-
-    def _generate_examples(self, n, seed):
-      rng = np.random.default_rng(seed)
-      for i in range(n):
-        h, w = (int(v) for v in rng.integers(12, 40, size=2))
-        yield i, {"image": Image.fromarray(np.full((h, w, 3), solid_value(i % NUM_CLASSES),
-                                                   np.uint8)), "label": i % NUM_CLASSES}
-
-  root = str(tmp_path_factory.mktemp("tfds"))
-  with temporary_files_in(tmp_path_factory.mktemp("tfds_scratch")):
-    CnnJaxTestRecords(data_dir=root, file_format="array_record").download_and_prepare()
-  return root
+  return prepare_tfds_test_set(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
