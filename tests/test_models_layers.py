@@ -1,13 +1,16 @@
-"""cnn_jax/models/layers.py: the activation table's names and the PyTorch-padded conv."""
+"""cnn_jax/models/layers.py: the activation table's names, the exact GELU's recomputed gradient
+and the PyTorch-padded conv."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax.ad_checkpoint import print_saved_residuals
 from jax.scipy.special import erf
 
 from cnn_jax.models import create_model
+from cnn_jax.models import layers
 from cnn_jax.models.layers import ACTIVATIONS, conv2d, get_activation
 
 
@@ -19,6 +22,41 @@ def test_gelu_is_the_exact_erf_form_and_gelu_tanh_the_approximation():
   np.testing.assert_allclose(ACTIVATIONS["gelu_tanh"](x), approx, rtol=0, atol=1e-6)
   # The two differ by up to ~5e-4: enough to tell which one a model uses.
   assert float(jnp.max(jnp.abs(exact - approx))) > 4e-4
+
+
+def _plain_gelu(x):
+  return nnx.gelu(x, approximate=False)
+
+
+@pytest.mark.parametrize("impl", ["auto", "xla"])
+def test_gelu_values_and_gradient_are_the_plain_exact_gelus(impl):
+  # Inside a reduction and times a weight, as in a ConvNeXt V2 block (GRN's sum of squares).
+  x = 3.0 * jax.random.normal(jax.random.key(0), (4, 6, 6, 16))
+  w = jax.random.normal(jax.random.key(1), (16,))
+
+  def loss(act, x):
+    y = act(x)
+    return jnp.sum(jnp.sqrt(jnp.sum(y * y, axis=(1, 2))) * w) + jnp.sum(y * w)
+
+  with layers.conv_impl(impl):
+    value, grad = jax.jit(jax.value_and_grad(lambda x: loss(ACTIVATIONS["gelu"], x)))(x)
+  want_value, want_grad = jax.jit(jax.value_and_grad(lambda x: loss(_plain_gelu, x)))(x)
+  np.testing.assert_allclose(value, want_value, rtol=1e-6)
+  np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-6)
+  assert float(jnp.max(jnp.abs(grad))) > 0.1
+
+
+def test_gelu_gradient_keeps_only_its_input_on_cpu(capsys):
+  # What the backward keeps is what the forward must write: erfc and exp kept would be passes
+  # of their own over the activation on XLA:CPU.
+  x = jnp.ones((2, 8))
+  with layers.conv_impl("auto"):
+    print_saved_residuals(ACTIVATIONS["gelu"], x)
+  kept = capsys.readouterr().out.strip().splitlines()
+  assert kept == ["f32[2,8] from the argument x"]
+  with layers.conv_impl("xla"):  # The plain program elsewhere, as XLA's own op there.
+    print_saved_residuals(ACTIVATIONS["gelu"], x)
+  assert "erfc" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name", ["lenet5", "resnet20", "alexnet"])

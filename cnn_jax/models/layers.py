@@ -25,6 +25,19 @@ from cnn_jax.models import autotune, cpu_ops
 Dtype = Any
 Activation = Callable[[jax.Array], jax.Array]
 
+_exact_gelu = functools.partial(nnx.gelu, approximate=False)
+_exact_gelu_recomputed = jax.checkpoint(_exact_gelu)
+
+
+def gelu(x: jax.Array) -> jax.Array:
+  """The exact (erf) GELU, PyTorch's nn.GELU. Under the CPU forms (`conv_impl`), its gradient
+  recomputes erfc(-x / sqrt 2) and exp(-x^2 / 2) from x (`jax.checkpoint`), as PyTorch's
+  gelu_backward does, instead of keeping them: kept, XLA:CPU wrote each in a pass of its own
+  over the activation before the pass that writes the GELU, three passes where one does (a
+  ConvNeXt V2 block's largest elementwise cost). Same values; the same gradient expression."""
+  return _exact_gelu_recomputed(x) if _use_cpu_forms() else _exact_gelu(x)
+
+
 # Names a config gives `activation`. "gelu" is the exact (erf) form, PyTorch's nn.GELU default
 # and what ConvNeXt and ViT use (converted weights would drift under the approximation);
 # "gelu_tanh" is the tanh approximation (nn.GELU(approximate="tanh"), jax's default).
@@ -32,7 +45,7 @@ ACTIVATIONS: dict[str, Activation] = {
     "relu": nnx.relu,
     "tanh": jnp.tanh,
     "sigmoid": nnx.sigmoid,
-    "gelu": functools.partial(nnx.gelu, approximate=False),
+    "gelu": gelu,
     "gelu_tanh": functools.partial(nnx.gelu, approximate=True),
 }
 
