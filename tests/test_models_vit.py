@@ -239,3 +239,34 @@ def test_registered_variant_architecture_can_be_overridden():
       num_classes=10, in_channels=1))
   assert model.embed_dim == 60 and len(model.blocks) == 6 and model.patch_size == 4
   assert count_params(model) == 269_590
+
+
+def _token_major_attention(attn, x):
+  """The attention as the project wrote it before heads moved ahead of tokens: (B, N, H, Dh)."""
+  b, n, d = x.shape
+  qkv = attn.qkv(x).reshape(b, n, 3, attn.num_heads, attn.head_dim)
+  q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q * attn.scale, k)
+  probs = jax.nn.softmax(logits, axis=-1)
+  return attn.proj(jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, n, d))
+
+
+def test_attention_layout_same_values_and_grads():
+  """The head-major attention (chosen for XLA:CPU's speed) computes what the token-major one
+  did: same outputs and gradients for the input and every parameter."""
+  block = tiny_vit(embed_dim=32, num_heads=4).blocks[0]
+  block.eval()
+  x = jax.random.normal(jax.random.key(0), (3, 17, 32))
+  graphdef, params, rest = nnx.split(block.attn, nnx.Param, ...)
+  weights = jax.random.normal(jax.random.key(1), (3, 17, 32))
+
+  def loss(forward):
+    return lambda p, x: jnp.sum(forward(nnx.merge(graphdef, p, rest), x) * weights)
+
+  new = jax.jit(jax.value_and_grad(loss(lambda m, x: m(x)), argnums=(0, 1)))(params, x)
+  old = jax.jit(jax.value_and_grad(loss(_token_major_attention), argnums=(0, 1)))(params, x)
+  np.testing.assert_allclose(float(new[0]), float(old[0]), rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(new[1]), jax.tree.leaves(old[1])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  assert float(jnp.abs(new[1][1]).sum()) > 0
+

@@ -65,13 +65,17 @@ class Attention(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     b, n, d = x.shape
-    qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, N, H, Dh) each
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q * jnp.asarray(self.scale, q.dtype), k)
+    # Heads before tokens, (3, B, H, N, Dh), as timm lays them out. With (B, N, H, Dh), XLA:CPU
+    # compiled both attention matmuls and the softmax between them into one YNNPACK kernel
+    # that ran ~3x slower than the separate kernels it compiles for this layout
+    # (experiments/cpu_speed, vit_micro). Same values and gradients (tested).
+    qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q * jnp.asarray(self.scale, q.dtype), k)
     # Softmax in float32 even under bf16 compute; cast back for the value matmul.
     attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
     attn = self.attn_drop(attn)
-    out = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, n, d)
+    out = jnp.einsum("bhqk,bhkd->bqhd", attn, v).reshape(b, n, d)
     return self.proj_drop(self.proj(out))
 
 
