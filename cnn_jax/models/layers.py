@@ -26,16 +26,24 @@ Dtype = Any
 Activation = Callable[[jax.Array], jax.Array]
 
 _exact_gelu = functools.partial(nnx.gelu, approximate=False)
-_exact_gelu_recomputed = jax.checkpoint(_exact_gelu)
+
+
+@jax.checkpoint
+def _exact_gelu_through_erf_recomputed(x: jax.Array) -> jax.Array:
+  return 0.5 * x * (1.0 + jax.lax.erf(x * 0.7071067811865476))
 
 
 def gelu(x: jax.Array) -> jax.Array:
-  """The exact (erf) GELU, PyTorch's nn.GELU. Under the CPU forms (`conv_impl`), its gradient
-  recomputes erfc(-x / sqrt 2) and exp(-x^2 / 2) from x (`jax.checkpoint`), as PyTorch's
-  gelu_backward does, instead of keeping them: kept, XLA:CPU wrote each in a pass of its own
-  over the activation before the pass that writes the GELU, three passes where one does (a
-  ConvNeXt V2 block's largest elementwise cost). Same values; the same gradient expression."""
-  return _exact_gelu_recomputed(x) if _use_cpu_forms() else _exact_gelu(x)
+  """The exact GELU, PyTorch's nn.GELU. Under the CPU forms (`conv_impl`) two things differ
+  from `jax.nn.gelu(approximate=False)`, both for XLA:CPU's sake (experiments/cpu_speed):
+  - it is written as PyTorch writes it, x/2 (1 + erf(x / sqrt 2)): jax's erfc compiles to a
+    branchy kernel, erf to a vectorised polynomial;
+  - its gradient recomputes erf and exp(-x^2 / 2) from x (`jax.checkpoint`), as PyTorch's
+    gelu_backward does, instead of keeping them: kept, XLA:CPU wrote each in a pass of its own
+    over the activation before the pass that writes the GELU (a ConvNeXt V2 block's largest
+    elementwise cost).
+  Same function and derivative; float32 rounding differs (tested)."""
+  return _exact_gelu_through_erf_recomputed(x) if _use_cpu_forms() else _exact_gelu(x)
 
 
 # Names a config gives `activation`. "gelu" is the exact (erf) form, PyTorch's nn.GELU default
