@@ -147,7 +147,8 @@ def test_config_conv_impl_chooses_the_conv_path_of_a_training_run(tmp_path, monk
                                             "data.batch_size": 16, "data.eval_batch_size": 200,
                                             "schedule.name": "constant",
                                             "optimizer.learning_rate": 1e-3,
-                                            "checkpoint.best_metric": ""})
+                                            "checkpoint.best_metric": "",
+                                            "mesh.num_devices": 1})
     finals[impl] = train.train_and_evaluate(config, str(tmp_path / impl))
     assert bool(rewritten) == (impl == "rewrite")
   np.testing.assert_allclose(finals["rewrite"]["loss"], finals["xla"]["loss"], rtol=1e-4)

@@ -51,6 +51,19 @@ def tiny_fcmae(sparse: bool = True) -> fcmae.FCMAE:
   return model
 
 
+# The model's calls jitted: op by op, each of the encoder's ops compiles as its own program
+# (tens of seconds for the tests below). Compared outputs come from the same program.
+@nnx.jit
+def encoder_features(model: fcmae.FCMAE, images: jax.Array,
+                     grid: jax.Array | None = None) -> jax.Array:
+  return model.encoder.forward_features(images, grid)
+
+
+@nnx.jit
+def predictions(model: fcmae.FCMAE, images: jax.Array, visible: jax.Array) -> jax.Array:
+  return model(images, visible)
+
+
 def pixel_mask(visible: jax.Array, patch: int) -> jax.Array:
   return jnp.repeat(jnp.repeat(visible[..., None], patch, axis=1), patch, axis=2)
 
@@ -65,18 +78,18 @@ OTHER_IMAGES = jnp.where(pixel_mask(VISIBLE, PATCH) > 0, IMAGES,
 def test_masked_pixels_do_not_reach_visible_outputs():
   model = tiny_fcmae()
   grid = VISIBLE[..., None]
-  a = model.encoder.forward_features(IMAGES, grid)
-  b = model.encoder.forward_features(OTHER_IMAGES, grid)
+  a = encoder_features(model, IMAGES, grid)
+  b = encoder_features(model, OTHER_IMAGES, grid)
   assert float(jnp.abs(a).max()) > 0.1
   np.testing.assert_array_equal(np.asarray(a * grid), np.asarray(b * grid))
   assert float(jnp.abs(a * (1 - grid)).max()) == 0.0  # masked positions stay empty
   # Without the mask the same change does reach the visible positions: the test can fail.
-  a_dense = model.encoder.forward_features(IMAGES)
-  b_dense = model.encoder.forward_features(OTHER_IMAGES)
+  a_dense = encoder_features(model, IMAGES)
+  b_dense = encoder_features(model, OTHER_IMAGES)
   assert float(jnp.abs((a_dense - b_dense) * grid).max()) > 1e-3
   # The decoder's predictions at visible and masked positions alike ignore masked pixels.
-  np.testing.assert_array_equal(np.asarray(model(IMAGES, VISIBLE)),
-                                np.asarray(model(OTHER_IMAGES, VISIBLE)))
+  np.testing.assert_array_equal(np.asarray(predictions(model, IMAGES, VISIBLE)),
+                                np.asarray(predictions(model, OTHER_IMAGES, VISIBLE)))
 
 
 # ------------------------------------------------------------------ NumPy sparse reference
@@ -147,7 +160,7 @@ def sparse_encoder_reference(encoder, image: np.ndarray, visible: np.ndarray) ->
 
 def test_dense_masked_encoder_equals_a_sparse_reference():
   model = tiny_fcmae()
-  dense = np.asarray(model.encoder.forward_features(IMAGES, VISIBLE[..., None]))
+  dense = np.asarray(encoder_features(model, IMAGES, VISIBLE[..., None]))
   for n in range(IMAGES.shape[0]):
     reference = sparse_encoder_reference(model.encoder, np.asarray(IMAGES[n], np.float64),
                                          np.asarray(VISIBLE[n]))
@@ -157,7 +170,7 @@ def test_dense_masked_encoder_equals_a_sparse_reference():
   # The dense ablation (masked pixels zeroed once) lets masked positions fill up and leak
   # into the visible ones: it differs from the sparse network.
   dense_ablation = tiny_fcmae(sparse=False)
-  leaky = dense_ablation.encoder.forward_features(IMAGES * pixel_mask(VISIBLE, PATCH))
+  leaky = encoder_features(dense_ablation, IMAGES * pixel_mask(VISIBLE, PATCH))
   assert float(jnp.abs((leaky - dense) * VISIBLE[..., None]).max()) > 1e-3
 
 
@@ -271,7 +284,9 @@ def small_pretrain_config(**overrides):
       "total_steps": 60, "log_every_steps": 10, "eval_every_steps": 60,
       "fcmae.reconstruction_every_steps": 30, "fcmae.num_reconstructions": 4,
       "optimizer.learning_rate": 2e-2, "schedule.warmup_epochs": 0.1,
-      "checkpoint.every_steps": 60, **overrides})
+      "checkpoint.every_steps": 60,
+      # One device: 8 fake ones on 2 cores double the CPU time of the run, not what it checks.
+      "mesh.num_devices": 1, **overrides})
 
 
 @pytest.fixture(scope="module")
