@@ -39,6 +39,7 @@ from cnn_jax import checkpoint, train
 from cnn_jax.errors import UserError
 from cnn_jax.models.convnext import Block, BlockConfig, ConvNeXt
 from cnn_jax.models.layers import trunc_normal
+from cnn_jax.models.registry import initialize
 
 # Distinct streams folded into the run's seed, so the masks do not repeat other draws.
 _TRAIN_MASK_STREAM = 7001
@@ -153,8 +154,11 @@ class FCMAE(nnx.Module):
     self.patch_size = patch_size
     self.sparse = sparse
     self.in_channels = encoder.stem.conv.in_features
-    self.decoder = Decoder(encoder.num_features, dim=decoder_dim, depth=decoder_depth,
-                           patch_size=patch_size, out_channels=self.in_channels, rngs=rngs)
+    decoder_options = dict(dim=decoder_dim, depth=decoder_depth, patch_size=patch_size,
+                           out_channels=self.in_channels)
+    self.decoder = initialize(
+        lambda rngs: Decoder(encoder.num_features, **decoder_options, rngs=rngs), rngs,
+        cache_key=(Decoder, encoder.num_features, *sorted(decoder_options.items())))
 
   def grid_shape(self, image_hw: tuple[int, int]) -> tuple[int, int]:
     return image_hw[0] // self.patch_size, image_hw[1] // self.patch_size

@@ -263,8 +263,8 @@ def test_reconstruction_grid_layout():
 
 def test_reconstruction_panels_paste_the_visible_pixels():
   model = tiny_fcmae()
-  panels = jax.device_get(fcmae.reconstruction_panels(model, IMAGES, VISIBLE,
-                                                      norm_pix_loss=True))
+  panels = jax.device_get(nnx.jit(fcmae.reconstruction_panels, static_argnames="norm_pix_loss")(
+      model, IMAGES, VISIBLE, norm_pix_loss=True))
   pix = np.asarray(pixel_mask(VISIBLE, PATCH)) > 0
   np.testing.assert_array_equal(panels["original"], np.asarray(IMAGES))
   assert np.isnan(panels["masked"][~np.broadcast_to(pix, IMAGES.shape)]).all()

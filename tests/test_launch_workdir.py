@@ -50,7 +50,9 @@ def _write_lock(workdir, **holder):
 
 
 def test_a_live_holder_refuses_a_second_run_naming_it(tmp_path):
-  holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+  # Alive until the test kills it: a holder that ended on its own (it slept 120 s) freed the
+  # lock while a loaded machine was still starting the CLI run below, which then trained.
+  holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(100000)"])
   try:
     _write_lock(tmp_path, pid=holder.pid)
     with pytest.raises(UserError, match=rf"in use by another run \(pid {holder.pid} on "

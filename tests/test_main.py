@@ -10,10 +10,15 @@ from helpers import run_cli
 DIGITS = "configs/lenet5_digits.py"
 
 
+# One device, as `make train` on a CPU: conftest's 8 fake devices cost CPU time, and the
+# sharded loop is tests/test_training_at_scale's.
+ONE_DEVICE = "--config.mesh.num_devices=1"
+
+
 def test_cli_trains_and_prints_final_accuracy(tmp_path):
   result = run_cli("cnn_jax.main", "--config", DIGITS, "--workdir", str(tmp_path),
                    "--config.total_steps=30", "--config.optimizer.learning_rate=0.004",
-                   "--config.schedule.warmup_epochs=0.2", "--config.ema_decay=0.9")
+                   "--config.schedule.warmup_epochs=0.2", "--config.ema_decay=0.9", ONE_DEVICE)
   assert result.returncode == 0, result.stderr
   # Top-1, top-5 and loss of the raw and the EMA parameters, as in final_metrics.json.
   final = json.loads((tmp_path / "final_metrics.json").read_text())
@@ -29,7 +34,7 @@ def test_cli_trains_and_prints_final_accuracy(tmp_path):
   # A rerun of a finished workdir resumes at the end and trains nothing more.
   again = run_cli("cnn_jax.main", "--config", DIGITS, "--workdir", str(tmp_path),
                   "--config.total_steps=30", "--config.optimizer.learning_rate=0.004",
-                  "--config.schedule.warmup_epochs=0.2", "--config.ema_decay=0.9")
+                  "--config.schedule.warmup_epochs=0.2", "--config.ema_decay=0.9", ONE_DEVICE)
   assert again.returncode == 0, again.stderr
   assert "resumed" in again.stdout
   assert not any(line.startswith("[") for line in again.stdout.splitlines())

@@ -29,6 +29,12 @@ FIXTURE_IMAGES = [os.path.join(PRETRAINED, f"image{i}.png") for i in range(3)]
 WIDTHS = dict(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32))
 
 
+@nnx.jit
+def logits_of(model: nnx.Module, images: jax.Array) -> jax.Array:
+  """The model's logits, jitted: op by op, each of its ops compiles as its own program."""
+  return model(images)
+
+
 def fixture_loaded(image_size: int = 64) -> predict.Loaded:
   """The golden official ConvNeXt V2 fixture with its family's eval transform."""
   model = create_model("convnextv2_atto",
@@ -47,7 +53,7 @@ def test_top1_is_the_models_argmax_and_schema_is_stable(tmp_path):
   transform = EvalTransform(loaded.data_config)
   for path, result in zip(FIXTURE_IMAGES, results, strict=True):
     with Image.open(path) as img:
-      logits = np.asarray(loaded.model(transform(img.convert("RGB"))[None]))[0]
+      logits = np.asarray(logits_of(loaded.model, transform(img.convert("RGB"))[None]))[0]
       size = img.size
     assert tuple(result) == predict.RESULT_KEYS
     assert result["image"] == path and (result["width"], result["height"]) == size
@@ -151,7 +157,7 @@ def test_cli_json_and_cam(tmp_path, atto_checkpoint):
   for r in lines:
     assert tuple(r) == predict.RESULT_KEYS and len(r["predictions"]) == 2
     with Image.open(r["image"]) as img:
-      logits = model(EvalTransform(data_config)(img.convert("RGB"))[None])
+      logits = logits_of(model, EvalTransform(data_config)(img.convert("RGB"))[None])
       size = img.size
     top = r["predictions"][0]
     assert top["index"] == int(jnp.argmax(logits)) and top["label"] == f"thing {top['index']}"
