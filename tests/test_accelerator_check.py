@@ -10,7 +10,7 @@ from helpers import HANG_TIMEOUT, REPO_ROOT
 
 SCRIPT = "experiments/accelerator/run.py"
 # The dry run on one CPU device, as a CPU host runs it: conftest's 8 fake devices would cost
-# its bench and main runs a third more CPU time, and nothing here is about sharding.
+# its bench and main runs more CPU time, and nothing here is about sharding.
 ONE_DEVICE_ENV = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "").replace(
     "--xla_force_host_platform_device_count=8", "--xla_force_host_platform_device_count=1")}
 

@@ -285,7 +285,7 @@ def small_pretrain_config(**overrides):
       "fcmae.reconstruction_every_steps": 30, "fcmae.num_reconstructions": 4,
       "optimizer.learning_rate": 2e-2, "schedule.warmup_epochs": 0.1,
       "checkpoint.every_steps": 60,
-      # One device: 8 fake ones on 2 cores double the CPU time of the run, not what it checks.
+      # One device: 8 fake ones on 2 cores cost CPU time, and the sharding is not what it checks.
       "mesh.num_devices": 1, **overrides})
 
 

@@ -98,7 +98,7 @@ def _hashable(value: Any) -> Any:
   return value if value is not None else ("none",)
 
 
-# XLA:CPU's backend optimisation costs 0.3-1 s of compile per initialiser and buys nothing in a
+# XLA:CPU's backend optimisation is most of an initialiser's compile time and buys nothing in a
 # program that runs once.
 _CPU_INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0,
                               "xla_llvm_disable_expensive_passes": True}
