@@ -117,3 +117,35 @@ def test_builds_and_has_the_documented_parameter_count(name):
     same_as, _ = NO_COUNT_IN_TABLE[name]
     if same_as:
       assert params == table[same_as]
+
+
+def _weights(model):
+  import jax
+  from flax import nnx
+  return jax.tree.leaves(nnx.state(model, nnx.Param))
+
+
+def test_initialize_compiles_the_same_draw_as_the_eager_initialisers(monkeypatch):
+  import numpy as np
+  from flax import nnx
+
+  from cnn_jax.models import registry
+  constructor = registry.get_constructor("resnet20")
+  monkeypatch.setattr(registry, "_compiled_inits", {})
+  build = lambda: registry.initialize(lambda rngs: constructor(rngs=rngs), nnx.Rngs(3),
+                                      cache_key=("resnet20 test",))
+  compiled = build()
+  assert len(registry._compiled_inits) == 1
+  again = build()  # From the compiled program kept for this key.
+  eager = constructor(rngs=nnx.Rngs(3))
+  monkeypatch.setattr(registry, "_MAX_COMPILED_INIT_SIZE", 0)
+  monkeypatch.setattr(registry, "_compiled_inits", {})
+  too_big_to_compile = build()
+  assert list(registry._compiled_inits.values()) == [registry._EAGER]
+  for c, a, e, b in zip(*map(_weights, (compiled, again, eager, too_big_to_compile)),
+                        strict=True):
+    np.testing.assert_array_equal(c, a)
+    np.testing.assert_array_equal(e, b)
+    # The same random bits; the transforms of them may round differently once compiled.
+    np.testing.assert_allclose(c, e, rtol=1e-5, atol=1e-6)
+  assert max(float(np.std(w)) for w in _weights(compiled)) > 0.01
