@@ -14,13 +14,12 @@ import re
 import shutil
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
 import pytest
 
-from tests.helpers import REPO_ROOT, run_cli
+from tests.helpers import REPO_ROOT, run_cli, write_sweep_file
 from tests.test_multihost_preemption import final_params
 from tests.test_training_at_scale import losses
 
@@ -50,29 +49,13 @@ TINY = ["--config.log_every_steps=1", "--config.schedule.warmup_epochs=0",
         "--config.checkpoint.every_steps=1000"]
 
 
-def _sweep_file(tmp_path, steps: int, grid: str) -> str:
-  path = tmp_path / "slurm_sweep.py"
-  path.write_text(textwrap.dedent(f"""
-      import ml_collections
-
-      def get_config():
-        config = ml_collections.ConfigDict()
-        config.name = "slurm sweep"
-        config.base_config = "configs/lenet5_digits.py"
-        config.base_config_arg = ""
-        config.workdir = {str(tmp_path / 'sweep')!r}
-        config.overrides = [("total_steps", {steps}), ("log_every_steps", 1),
-                            ("eval_every_steps", {steps}), ("schedule.warmup_epochs", 0.0),
-                            ("data.batch_size", 32), ("data.num_test", 300),
-                            ("data.eval_batch_size", 300), ("mesh.num_devices", 1),
-                            ("checkpoint.every_steps", 1000)]
-        config.points = []
-        config.grid = {grid}
-        config.plot_metrics = ("train/loss",)
-        config.summarize = False
-        return config
-      """))
-  return str(path)
+def _sweep_file(tmp_path, steps: int, grid: list) -> str:
+  return write_sweep_file(
+      tmp_path, workdir=str(tmp_path / "sweep"), points=[], grid=grid,
+      overrides=[("total_steps", steps), ("log_every_steps", 1), ("eval_every_steps", steps),
+                 ("schedule.warmup_epochs", 0.0), ("data.batch_size", 32),
+                 ("data.num_test", 300), ("data.eval_batch_size", 300),
+                 ("mesh.num_devices", 1), ("checkpoint.every_steps", 1000)])
 
 
 def _job_id(stdout: str) -> str:
@@ -103,7 +86,7 @@ def _logs(folder) -> str:
 
 
 def test_sweep_runs_as_a_job_array_and_collects(tmp_path):
-  path = _sweep_file(tmp_path, 6, '[("optimizer.learning_rate", (0.001, 0.003, 0.01))]')
+  path = _sweep_file(tmp_path, 6, [("optimizer.learning_rate", (0.001, 0.003, 0.01))])
   sweep_dir = tmp_path / "sweep"
   result = run_cli("cnn_jax.sweep", f"--config={path}", "--launcher=slurm",
                    "--slurm.time=30", "--slurm.max_parallel=3", ONE_DEVICE)
@@ -153,7 +136,7 @@ def test_two_task_training_matches_one_process_with_the_same_global_batch(tmp_pa
 
 def test_a_preempted_point_is_requeued_and_ends_as_an_uninterrupted_run(tmp_path):
   total = 600  # the signal must land mid-run: a step takes milliseconds once compiled
-  path = _sweep_file(tmp_path, total, '[("seed", (3,))]')
+  path = _sweep_file(tmp_path, total, [("seed", (3,))])
   sweep_dir = tmp_path / "sweep"
   result = run_cli("cnn_jax.sweep", f"--config={path}", "--launcher=slurm",
                    "--slurm.time=30", ONE_DEVICE)
