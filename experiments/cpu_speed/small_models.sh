@@ -6,8 +6,9 @@
 # hybrid_micro vit_micro (the long-range experiment's models as configs/longrange.py builds them:
 # 96 px canvas, 1 channel, 2 classes, its batch 64), atto_p1 atto_p2 (ConvNeXt V2-Atto, 32 px,
 # patch_size 1|2, batch 128). STEPS (default 6) timed steps per framework and mode.
-# On a loaded machine run it under `taskset -c 1`: one core, so one thread for each framework
-# (PyTorch's threads lose far more than XLA's to other jobs; README "Why two tables").
+# Quote only runs on a quiet machine, 2 threads each (the issue's protocol): PyTorch's threads lose
+# far more than XLA's to other jobs, and even `taskset -c 1` (one thread each) under load moved
+# ratios by 1.5x (experiments/cpu_speed/README.md, "Read this first").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-experiments/cpu_speed/results/small}
