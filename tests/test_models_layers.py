@@ -1,5 +1,8 @@
-"""cnn_jax/models/layers.py: the activation table's names, the exact GELU's recomputed gradient
-and the PyTorch-padded conv."""
+"""cnn_jax/models/layers.py: the activation table's names, the exact GELU's recomputed gradient,
+the PyTorch-padded conv, the LayerNorm and attention forms."""
+
+import contextlib
+import io
 
 import jax
 import jax.numpy as jnp
@@ -85,3 +88,125 @@ def test_conv2d_pads_like_pytorch_not_like_same():
   assert not np.allclose(torch_like, same, atol=1e-3)
   assert conv2d(2, 3, 2, 2, padding=0, dtype=None, param_dtype=jnp.float32,
                 rngs=nnx.Rngs(0)).padding == ((0, 0), (0, 0))
+
+
+def _with_params(layer, scale, bias):
+  layer.scale[...] = scale
+  layer.bias[...] = bias
+  return layer
+
+
+@pytest.mark.parametrize("impl", ["auto", "xla"])
+@pytest.mark.parametrize("shape", [(3, 7, 16), (2, 5, 5, 24)])  # ViT tokens; ConvNeXt NHWC
+def test_layer_norm_values_and_all_gradients_are_nnx_layer_norms(impl, shape):
+  keys = jax.random.split(jax.random.key(0), 4)
+  x = 2.0 + 3.0 * jax.random.normal(keys[0], shape)  # off-centre rows: the mean term matters
+  channels = shape[-1]
+  scale = 1.0 + jax.random.normal(keys[1], (channels,))
+  bias = jax.random.normal(keys[2], (channels,))
+  w = jax.random.normal(keys[3], shape)
+
+  def loss(make, x, scale, bias):
+    y = _with_params(make(channels, epsilon=1e-6, rngs=nnx.Rngs(0)), scale, bias)(x)
+    return jnp.sum(jnp.tanh(y) * w)
+
+  with layers.conv_impl(impl):
+    value, grads = jax.jit(jax.value_and_grad(
+        lambda *a: loss(layers.LayerNorm, *a), argnums=(0, 1, 2)))(x, scale, bias)
+  want_value, want_grads = jax.jit(jax.value_and_grad(
+      lambda *a: loss(nnx.LayerNorm, *a), argnums=(0, 1, 2)))(x, scale, bias)
+  np.testing.assert_allclose(value, want_value, rtol=1e-5)
+  for grad, want in zip(grads, want_grads):
+    np.testing.assert_allclose(grad, want, rtol=1e-4, atol=2e-5 * float(jnp.max(jnp.abs(want))))
+    assert float(jnp.max(jnp.abs(want))) > 0.1
+
+
+def test_layer_norm_outside_float32_is_nnx_layer_norm():
+  x = jax.random.normal(jax.random.key(0), (2, 3, 8), jnp.bfloat16)
+  ours = layers.layer_norm(8, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  theirs = nnx.LayerNorm(8, epsilon=1e-6, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  with layers.conv_impl("auto"):
+    assert ours(x).dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(ours(x), np.float32),
+                                  np.asarray(theirs(x), np.float32))
+
+
+def _full_size_residuals(fn, *args, size):
+  """How many arrays of `size` elements the backward of `fn` keeps, and the list it printed."""
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    print_saved_residuals(fn, *args)
+  kept = out.getvalue().strip().splitlines()
+  shapes = [line.split(" ", 1)[0] for line in kept]
+  sizes = [int(np.prod([int(d) for d in s[s.index("[") + 1:-1].split(",") if d] or [1]))
+           for s in shapes]
+  return sizes.count(size), kept
+
+
+def test_layer_norm_gradient_keeps_only_x_and_row_statistics_on_cpu():
+  # Each full-size array the backward keeps is one the forward must write out: nnx's form kept
+  # x - mean and rsqrt(var) * scale broadcast to every element, among others.
+  x = jnp.ones((2, 3, 8))
+
+  def norm(x):
+    return layers.layer_norm(8, rngs=nnx.Rngs(0))(x)
+
+  with layers.conv_impl("auto"):
+    full, kept = _full_size_residuals(norm, x, size=x.size)
+  assert full == 1 and "from the argument x" in "\n".join(kept)
+  assert sum("f32[2,3,1]" in line for line in kept) == 2  # mean and 1/std per row
+  with layers.conv_impl("xla"):  # the plain program elsewhere
+    full, _ = _full_size_residuals(norm, x, size=x.size)
+  assert full > 1
+
+
+def _plain_attention(q, k, v, scale):
+  logits = jnp.einsum("bhqd,bhkd->bhqk", q * scale, k)
+  return jnp.einsum("bhqk,bhkd->bqhd", jax.nn.softmax(logits, axis=-1), v)
+
+
+@pytest.mark.parametrize("impl", ["auto", "xla"])
+def test_attention_values_and_gradients_are_the_plain_softmax_attentions(impl):
+  q, k, v = (2.0 * jax.random.normal(key, (2, 3, 9, 4))
+             for key in jax.random.split(jax.random.key(0), 3))
+  w = jax.random.normal(jax.random.key(1), (2, 9, 3, 4))
+
+  def loss(attend, q, k, v):
+    return jnp.sum(jnp.tanh(attend(q, k, v, 0.5)) * w)
+
+  with layers.conv_impl(impl):
+    value, grads = jax.jit(jax.value_and_grad(
+        lambda *a: loss(layers.attention, *a), argnums=(0, 1, 2)))(q, k, v)
+  want_value, want_grads = jax.jit(jax.value_and_grad(
+      lambda *a: loss(_plain_attention, *a), argnums=(0, 1, 2)))(q, k, v)
+  np.testing.assert_allclose(value, want_value, rtol=1e-5)
+  for grad, want in zip(grads, want_grads):
+    np.testing.assert_allclose(grad, want, rtol=1e-4, atol=2e-5 * float(jnp.max(jnp.abs(want))))
+    assert float(jnp.max(jnp.abs(want))) > 0.05
+
+
+def test_attention_gradient_keeps_one_token_by_token_array_on_cpu():
+  # The plain softmax's backward kept its exponentials and its normalised weights, both
+  # (B, heads, N, N), which XLA:CPU wrote out and read back in passes of their own.
+  q = jnp.ones((2, 3, 5, 4))
+  with layers.conv_impl("auto"):
+    full, _ = _full_size_residuals(lambda q, k, v: layers.attention(q, k, v, 0.5), q, q, q,
+                                   size=2 * 3 * 5 * 5)
+  assert full == 1
+  with layers.conv_impl("xla"):
+    full, _ = _full_size_residuals(lambda q, k, v: layers.attention(q, k, v, 0.5), q, q, q,
+                                   size=2 * 3 * 5 * 5)
+  assert full == 2
+
+
+def test_attention_with_dropout_takes_the_plain_form():
+  q = jnp.ones((1, 1, 3, 2))
+  dropped = []
+
+  def dropout(weights):
+    dropped.append(weights.shape)
+    return weights
+
+  with layers.conv_impl("auto"):
+    np.testing.assert_allclose(layers.attention(q, q, q, 1.0, dropout), jnp.ones((1, 3, 1, 2)))
+  assert dropped == [(1, 1, 3, 3)]

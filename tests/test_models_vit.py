@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 
 from cnn_jax.errors import UserError
-from cnn_jax.models import create_model, list_models
+from cnn_jax.models import create_model, layers, list_models
 from cnn_jax.models.layers import count_params
 from cnn_jax.models.vit import VisionTransformer
 
@@ -270,3 +270,27 @@ def test_attention_layout_same_values_and_grads():
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
   assert float(jnp.abs(new[1][1]).sum()) > 0
 
+
+
+def test_cpu_forms_same_loss_and_every_gradient_as_the_plain_forms():
+  """Under "auto" on CPU the ViT takes layers' LayerNorm, attention and GELU forms (their own
+  gradients); under "xla" the plain ones: the same loss and gradients for the input and every
+  parameter, train and eval."""
+  model = tiny_vit(embed_dim=32, num_heads=4, depth=2)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  x = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
+  labels = jnp.array([0, 3, 4])
+
+  def loss(p, x):
+    logits = nnx.merge(graphdef, p, rest)(x)
+    return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(3), labels])
+
+  results = {}
+  for impl in ("auto", "xla"):
+    with layers.conv_impl(impl):
+      results[impl] = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
+  np.testing.assert_allclose(float(results["auto"][0]), float(results["xla"][0]), rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(results["auto"][1]), jax.tree.leaves(results["xla"][1])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
+                               atol=1e-5 * float(jnp.max(jnp.abs(b))) + 1e-8)
+  assert sum(float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(results["auto"][1])) > 10

@@ -360,10 +360,115 @@ class GRN(nnx.Module):
     return gamma * (x * nx.astype(dtype)) + beta + x
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _layer_norm_keeping_statistics(x: jax.Array, scale: jax.Array, bias: jax.Array,
+                                   eps: float) -> jax.Array:
+  return _layer_norm_forward(x, scale, bias, eps)[0]
+
+
+def _layer_norm_forward(x, scale, bias, eps):
+  # nnx.LayerNorm's arithmetic (its fast variance, its order of operations), so the values are
+  # the same to rounding.
+  mean = jnp.mean(x, axis=-1, keepdims=True)
+  var = jnp.maximum(0.0, jnp.mean(jnp.square(x), axis=-1, keepdims=True) - jnp.square(mean))
+  rstd = jax.lax.rsqrt(var + eps)
+  return (x - mean) * (rstd * scale) + bias, (x, mean, rstd, scale)
+
+
+def _layer_norm_backward(eps, kept, dy):
+  del eps
+  x, mean, rstd, scale = kept
+  normalised = (x - mean) * rstd
+  rows = tuple(range(x.ndim - 1))
+  dscale = jnp.sum(dy * normalised, axis=rows)
+  dbias = jnp.sum(dy, axis=rows)
+  g = dy * scale
+  dx = rstd * (g - jnp.mean(g, axis=-1, keepdims=True)
+               - normalised * jnp.mean(g * normalised, axis=-1, keepdims=True))
+  return dx, dscale, dbias
+
+
+_layer_norm_keeping_statistics.defvjp(_layer_norm_forward, _layer_norm_backward)
+
+
+class LayerNorm(nnx.LayerNorm):
+  """`nnx.LayerNorm` (same parameters, same values) whose gradient, under the CPU forms
+  (`conv_impl` "rewrite", or "auto" on CPU), keeps only x and each row's mean and 1/std and
+  computes dx, dscale and dbias from them, as PyTorch's layer_norm_backward does. Autodiff of
+  nnx's form kept rsqrt(var) * scale broadcast to the full (rows, C) shape, and XLA:CPU wrote
+  it and the other row statistics out at that size for the backward (experiments/cpu_speed,
+  vit_micro). Applies to float32 inputs and parameters with scale and bias, normalised over
+  the last axis alone; anything else, and every other backend, runs nnx's form."""
+
+  def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+    if (mask is None and _use_cpu_forms() and self.scale is not None and self.bias is not None
+        and self.axis_name is None and self.reduction_axes in (-1, (-1,), x.ndim - 1)
+        and self.feature_axes in (-1, (-1,), x.ndim - 1) and x.dtype == jnp.float32
+        and self.dtype in (None, jnp.float32) and self.scale.dtype == jnp.float32
+        and self.bias.dtype == jnp.float32):
+      return _layer_norm_keeping_statistics(x, self.scale[...], self.bias[...], self.epsilon)
+    return super().__call__(x, mask=mask)
+
+
 def layer_norm(channels: int, *, eps: float = 1e-6, dtype: Dtype | None = None,
-               param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs) -> nnx.LayerNorm:
+               param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs) -> LayerNorm:
   """LayerNorm over the channel (last) axis of NHWC or NLC tensors, ConvNeXt/ViT style."""
-  return nnx.LayerNorm(channels, epsilon=eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+  return LayerNorm(channels, epsilon=eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+
+def _attention_plain(q, k, v, scale, dropout=None):
+  logits = jnp.einsum("bhqd,bhkd->bhqk", q * jnp.asarray(scale, q.dtype), k)
+  # Softmax in float32 even under bf16 compute; cast back for the value matmul.
+  weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+  if dropout is not None:
+    weights = dropout(weights)
+  return jnp.einsum("bhqk,bhkd->bqhd", weights, v)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _attention_keeping_weights(q, k, v, scale):
+  return _attention_forward(q, k, v, scale)[0]
+
+
+def _attention_forward(q, k, v, scale):
+  q = q * jnp.asarray(scale, q.dtype)
+  weights = jax.nn.softmax(jnp.einsum("bhqd,bhkd->bhqk", q, k), axis=-1)
+  out = jnp.einsum("bhqk,bhkd->bqhd", weights, v)
+  return out, (q, k, v, weights, out)
+
+
+def _attention_backward(scale, kept, dout):
+  q, k, v, weights, out = kept
+  dv = jnp.einsum("bhqk,bqhd->bhkd", weights, dout)
+  dweights = jnp.einsum("bqhd,bhkd->bhqk", dout, v)
+  # sum_k weights * dweights, which equals sum_d dout * out: one pass over (B, N, H, Dh)
+  # instead of one over the (B, H, N, N) weights (FlashAttention's backward).
+  row_dot = jnp.einsum("bqhd,bqhd->bhq", dout, out)[..., None]
+  dlogits = weights * (dweights - row_dot)
+  dq = jnp.einsum("bhqk,bhkd->bhqd", dlogits, k) * jnp.asarray(scale, q.dtype)
+  dk = jnp.einsum("bhqk,bhqd->bhkd", dlogits, q)
+  return dq, dk, dv
+
+
+_attention_keeping_weights.defvjp(_attention_forward, _attention_backward)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float,
+              dropout: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
+  """softmax(q k^T * scale) v for q, k, v laid out (B, heads, N, head_dim), returned token-major
+  (B, N, heads, head_dim); `dropout` (if any) acts on the attention weights.
+
+  Under the CPU forms (`conv_impl` "rewrite", or "auto" on CPU), with float32 operands and no
+  dropout, its gradient is written out: it keeps the weights and the output, and takes the
+  softmax's row sum of weights * dweights as the row sum of dout * out, over head_dim instead
+  of N (FlashAttention's backward). Autodiff of the plain form kept the softmax's unnormalised
+  exponentials and 1/sum, which XLA:CPU wrote out at the (B, heads, N, N) size and read back in
+  several passes (experiments/cpu_speed, vit_micro). Same function and derivatives; float32
+  rounding differs (tested)."""
+  if (dropout is None and _use_cpu_forms()
+      and all(a.dtype == jnp.float32 for a in (q, k, v))):
+    return _attention_keeping_weights(q, k, v, scale)
+  return _attention_plain(q, k, v, scale, dropout)
 
 
 class PatchEmbed(nnx.Module):

@@ -33,8 +33,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cnn_jax.models.layers import (ACTIVATIONS, DropPath, Dtype, Linear, PatchEmbed, layer_norm,
-                                   trunc_normal)
+from cnn_jax.models.layers import (ACTIVATIONS, DropPath, Dtype, Linear, PatchEmbed, attention,
+                                   layer_norm, trunc_normal)
 from cnn_jax.models.registry import register_model
 
 LN_EPS = 1e-6
@@ -70,12 +70,8 @@ class Attention(nnx.Module):
     # that ran ~3x slower than the separate kernels it compiles for this layout
     # (experiments/cpu_speed, vit_micro). Same values and gradients (tested).
     qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
-    q, k, v = qkv[0], qkv[1], qkv[2]
-    logits = jnp.einsum("bhqd,bhkd->bhqk", q * jnp.asarray(self.scale, q.dtype), k)
-    # Softmax in float32 even under bf16 compute; cast back for the value matmul.
-    attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-    attn = self.attn_drop(attn)
-    out = jnp.einsum("bhqk,bhkd->bqhd", attn, v).reshape(b, n, d)
+    dropout = None if self.attn_drop.deterministic or self.attn_drop.rate == 0 else self.attn_drop
+    out = attention(qkv[0], qkv[1], qkv[2], self.scale, dropout).reshape(b, n, d)
     return self.proj_drop(self.proj(out))
 
 
