@@ -7,9 +7,9 @@ step compiled once, then timed in alternation (issue 21, item 1; README "vit_mic
 
 Variants: "plain" traces nnx.LayerNorm's and the plain softmax attention's own forms, "ln" and
 "attn" the CPU form of one of the two, "both" both (the code as it is; the GELU and conv forms
-are the code's in every variant). Prints each variant's largest difference in loss and gradients
-from the first, and the wall and process CPU time per step (median, min); pin it (`taskset -c 1`)
-on a shared machine, where the CPU time is the steadier of the two.
+are the code's in every variant). Prints each variant's loss and largest gradient difference
+against the first's, and the wall and process CPU time per step (median, min); pin it
+(`taskset -c 1`) on a shared machine, where the CPU time is the steadier of the two.
 """
 
 from __future__ import annotations
@@ -62,33 +62,49 @@ def main() -> None:
   variants = args.variants.split(",")
   options = json.loads(args.options)
   model = create_model(args.model, rngs=nnx.Rngs(0), **options)
+  if args.mode == "infer":
+    model.eval()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   x = jax.random.normal(jax.random.key(0), (args.batch_size, args.image_size, args.image_size,
                                             args.channels))
   y = jax.random.randint(jax.random.key(1), (args.batch_size,), 0,
                          options.get("num_classes", 1000))
 
-  def loss(params, x, y):
-    logits = nnx.merge(graphdef, params, rest)(x)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+  def loss(params, rest, x, y):
+    model = nnx.merge(graphdef, params, rest, copy=True)
+    logits = model(x)
+    # The model's updated state (BatchNorm's statistics, RNG counts) out as well, as a step does.
+    return (optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(),
+            nnx.state(model, nnx.Not(nnx.Param)))
 
-  step = jax.value_and_grad(loss) if args.mode == "train" else loss
+  step = jax.value_and_grad(loss, has_aux=True) if args.mode == "train" else loss
   compiled = {}
   for name in variants:
     with forms(*VARIANTS[name]):  # a new function per variant: jit caches traces by function
-      compiled[name] = jax.jit(lambda *a: step(*a)).lower(params, x, y).compile()
-  first = compiled[variants[0]](params, x, y)
+      compiled[name] = jax.jit(lambda *a: step(*a)).lower(params, rest, x, y).compile()
+  def loss_and_gradients(name):
+    out = compiled[name](params, rest, x, y)
+    return (out[0][0], out[1]) if args.mode == "train" else (out[0],)
+
+  first = loss_and_gradients(variants[0])
   for name in variants[1:]:
-    diff = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(a)) + 1e-30)),
-                        first, compiled[name](params, x, y))
-    print(f"{name}: largest difference from {variants[0]}, relative to the largest value: "
-          f"{max(jax.tree.leaves(diff)):.2g}")
+    # Per array, relative to the largest value of that array's kind (loss, or any gradient):
+    # a gradient that is zero but for rounding (a bias before BatchNorm) has no scale of its own.
+    other = loss_and_gradients(name)
+    if args.mode == "infer":
+      print(f"{name}: loss {float(first[0]):.7g} against {float(other[0]):.7g} ({variants[0]})")
+      continue
+    diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(first[1:]),
+                                                               jax.tree.leaves(other[1:])))
+    largest = max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(first[1:]))
+    print(f"{name}: loss {float(first[0]):.7g} against {float(other[0]):.7g} ({variants[0]}); "
+          f"largest gradient difference {diff:.2g}, the largest gradient {largest:.2g}")
   wall = {name: [] for name in variants}
   cpu = {name: [] for name in variants}
   for round_ in range(args.rounds + 1):
     for name in variants if round_ % 2 == 0 else variants[::-1]:
       c0, t0 = time.process_time(), time.perf_counter()
-      jax.block_until_ready(compiled[name](params, x, y))
+      jax.block_until_ready(compiled[name](params, rest, x, y))
       if round_:  # the first round warms up
         wall[name].append(time.perf_counter() - t0)
         cpu[name].append(time.process_time() - c0)
