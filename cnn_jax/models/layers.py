@@ -392,13 +392,14 @@ _layer_norm_keeping_statistics.defvjp(_layer_norm_forward, _layer_norm_backward)
 
 
 class LayerNorm(nnx.LayerNorm):
-  """`nnx.LayerNorm` (same parameters, same values) whose gradient, under the CPU forms
-  (`conv_impl` "rewrite", or "auto" on CPU), keeps only x and each row's mean and 1/std and
-  computes dx, dscale and dbias from them, as PyTorch's layer_norm_backward does. Autodiff of
-  nnx's form kept rsqrt(var) * scale broadcast to the full (rows, C) shape, and XLA:CPU wrote
-  it and the other row statistics out at that size for the backward (experiments/cpu_speed,
+  """`nnx.LayerNorm` (same parameters, the same values to rounding) whose gradient, under the
+  CPU forms (`conv_impl` "rewrite", or "auto" on CPU), keeps only x and each row's mean and
+  1/std and computes dx, dscale and dbias from them, as PyTorch's layer_norm_backward does.
+  Autodiff of nnx's form kept x^2, x - mean and (x - mean) rsqrt(var) scale, each at full
+  size, for XLA:CPU to write out in the forward and read back (experiments/cpu_speed,
   vit_micro). Applies to float32 inputs and parameters with scale and bias, normalised over
-  the last axis alone; anything else, and every other backend, runs nnx's form."""
+  the last axis alone; anything else, and every other backend, runs nnx's form. Reverse-mode
+  only under the CPU forms (a custom VJP)."""
 
   def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
     if (mask is None and _use_cpu_forms() and self.scale is not None and self.bias is not None
