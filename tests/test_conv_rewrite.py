@@ -60,18 +60,60 @@ def test_rewrite_equals_xla_conv_in_values_and_gradients(kernel, stride, groups,
   assert uses_conv != rewritten
 
 
+# Stride-1 convs of few input channels (`cpu_ops.conv_by_taps`): one channel (its own forward),
+# several (XLA's forward), square and uneven padding, a kernel wider than tall.
+@pytest.mark.parametrize("channels,kernel_hw,padding", [
+    (1, (5, 5), ((0, 0), (0, 0))),
+    (1, (3, 3), ((1, 1), (1, 1))),
+    (3, (3, 3), ((1, 1), (1, 1))),
+    (6, (5, 5), "VALID"),
+    (2, (2, 3), ((0, 1), (2, 0))),
+])
+def test_few_channel_conv_equals_xla_conv_in_values_and_gradients(channels, kernel_hw, padding):
+  key_x, key_w = jax.random.split(jax.random.key(0))
+  x = jax.random.normal(key_x, (9, 11, 13, channels), jnp.float32)
+  w = jax.random.normal(key_w, (*kernel_hw, channels, 5), jnp.float32)
+
+  def run(impl):
+    def f(x, w):
+      with layers.conv_impl(impl):
+        return layers.conv_general_dilated(x, w, (1, 1), padding,
+                                           dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                           precision=jax.lax.Precision.HIGHEST)
+    y, vjp = jax.jit(lambda x, w: jax.vjp(f, x, w))(x, w)
+    return (y, *vjp(jnp.cos(y))), str(jax.make_jaxpr(f)(x, w))
+
+  (y_ref, dx_ref, dw_ref), jaxpr_ref = run("xla")
+  (y, dx, dw), jaxpr = run("rewrite")
+  assert y.shape == y_ref.shape
+  for got, want in ((y, y_ref), (dx, dx_ref), (dw, dw_ref)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))
+  assert "custom_vjp_call" in jaxpr and "custom_vjp_call" not in jaxpr_ref
+
+
+def test_convs_of_many_input_channels_are_left_to_xla():
+  x = jnp.ones((2, 8, 8, cpu_ops.FEW_CHANNELS + 1))
+  w = jnp.ones((3, 3, cpu_ops.FEW_CHANNELS + 1, 4))
+  with layers.conv_impl("rewrite"):
+    jaxpr = str(jax.make_jaxpr(lambda x, w: layers.conv_general_dilated(
+        x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")))(x, w))
+  assert "custom_vjp_call" not in jaxpr and "conv_general_dilated" in jaxpr
+
+
 # A narrowed ConvNeXt V2 keeps every rewritten conv (patchify stem, 7x7 depthwise, 2x2
 # downsampling) at a fraction of the compile time.
 @pytest.mark.parametrize("name,overrides", [
     ("resnet18", {}),
     ("convnextv2_atto", {"dims": (8, 16, 24, 32), "depths": (1, 1, 2, 1)}),
+    ("lenet5", {"in_channels": 1}),  # few-channel convs and max pools
+    ("resnet20", {}),  # a few-channel stem
 ])
 def test_models_give_the_same_logits_and_gradients_either_way(name, overrides):
   model = create_model(name, num_classes=10, rngs=nnx.Rngs(0), **overrides)
   # Eval mode: batch statistics of a 2-image batch on 1x1 maps would amplify rounding.
   model.eval()
   graphdef, state = nnx.split(model)
-  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  x = jax.random.normal(jax.random.key(1), (2, 32, 32, overrides.get("in_channels", 3)))
 
   def loss(state, impl):
     with layers.conv_impl(impl):

@@ -163,3 +163,92 @@ def _max_pool_by_taps_bwd(window, stride, residuals, dy):
 
 
 max_pool_by_taps.defvjp(_max_pool_by_taps_fwd, _max_pool_by_taps_bwd)
+
+
+# Input channels up to which `conv_by_taps` applies: XLA:CPU's conv vectorises over them.
+FEW_CHANNELS = 8
+
+
+def _chunk_size(batch: int, most: int = 8) -> int:
+  """The largest divisor of `batch` up to `most`: a few images per loop step keep the loop's
+  own per-step cost small against its work, still in cache."""
+  return max(c for c in range(1, min(batch, most) + 1) if batch % c == 0)
+
+
+def _by_chunks(fn: Any, x: jax.Array) -> jax.Array:
+  """`fn` over the leading axis of x in chunks of `_chunk_size` under `lax.scan`: a loop body's
+  output is a buffer, so XLA:CPU cannot fuse `fn`'s work into each consumer of its result."""
+  n, c = x.shape[0], _chunk_size(x.shape[0])
+  _, out = jax.lax.scan(lambda carry, chunk: (carry, fn(chunk)), None,
+                        x.reshape(n // c, c, *x.shape[1:]))
+  return out.reshape(n, *out.shape[2:])
+
+
+def _valid_conv(padded: jax.Array, kernel: jax.Array, precision: Any) -> jax.Array:
+  return jax.lax.conv_general_dilated(padded, kernel, (1, 1), "VALID",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                      precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_by_taps(x: jax.Array, kernel: jax.Array,
+                 padding: tuple[tuple[int, int], tuple[int, int]], precision: Any) -> jax.Array:
+  """Stride-1 dense conv of NHWC x with an HWIO kernel of few input channels (a grey or colour
+  image's first conv, LeNet's second). XLA:CPU's conv kernels vectorise over the input channels,
+  so with one or a few their forward (one input channel) and input gradient (few output
+  channels) run at a small fraction of their rate. Here one input channel's forward is kh*kw
+  broadcast multiply-adds fused into one loop over the output, and the input gradient is one
+  matmul of dy with all taps' weights whose kh*kw slices are added back at their offsets
+  (col2im). The kernel gradient, which XLA:CPU runs well, and the forward with several input
+  channels stay XLA's."""
+  return _conv_by_taps_fwd(x, kernel, padding, precision)[0]
+
+
+def _conv_by_taps_fwd(x, kernel, padding, precision):
+  (top, bottom), (left, right) = padding
+  kh, kw, cin, _ = kernel.shape
+  padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  if cin > 1:
+    return _valid_conv(padded, kernel, precision), (padded, kernel)
+  out_h, out_w = padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
+
+  # In chunks of images (`_by_chunks`): over the whole batch XLA:CPU fused the kh*kw taps into
+  # each consumer (the activation, the pool, their gradients), computing them again in each.
+  def taps_sum(images):
+    out = None
+    for i in range(kh):
+      for j in range(kw):
+        term = images[:, i:i + out_h, j:j + out_w, :] * kernel[i, j, 0]
+        out = term if out is None else out + term
+    return out
+
+  return _by_chunks(taps_sum, padded), (padded, kernel)
+
+
+def _conv_by_taps_bwd(padding, precision, residuals, dy):
+  padded, kernel = residuals
+  (top, bottom), (left, right) = padding
+  kh, kw, cin, cout = kernel.shape
+  out_h, out_w = dy.shape[1:3]
+  in_h, in_w = padded.shape[1:3]
+  d_kernel = jax.vjp(lambda k: _valid_conv(padded, k, precision), kernel)[1](dy)[0]
+  back = jnp.dot(dy.reshape(-1, cout), kernel.reshape(-1, cout).T, precision=precision)
+  back = back.reshape(*dy.shape[:3], kh * kw, cin)
+
+  # In chunks of images (`_by_chunks`), so that dx is a buffer: over the whole batch XLA:CPU
+  # fused the kh*kw shifted sums into each consumer (the activation's and the pool's
+  # gradients), adding them up again in each.
+  def col2im(backs):
+    d_padded = None
+    for t in range(kh * kw):
+      i, j = divmod(t, kw)
+      term = jnp.pad(backs[:, :, :, t],
+                     ((0, 0), (i, in_h - out_h - i), (j, in_w - out_w - j), (0, 0)))
+      d_padded = term if d_padded is None else d_padded + term
+    return d_padded[:, top:in_h - bottom, left:in_w - right, :]
+
+  dx = _by_chunks(col2im, back)
+  return dx, d_kernel
+
+
+conv_by_taps.defvjp(_conv_by_taps_fwd, _conv_by_taps_bwd)

@@ -144,7 +144,8 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
   """`lax.conv_general_dilated`, except that the 2-D NHWC convs with a cheaper exact form in
   `cpu_ops` take it under "rewrite", and under "auto" on CPU where it measured faster
   (`_dispatch`): stride-1 depthwise convs as shifted multiply-adds, unpadded 1x1 convs (any
-  stride) and k x k convs of stride k (patchify, downsampling) as one matmul.
+  stride) and k x k convs of stride k (patchify, downsampling) as one matmul, stride-1 convs of
+  few input channels (a first conv, LeNet's second) with a hand-written input gradient.
 
   A drop-in for `nnx.Conv(conv_general_dilated=...)`: the parameters and the results are those
   of the XLA conv (equal to float rounding, tested); only the computation differs."""
@@ -179,6 +180,11 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
         and strides[0] == strides[1] and (kh == 1 or strides[0] == kh)):
       return _dispatch(f"patch conv {described}",
                        lambda x, w: cpu_ops.patches_by_matmul(x, w, strides[0], precision),
+                       xla_op, lhs, rhs)
+    if (pads is not None and feature_group_count == 1 and strides == (1, 1)
+        and channels <= cpu_ops.FEW_CHANNELS):
+      return _dispatch(f"few-channel conv {described}",
+                       lambda x, w: cpu_ops.conv_by_taps(x, w, tuple(pads), precision),
                        xla_op, lhs, rhs)
   return xla_op(lhs, rhs)
 
