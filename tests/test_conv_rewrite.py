@@ -136,16 +136,19 @@ def test_summary_counts_conv_macs_whatever_the_default_impl():
   assert rewritten["macs"] == plain["macs"] > 0
 
 
-@pytest.mark.parametrize("padding", [0, 1])
-def test_max_pool_by_slices_equals_reduce_window(padding):
-  x = jax.random.normal(jax.random.key(2), (2, 13, 11, 5))  # no ties: gradients are unique
-  dy = jax.random.normal(jax.random.key(3), (2, 6 + padding, 5 + padding, 5))
+# 2x2 windows of stride 2 on even sides tile the input (their gradient is interleaved); on odd
+# sides they do not.
+@pytest.mark.parametrize("window,stride,padding,size", [
+    (3, 2, 0, (13, 11)), (3, 2, 1, (13, 11)), (2, 2, 0, (12, 10)), (2, 2, 0, (13, 11))])
+def test_max_pool_by_slices_equals_reduce_window(window, stride, padding, size):
+  x = jax.random.normal(jax.random.key(2), (2, *size, 5))  # no ties: gradients are unique
 
   def run(impl):
     def f(x):
       with layers.conv_impl(impl):
-        return layers.max_pool(x, 3, 2, padding)
+        return layers.max_pool(x, window, stride, padding)
     y, vjp = jax.vjp(f, x)
+    dy = jax.random.normal(jax.random.key(3), y.shape)
     return y, vjp(dy)[0], str(jax.make_jaxpr(f)(x))
 
   y_ref, dx_ref, jaxpr_ref = run("xla")
@@ -155,7 +158,9 @@ def test_max_pool_by_slices_equals_reduce_window(padding):
   assert "reduce_window" in jaxpr_ref and "reduce_window" not in jaxpr
 
 
-def test_max_pool_gradient_goes_to_the_first_of_tied_maxima_as_select_and_scatter():
+@pytest.mark.parametrize("window,padding", [(3, 1), (2, 0)])
+def test_max_pool_gradient_goes_to_the_first_of_tied_maxima_as_select_and_scatter(window,
+                                                                                   padding):
   # ReLU outputs: many windows of zeros (ties), where a split gradient would differ.
   x = jnp.round(jax.nn.relu(jax.random.normal(jax.random.key(4), (2, 12, 12, 3))))
   dy = jax.random.normal(jax.random.key(5), (2, 6, 6, 3))
@@ -163,7 +168,7 @@ def test_max_pool_gradient_goes_to_the_first_of_tied_maxima_as_select_and_scatte
   for impl in ("xla", "rewrite"):
     def f(x):
       with layers.conv_impl(impl):
-        return layers.max_pool(x, 3, 2, 1)
+        return layers.max_pool(x, window, 2, padding)
     grads[impl] = jax.vjp(f, x)[1](dy)[0]
   assert float(jnp.mean(x == 0)) > 0.3
   # Same routing (which inputs get gradient); sums of several windows may round differently.

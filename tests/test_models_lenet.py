@@ -47,3 +47,33 @@ def test_lenet5_gradients_reach_every_parameter():
 
   grads = jax.grad(loss)(params)
   assert all(float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(grads))
+
+
+@pytest.mark.parametrize("impl", ["xla", "rewrite"])
+def test_lenet5_pooling_before_relu_gives_the_values_and_gradients_of_relu_then_pool(impl):
+  """The model applies ReLU after each max pool (they commute); the reference is the paper's
+  order, conv -> ReLU -> pool, with XLA's ops. Rounded inputs give windows of tied maxima."""
+  import numpy as np
+  from cnn_jax.models import layers
+
+  model = create_model("lenet5", in_channels=1, rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model)
+  x = jnp.round(2 * jax.random.normal(jax.random.key(1), (4, 32, 32, 1))) / 2
+
+  def reference(model, x):
+    for conv in (model.c1, model.c3):
+      x = nnx.max_pool(jax.nn.relu(conv(x)), (2, 2), strides=(2, 2))
+    x = jax.nn.relu(model.c5(x.reshape(x.shape[0], -1)))
+    return model.head(jax.nn.relu(model.f6(x)))
+
+  def loss(params, forward):
+    with layers.conv_impl(impl if forward is None else "xla"):
+      m = nnx.merge(graphdef, params)
+      logits = m(x) if forward is None else forward(m, x)
+    return jnp.sum(jnp.sin(logits)), logits
+
+  (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(params, None)
+  (_, logits_ref), grads_ref = jax.value_and_grad(loss, has_aux=True)(params, reference)
+  np.testing.assert_allclose(logits, logits_ref, rtol=1e-5, atol=1e-5)
+  for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(want))))

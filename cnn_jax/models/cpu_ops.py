@@ -150,6 +150,14 @@ def _max_pool_by_taps_fwd(padded, window, stride):
 def _max_pool_by_taps_bwd(window, stride, residuals, dy):
   first, padded_shape = residuals
   out_h, out_w = dy.shape[1:3]
+  if window == stride and padded_shape[1:3] == (out_h * stride, out_w * stride):
+    # Disjoint windows that tile the input: each input pixel belongs to exactly one tap, so the
+    # taps' shares are interleaved (stacked and reshaped) rather than padded and added, which
+    # made XLA:CPU evaluate every tap's share at every input pixel.
+    shares = [jnp.where(first == t, dy, jnp.zeros((), dy.dtype)) for t in range(window * window)]
+    rows = [jnp.stack(shares[i * window:(i + 1) * window], axis=3).reshape(
+        dy.shape[0], out_h, out_w * stride, dy.shape[3]) for i in range(window)]
+    return (jnp.stack(rows, axis=2).reshape(padded_shape),)
   dx = None
   for t in range(window * window):
     i, j = divmod(t, window)

@@ -28,6 +28,10 @@ class LeNet5(nnx.Module):
     if image_size < 28 or (image_size - 4) % 2 or ((image_size - 4) // 2 - 4) % 2:
       raise ValueError(f"LeNet-5 needs image_size 28 or 32 (got {image_size})")
     self.pool = pool
+    # ReLU commutes with max pooling, values and gradients alike (the first maximum of a window
+    # stays the first; a window with no positive value gets no gradient either way), so it runs
+    # on the pooled map, a quarter of the pixels.
+    self.pool_first = pool == "max" and activation == "relu"
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     # Through `layers`' conv and max pool, so they take the CPU forms where those run faster.
     conv = dict(padding="VALID", conv_general_dilated=layers.conv_general_dilated, **kw)
@@ -45,8 +49,8 @@ class LeNet5(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     act = self.activation
-    x = self._pool(act(self.c1(x)))
-    x = self._pool(act(self.c3(x)))
+    for conv in (self.c1, self.c3):
+      x = act(self._pool(conv(x))) if self.pool_first else self._pool(act(conv(x)))
     x = x.reshape(x.shape[0], -1)
     x = act(self.c5(x))
     x = act(self.f6(x))
