@@ -192,8 +192,9 @@ def _by_chunks(fn: Any, x: jax.Array) -> jax.Array:
   return out.reshape(n, *out.shape[2:])
 
 
-def _valid_conv(padded: jax.Array, kernel: jax.Array, precision: Any) -> jax.Array:
-  return jax.lax.conv_general_dilated(padded, kernel, (1, 1), "VALID",
+def _xla_conv(x: jax.Array, kernel: jax.Array,
+              padding: tuple[tuple[int, int], tuple[int, int]], precision: Any) -> jax.Array:
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding,
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                       precision=precision)
 
@@ -208,16 +209,16 @@ def conv_by_taps(x: jax.Array, kernel: jax.Array,
   broadcast multiply-adds fused into one loop over the output, and the input gradient is one
   matmul of dy with all taps' weights whose kh*kw slices are added back at their offsets
   (col2im). The kernel gradient, which XLA:CPU runs well, and the forward with several input
-  channels stay XLA's."""
+  channels are XLA's own."""
   return _conv_by_taps_fwd(x, kernel, padding, precision)[0]
 
 
 def _conv_by_taps_fwd(x, kernel, padding, precision):
-  (top, bottom), (left, right) = padding
   kh, kw, cin, _ = kernel.shape
-  padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
   if cin > 1:
-    return _valid_conv(padded, kernel, precision), (padded, kernel)
+    return _xla_conv(x, kernel, padding, precision), (x, kernel)
+  (top, bottom), (left, right) = padding
+  padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
   out_h, out_w = padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
 
   # In chunks of images (`_by_chunks`): over the whole batch XLA:CPU fused the kh*kw taps into
@@ -230,16 +231,16 @@ def _conv_by_taps_fwd(x, kernel, padding, precision):
         out = term if out is None else out + term
     return out
 
-  return _by_chunks(taps_sum, padded), (padded, kernel)
+  return _by_chunks(taps_sum, padded), (x, kernel)
 
 
 def _conv_by_taps_bwd(padding, precision, residuals, dy):
-  padded, kernel = residuals
+  x, kernel = residuals
   (top, bottom), (left, right) = padding
   kh, kw, cin, cout = kernel.shape
   out_h, out_w = dy.shape[1:3]
-  in_h, in_w = padded.shape[1:3]
-  d_kernel = jax.vjp(lambda k: _valid_conv(padded, k, precision), kernel)[1](dy)[0]
+  in_h, in_w = x.shape[1] + top + bottom, x.shape[2] + left + right
+  d_kernel = jax.vjp(lambda k: _xla_conv(x, k, padding, precision), kernel)[1](dy)[0]
   back = jnp.dot(dy.reshape(-1, cout), kernel.reshape(-1, cout).T, precision=precision)
   back = back.reshape(*dy.shape[:3], kh * kw, cin)
 
