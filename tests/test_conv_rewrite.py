@@ -91,6 +91,29 @@ def test_few_channel_conv_equals_xla_conv_in_values_and_gradients(channels, kern
   assert "custom_vjp_call" in jaxpr and "custom_vjp_call" not in jaxpr_ref
 
 
+@pytest.mark.parametrize("channels", [1, 6])
+def test_few_channel_conv_in_bfloat16_is_as_close_to_float32_as_xlas(channels):
+  """Its sums run in float32 as XLA's conv accumulates, so both round alike to bfloat16."""
+  key_x, key_w = jax.random.split(jax.random.key(0))
+  x = jax.random.normal(key_x, (8, 14, 14, channels))
+  w = jax.random.normal(key_w, (5, 5, channels, 16))
+
+  def run(impl, dtype):
+    def f(x, w):
+      with layers.conv_impl(impl):
+        return layers.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
+                                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y, vjp = jax.vjp(f, x.astype(dtype), w.astype(dtype))
+    return [a.astype(jnp.float32) for a in (y, *vjp(jnp.cos(y)))], y.dtype
+
+  exact, _ = run("xla", jnp.float32)
+  (xla, xla_dtype), (form, form_dtype) = run("xla", jnp.bfloat16), run("rewrite", jnp.bfloat16)
+  assert form_dtype == xla_dtype == jnp.bfloat16
+  for got, want, ref in zip(form, xla, exact):
+    scale = float(jnp.max(jnp.abs(ref)))
+    assert float(jnp.max(jnp.abs(got - ref))) <= 1.5 * float(jnp.max(jnp.abs(want - ref))) + 1e-6 * scale
+
+
 def test_convs_of_many_input_channels_are_left_to_xla():
   x = jnp.ones((2, 8, 8, cpu_ops.FEW_CHANNELS + 1))
   w = jnp.ones((3, 3, cpu_ops.FEW_CHANNELS + 1, 4))

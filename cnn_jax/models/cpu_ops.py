@@ -223,13 +223,17 @@ def _conv_by_taps_fwd(x, kernel, padding, precision):
 
   # In chunks of images (`_by_chunks`): over the whole batch XLA:CPU fused the kh*kw taps into
   # each consumer (the activation, the pool, their gradients), computing them again in each.
+  # Sums in float32 at least, as XLA's conv accumulates a bfloat16 one.
+  wide = jnp.promote_types(x.dtype, jnp.float32)
+
   def taps_sum(images):
     out = None
     for i in range(kh):
       for j in range(kw):
-        term = images[:, i:i + out_h, j:j + out_w, :] * kernel[i, j, 0]
+        term = (images[:, i:i + out_h, j:j + out_w, :].astype(wide)
+                * kernel[i, j, 0].astype(wide))
         out = term if out is None else out + term
-    return out
+    return out.astype(x.dtype)
 
   return _by_chunks(taps_sum, padded), (x, kernel)
 
@@ -241,7 +245,9 @@ def _conv_by_taps_bwd(padding, precision, residuals, dy):
   out_h, out_w = dy.shape[1:3]
   in_h, in_w = x.shape[1] + top + bottom, x.shape[2] + left + right
   d_kernel = jax.vjp(lambda k: _xla_conv(x, k, padding, precision), kernel)[1](dy)[0]
-  back = jnp.dot(dy.reshape(-1, cout), kernel.reshape(-1, cout).T, precision=precision)
+  wide = jnp.promote_types(dy.dtype, jnp.float32)
+  back = jnp.dot(dy.reshape(-1, cout), kernel.reshape(-1, cout).T, precision=precision,
+                 preferred_element_type=wide)
   back = back.reshape(*dy.shape[:3], kh * kw, cin)
 
   # In chunks of images (`_by_chunks`), so that dx is a buffer: over the whole batch XLA:CPU
@@ -254,7 +260,7 @@ def _conv_by_taps_bwd(padding, precision, residuals, dy):
       term = jnp.pad(backs[:, :, :, t],
                      ((0, 0), (i, in_h - out_h - i), (j, in_w - out_w - j), (0, 0)))
       d_padded = term if d_padded is None else d_padded + term
-    return d_padded[:, top:in_h - bottom, left:in_w - right, :]
+    return d_padded[:, top:in_h - bottom, left:in_w - right, :].astype(x.dtype)
 
   dx = _by_chunks(col2im, back)
   return dx, d_kernel
