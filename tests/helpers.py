@@ -97,3 +97,12 @@ def write_sweep_file(directory, *, workdir: str, overrides: list, points: list,
           return config
         """))
   return path
+
+
+def initialized(construct, seed: int = 0):
+  """`construct(rngs)` with its initialisers compiled as one program, as create_model builds
+  (registry.initialize): eagerly, every parameter shape compiles its own initialiser, seconds of
+  CPU for even a small model. The same draw as the eager build, to rounding."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from cnn_jax.models import registry  # pylint: disable=import-outside-toplevel
+  return registry.initialize(construct, nnx.Rngs(seed))

@@ -23,7 +23,7 @@ from safetensors.numpy import save_file
 from cnn_jax import checkpoint, convert
 from cnn_jax.errors import UserError
 from cnn_jax.models import alexnet, convnext, create_model, resnet, vit
-from helpers import REPO_ROOT, run_cli
+from helpers import REPO_ROOT, initialized, run_cli
 
 FIXTURES = os.path.join(REPO_ROOT, "tests", "fixtures")
 PRETRAINED = os.path.join(FIXTURES, "pretrained")
@@ -44,7 +44,8 @@ def golden():
 
 def build(spec: dict) -> nnx.Module:
   module, cls = spec["class"].split(".")
-  return getattr(MODULES[module], cls)(*spec["args"], **spec["kwargs"], rngs=nnx.Rngs(0))
+  return initialized(lambda rngs: getattr(MODULES[module], cls)(*spec["args"], **spec["kwargs"],
+                                                                rngs=rngs))
 
 
 def load_into(model: nnx.Module, converted: convert.Converted) -> nnx.Module:
@@ -61,6 +62,12 @@ def load_into(model: nnx.Module, converted: convert.Converted) -> nnx.Module:
   return model
 
 
+def apply(model: nnx.Module, x: jax.Array, method: str = "__call__") -> jax.Array:
+  """model.method(x) as one compiled program: op by op, every layer's ops compile one by one,
+  tens of seconds of CPU for these small nets."""
+  return nnx.jit(lambda m, x: getattr(m, method)(x))(model, x)
+
+
 def nhwc(x_nchw: np.ndarray) -> jax.Array:
   return jnp.asarray(x_nchw.transpose(0, 2, 3, 1))
 
@@ -74,7 +81,7 @@ def test_logits_match_pytorch(case, cases, golden):
   assert converted.has_head and converted.num_classes == 5
   n_params = sum(v.size for v in converted.params.values())
   assert n_params == sum(int(p.size) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
-  logits = load_into(model, converted)(nhwc(golden[f"{case}/input_nchw"]))
+  logits = apply(load_into(model, converted), nhwc(golden[f"{case}/input_nchw"]))
   np.testing.assert_allclose(np.asarray(logits), golden[f"{case}/logits"], rtol=0,
                              atol=TOLERANCE)
 
@@ -97,8 +104,8 @@ def test_fcmae_encoder_matches_timm_features(cases, golden):
   assert not converted.has_head and converted.num_classes is None
   assert converted.head == ("head",)
   assert not any(path[0] == "head" for path in converted.params)
-  features = load_into(model, converted).forward_features(
-      nhwc(golden["convnextv2_fcmae/input_nchw"]))
+  features = apply(load_into(model, converted), nhwc(golden["convnextv2_fcmae/input_nchw"]),
+                   "forward_features")
   np.testing.assert_allclose(np.asarray(features).transpose(0, 3, 1, 2),
                              golden["convnextv2_fcmae/features_nchw"], rtol=0, atol=TOLERANCE)
 
@@ -114,14 +121,14 @@ def test_timm_vit_through_safetensors(tmp_path):
   arrays = np.load(os.path.join(FIXTURES, "vit_timm_golden.npz"))
   path = str(tmp_path / "vit.safetensors")
   save_file(_timm_state(arrays), path)
-  model = vit.VisionTransformer(
+  model = initialized(lambda rngs: vit.VisionTransformer(
       patch_size=int(arrays["config_patch_size"]), embed_dim=int(arrays["config_embed_dim"]),
       depth=int(arrays["config_depth"]), num_heads=int(arrays["config_num_heads"]),
       num_classes=int(arrays["config_num_classes"]), image_size=int(arrays["config_img_size"]),
-      rngs=nnx.Rngs(0))
+      rngs=rngs))
   converted = convert.convert_state_dict(model, convert.read_state_dict(path))
   assert converted.source == "timm VisionTransformer"
-  logits = load_into(model, converted)(nhwc(arrays["input_nchw"]))
+  logits = apply(load_into(model, converted), nhwc(arrays["input_nchw"]))
   np.testing.assert_allclose(np.asarray(logits), arrays["logits"], rtol=0, atol=TOLERANCE)
 
 
@@ -134,10 +141,10 @@ def test_timm_convnext_through_safetensors(tag, tmp_path):
   options = dict(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32), num_classes=5)
   if tag == "v2":
     options.update(grn=True, layer_scale_init=None)
-  model = convnext.ConvNeXt(**options, rngs=nnx.Rngs(0))
+  model = initialized(lambda rngs: convnext.ConvNeXt(**options, rngs=rngs))
   converted = convert.convert_state_dict(model, convert.read_state_dict(path))
   assert converted.source == "timm ConvNeXt"
-  logits = load_into(model, converted)(nhwc(arrays["input_nchw"]))
+  logits = apply(load_into(model, converted), nhwc(arrays["input_nchw"]))
   np.testing.assert_allclose(np.asarray(logits), arrays[f"{tag}/logits"], rtol=0,
                              atol=TOLERANCE)
 
@@ -343,11 +350,11 @@ def test_official_convnext_v1_names(tmp_path):
     official[key.replace("head.norm.", "norm.").replace("head.fc.", "head.")] = value
   path = str(tmp_path / "convnext_v1_official.safetensors")
   save_file({"module." + k: v for k, v in official.items()}, path)  # DataParallel prefix too
-  model = convnext.ConvNeXt(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32), num_classes=5,
-                            rngs=nnx.Rngs(0))
+  model = initialized(lambda rngs: convnext.ConvNeXt(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32),
+                                                     num_classes=5, rngs=rngs))
   converted = convert.convert_state_dict(model, convert.read_state_dict(path))
   assert converted.source == "official ConvNeXt"
-  logits = load_into(model, converted)(nhwc(arrays["input_nchw"]))
+  logits = apply(load_into(model, converted), nhwc(arrays["input_nchw"]))
   np.testing.assert_allclose(np.asarray(logits), arrays["v1/logits"], rtol=0, atol=TOLERANCE)
 
 

@@ -14,6 +14,7 @@ from flax import nnx
 from cnn_jax.errors import UserError
 from cnn_jax.models import convnext, create_model, roadmap
 from cnn_jax.models.layers import DropPath, count_params
+from helpers import initialized
 
 # timm 1.0.31: sum(p.numel() for p in timm.create_model(name).parameters()).
 TIMM_PARAM_COUNTS = {
@@ -301,8 +302,9 @@ def test_remat_bf16_and_head_init_scale():
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 40))
 
   def stage(remat):
-    return convnext.Stage(40, 80, 2, 2, cfg, downsample="separate", drop_path_rates=(0.0, 0.0),
-                          remat=remat, dtype=None, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+    return initialized(lambda rngs: convnext.Stage(
+        40, 80, 2, 2, cfg, downsample="separate", drop_path_rates=(0.0, 0.0), remat=remat,
+        dtype=None, param_dtype=jnp.float32, rngs=rngs))
 
   @nnx.jit
   def grads(module):

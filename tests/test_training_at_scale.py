@@ -23,6 +23,9 @@ from helpers import HANG_TIMEOUT, REPO_ROOT, load_config, run_cli
 from test_train import final_params, read_jsonl
 
 DIGITS = "configs/lenet5_digits.py"
+# The CLI runs that check stopping and resuming, on one device as `make train` on a CPU: the
+# 8 fake devices conftest sets cost each run CPU time, and sharding is checked above.
+ONE_DEVICE = "--config.mesh.num_devices=1"
 SHORT = dict(log_every_steps=1, **{"schedule.warmup_epochs": 0.2})
 
 
@@ -183,7 +186,7 @@ def _spawn(workdir, *extra):
   with open(workdir + ".stderr", "w") as err:
     return subprocess.Popen(
         [sys.executable, "-u", "-m", "cnn_jax.main", "--config", DIGITS, "--workdir", workdir,
-         "--config.log_every_steps=1", "--config.checkpoint.every_steps=5", *extra],
+         "--config.log_every_steps=1", "--config.checkpoint.every_steps=5", ONE_DEVICE, *extra],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
 
 
@@ -198,7 +201,7 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(tmp_path):
   saved = int(out.split("checkpoint saved at step ")[1].split(";")[0])
   assert final_params(workdir)[0] == saved
   rerun = run_cli("cnn_jax.main", "--config", DIGITS, "--workdir", workdir,
-                  "--config.num_epochs=50", f"--config.halt_after_steps=2")
+                  "--config.num_epochs=50", f"--config.halt_after_steps=2", ONE_DEVICE)
   assert f"resumed from {workdir} at step {saved}" in rerun.stdout
 
 
@@ -229,7 +232,7 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_good_checkpoints(t
   result = run_cli("cnn_jax.main", "--config", DIGITS, "--workdir", str(tmp_path),
                    "--config.optimizer.name=sgd", "--config.optimizer.learning_rate=1e6",
                    "--config.schedule.name=constant", "--config.checkpoint.every_steps=1",
-                   "--config.total_steps=40")
+                   "--config.total_steps=40", ONE_DEVICE)
   assert result.returncode == 1
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and "non-finite training loss at step" in lines[0], result.stderr
