@@ -219,7 +219,7 @@ def test_weights_workdir_of_a_training_run(tmp_path):
   from cnn_jax.data import sources  # pylint: disable=import-outside-toplevel
 
   config = load_config("resnet_cifar10", "smoke",
-                       **{"checkpoint.best_metric": "", "ema_decay": 0.5})
+                       **{"checkpoint.best_metric": "", "ema_decay": 0.5, "mesh.num_devices": 1})
   workdir = str(tmp_path / "run")
   final = train.train_and_evaluate(config, workdir)
   splits = sources.create_source(config)
