@@ -225,6 +225,7 @@ def test_train_step_with_mixup_and_label_smoothing(tmp_path):
   from helpers import load_config
 
   config = load_config("lenet5_digits", total_steps=4, log_every_steps=2, eval_every_steps=4,
-                       label_smoothing=0.1, **{"schedule.warmup_epochs": 0.05,                          "data.mixup.mixup_alpha": 0.8, "data.mixup.cutmix_alpha": 1.0})
+                       label_smoothing=0.1, **{"schedule.warmup_epochs": 0.05, "data.mixup.mixup_alpha": 0.8,
+                          "data.mixup.cutmix_alpha": 1.0, "mesh.num_devices": 1})
   final = train.train_and_evaluate(config, str(tmp_path))
   assert np.isfinite(final["loss"])

@@ -121,7 +121,8 @@ def test_batchnorm_model_trains_and_updates_its_statistics(tmp_path):
   config = load_config("resnet_cifar_digits", total_steps=2, log_every_steps=1,
                        eval_every_steps=2, **{"data.batch_size": 16, "data.eval_batch_size": 200,
                                               "checkpoint.every_steps": 2,
-                                              "schedule.warmup_epochs": 0.0})
+                                              "schedule.warmup_epochs": 0.0,
+                                              "mesh.num_devices": 1})
   final = train.train_and_evaluate(config, str(tmp_path))
   assert np.isfinite(final["loss"])
   ckpt = os.path.join(str(tmp_path), "checkpoints", "2", "default")
