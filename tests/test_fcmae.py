@@ -35,19 +35,19 @@ def tiny_fcmae(sparse: bool = True) -> fcmae.FCMAE:
   # GRN starts as the identity (gamma = beta = 0), biases at 0 and kernels small (std 0.02);
   # randomise them so the statistics, the bias re-fill of masked positions and the spatial
   # mixing are large enough for a leak to show.
-  params = nnx.state(model, nnx.Param)
-  keys = iter(jax.random.split(jax.random.key(7), 200))
+  # In NumPy: with jax ops, op by op, every parameter shape compiles its own programs (seconds
+  # of CPU), and a jitted draw compiles longer still.
+  rng = np.random.default_rng(7)
 
   def randomise(path, x):
     name = jax.tree_util.keystr(path)
     if "kernel" in name:
-      return 20.0 * x
+      return jnp.asarray(20.0 * np.asarray(x))
     if any(part in name for part in ("gamma", "beta", "bias")):
-      return x + 0.5 * jax.random.normal(next(keys), x.shape)
+      return jnp.asarray(np.asarray(x) + 0.5 * rng.standard_normal(x.shape, np.float32))
     return x
 
-  params = jax.tree_util.tree_map_with_path(randomise, params)
-  nnx.update(model, params)
+  nnx.update(model, jax.tree_util.tree_map_with_path(randomise, nnx.state(model, nnx.Param)))
   return model
 
 
