@@ -23,7 +23,7 @@ from safetensors.numpy import save_file
 from cnn_jax import checkpoint, convert
 from cnn_jax.errors import UserError
 from cnn_jax.models import alexnet, convnext, create_model, resnet, vit
-from helpers import REPO_ROOT, initialized, run_cli
+from helpers import REPO_ROOT, compiled_apply, initialized, run_cli
 
 FIXTURES = os.path.join(REPO_ROOT, "tests", "fixtures")
 PRETRAINED = os.path.join(FIXTURES, "pretrained")
@@ -62,12 +62,6 @@ def load_into(model: nnx.Module, converted: convert.Converted) -> nnx.Module:
   return model
 
 
-def apply(model: nnx.Module, x: jax.Array, method: str = "__call__") -> jax.Array:
-  """model.method(x) as one compiled program: op by op, every layer's ops compile one by one,
-  tens of seconds of CPU for these small nets."""
-  return nnx.jit(lambda m, x: getattr(m, method)(x))(model, x)
-
-
 def nhwc(x_nchw: np.ndarray) -> jax.Array:
   return jnp.asarray(x_nchw.transpose(0, 2, 3, 1))
 
@@ -81,7 +75,7 @@ def test_logits_match_pytorch(case, cases, golden):
   assert converted.has_head and converted.num_classes == 5
   n_params = sum(v.size for v in converted.params.values())
   assert n_params == sum(int(p.size) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
-  logits = apply(load_into(model, converted), nhwc(golden[f"{case}/input_nchw"]))
+  logits = compiled_apply(load_into(model, converted), nhwc(golden[f"{case}/input_nchw"]))
   np.testing.assert_allclose(np.asarray(logits), golden[f"{case}/logits"], rtol=0,
                              atol=TOLERANCE)
 
@@ -104,8 +98,8 @@ def test_fcmae_encoder_matches_timm_features(cases, golden):
   assert not converted.has_head and converted.num_classes is None
   assert converted.head == ("head",)
   assert not any(path[0] == "head" for path in converted.params)
-  features = apply(load_into(model, converted), nhwc(golden["convnextv2_fcmae/input_nchw"]),
-                   "forward_features")
+  features = compiled_apply(load_into(model, converted),
+                            nhwc(golden["convnextv2_fcmae/input_nchw"]), method="forward_features")
   np.testing.assert_allclose(np.asarray(features).transpose(0, 3, 1, 2),
                              golden["convnextv2_fcmae/features_nchw"], rtol=0, atol=TOLERANCE)
 
@@ -128,7 +122,7 @@ def test_timm_vit_through_safetensors(tmp_path):
       rngs=rngs))
   converted = convert.convert_state_dict(model, convert.read_state_dict(path))
   assert converted.source == "timm VisionTransformer"
-  logits = apply(load_into(model, converted), nhwc(arrays["input_nchw"]))
+  logits = compiled_apply(load_into(model, converted), nhwc(arrays["input_nchw"]))
   np.testing.assert_allclose(np.asarray(logits), arrays["logits"], rtol=0, atol=TOLERANCE)
 
 
@@ -144,7 +138,7 @@ def test_timm_convnext_through_safetensors(tag, tmp_path):
   model = initialized(lambda rngs: convnext.ConvNeXt(**options, rngs=rngs))
   converted = convert.convert_state_dict(model, convert.read_state_dict(path))
   assert converted.source == "timm ConvNeXt"
-  logits = apply(load_into(model, converted), nhwc(arrays["input_nchw"]))
+  logits = compiled_apply(load_into(model, converted), nhwc(arrays["input_nchw"]))
   np.testing.assert_allclose(np.asarray(logits), arrays[f"{tag}/logits"], rtol=0,
                              atol=TOLERANCE)
 
@@ -354,7 +348,7 @@ def test_official_convnext_v1_names(tmp_path):
                                                      num_classes=5, rngs=rngs))
   converted = convert.convert_state_dict(model, convert.read_state_dict(path))
   assert converted.source == "official ConvNeXt"
-  logits = apply(load_into(model, converted), nhwc(arrays["input_nchw"]))
+  logits = compiled_apply(load_into(model, converted), nhwc(arrays["input_nchw"]))
   np.testing.assert_allclose(np.asarray(logits), arrays["v1/logits"], rtol=0, atol=TOLERANCE)
 
 

@@ -14,7 +14,7 @@ from cnn_jax import summary, train
 from cnn_jax.errors import UserError
 from cnn_jax.models import create_model, hybrid
 from cnn_jax.models.layers import count_params
-from helpers import REPO_ROOT, abstract_apply, initialized
+from helpers import REPO_ROOT, abstract_apply, compiled_apply, initialized
 
 
 def longrange_config(arg):
@@ -86,9 +86,9 @@ def test_an_all_conv_hybrid_is_the_convnext_v2_of_its_stages(norm):
   ref = create_model("convnextv2_atto", rngs=nnx.Rngs(0), **kw)
   x = jax.random.normal(jax.random.key(1), (4, 32, 32, 1))
   # Features, not logits: with norm="bn" ConvNeXt's head norm is a BN too, the hybrid's an LN.
-  # Jitted: one compiled program per model instead of op-by-op dispatch.
-  features = nnx.jit(lambda m, x: m.forward_features(x))
-  np.testing.assert_allclose(features(hyb, x), features(ref, x), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(compiled_apply(hyb, x, method="forward_features"),
+                             compiled_apply(ref, x, method="forward_features"), rtol=1e-5,
+                             atol=1e-6)
 
 
 def test_parameter_count_by_hand_for_one_attention_stage():

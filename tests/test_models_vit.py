@@ -271,7 +271,6 @@ def test_attention_layout_same_values_and_grads():
   assert float(jnp.abs(new[1][1]).sum()) > 0
 
 
-
 def test_cpu_forms_same_loss_and_every_gradient_as_the_plain_forms():
   """Under "auto" on CPU the ViT takes layers' LayerNorm, attention and GELU forms (their own
   gradients); under "xla" the plain ones: the same loss and gradients for the input and every

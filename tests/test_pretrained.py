@@ -19,17 +19,11 @@ from safetensors.numpy import save_file
 from cnn_jax import convert
 from cnn_jax.errors import UserError
 from cnn_jax.models import create_model
+from helpers import compiled_apply
 from tests.test_convert import (FIXTURES, PRETRAINED, TOLERANCE, _timm_state, load_into,
                                 nhwc)
 
 CONVNEXT_TINY_WIDTHS = dict(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32))
-
-
-@nnx.jit
-def logits_of(model: nnx.Module, x: jax.Array) -> jax.Array:
-  """The model's logits as one compiled program, shared by the same-shaped models here: op by
-  op, every layer's ops compile one by one."""
-  return model(x)
 
 
 @pytest.fixture(scope="module")
@@ -47,22 +41,22 @@ def test_file_gives_the_logits_of_convert_then_load(golden, tmp_path):
   direct = create_model("convnextv2_atto", pretrained=official_v2_file(),
                         **CONVNEXT_TINY_WIDTHS)
   assert direct.num_classes == 5  # the checkpoint's, not the variant's 1000
-  np.testing.assert_allclose(np.asarray(logits_of(direct, x)),
+  np.testing.assert_allclose(np.asarray(compiled_apply(direct, x)),
                              golden["convnextv2_official/logits"], rtol=0, atol=TOLERANCE)
 
   state = convert.read_state_dict(official_v2_file())
   by_hand = create_model("convnextv2_atto", rngs=nnx.Rngs(7), num_classes=5,
                          **CONVNEXT_TINY_WIDTHS)
   by_hand = load_into(by_hand, convert.convert_state_dict(by_hand, state))
-  np.testing.assert_array_equal(np.asarray(logits_of(direct, x)),
-                                np.asarray(logits_of(by_hand, x)))
+  np.testing.assert_array_equal(np.asarray(compiled_apply(direct, x)),
+                                np.asarray(compiled_apply(by_hand, x)))
 
   out = str(tmp_path / "converted")
   convert.save_pretrained(out, convert.convert_state_dict(by_hand, state),
                           model_name="convnextv2_atto", checkpoint_path=official_v2_file())
   from_dir = create_model("convnextv2_atto", pretrained=out, **CONVNEXT_TINY_WIDTHS)
-  np.testing.assert_array_equal(np.asarray(logits_of(from_dir, x)),
-                                np.asarray(logits_of(by_hand, x)))
+  np.testing.assert_array_equal(np.asarray(compiled_apply(from_dir, x)),
+                                np.asarray(compiled_apply(by_hand, x)))
 
 
 def test_comes_back_in_eval_mode(golden):
@@ -71,7 +65,7 @@ def test_comes_back_in_eval_mode(golden):
   model = create_model("convnextv2_atto", pretrained=official_v2_file(), drop_path_rate=0.5,
                        drop_rate=0.5, **CONVNEXT_TINY_WIDTHS)
   x = nhwc(golden["convnextv2_official/input_nchw"])
-  first, second = np.asarray(logits_of(model, x)), np.asarray(logits_of(model, x))
+  first, second = np.asarray(compiled_apply(model, x)), np.asarray(compiled_apply(model, x))
   np.testing.assert_array_equal(first, second)
   np.testing.assert_allclose(first, golden["convnextv2_official/logits"], rtol=0,
                              atol=TOLERANCE)
