@@ -206,7 +206,7 @@ def conv_by_taps(x: jax.Array, kernel: jax.Array,
   image's first conv, LeNet's second). XLA:CPU's conv kernels vectorise over the input channels,
   so with one or a few their forward (one input channel) and input gradient (few output
   channels) run at a small fraction of their rate. Here one input channel's forward is kh*kw
-  broadcast multiply-adds fused into one loop over the output, and the input gradient is one
+  broadcast multiply-adds fused into one loop over the output, and the input gradient is a
   matmul of dy with all taps' weights whose kh*kw slices are added back at their offsets
   (col2im). The kernel gradient, which XLA:CPU runs well, and the forward with several input
   channels are XLA's own."""
@@ -246,23 +246,26 @@ def _conv_by_taps_bwd(padding, precision, residuals, dy):
   in_h, in_w = x.shape[1] + top + bottom, x.shape[2] + left + right
   d_kernel = jax.vjp(lambda k: _xla_conv(x, k, padding, precision), kernel)[1](dy)[0]
   wide = jnp.promote_types(dy.dtype, jnp.float32)
-  back = jnp.dot(dy.reshape(-1, cout), kernel.reshape(-1, cout).T, precision=precision,
-                 preferred_element_type=wide)
-  back = back.reshape(*dy.shape[:3], kh * kw, cin)
+  taps = kernel.reshape(kh * kw, cin, cout)
 
   # In chunks of images (`_by_chunks`), so that dx is a buffer: over the whole batch XLA:CPU
   # fused the kh*kw shifted sums into each consumer (the activation's and the pool's
-  # gradients), adding them up again in each.
-  def col2im(backs):
+  # gradients), adding them up again in each. Each tap's share comes out of the matmul
+  # channel-major, (tap, cin, image, row, column), so its shift moves whole contiguous rows; in
+  # pixel-major order, with the few input channels minor, the shifted reads were strided and ran
+  # at a fraction of the rate.
+  def col2im(dys):
+    backs = jnp.einsum("tco,nhwo->tcnhw", taps, dys, precision=precision,
+                       preferred_element_type=wide)
     d_padded = None
     for t in range(kh * kw):
       i, j = divmod(t, kw)
-      term = jnp.pad(backs[:, :, :, t],
-                     ((0, 0), (i, in_h - out_h - i), (j, in_w - out_w - j), (0, 0)))
+      term = jnp.pad(backs[t], ((0, 0), (0, 0), (i, in_h - out_h - i), (j, in_w - out_w - j)))
       d_padded = term if d_padded is None else d_padded + term
-    return d_padded[:, top:in_h - bottom, left:in_w - right, :].astype(x.dtype)
+    d_x = d_padded[:, :, top:in_h - bottom, left:in_w - right]
+    return jnp.transpose(d_x, (1, 2, 3, 0)).astype(x.dtype)
 
-  dx = _by_chunks(col2im, back)
+  dx = _by_chunks(col2im, dy)
   return dx, d_kernel
 
 
