@@ -75,10 +75,13 @@ def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
        f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
       cwd=REPO_ROOT, env=env2, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
-  one = run_cli("cnn_jax.main", *args, "--workdir", str(tmp_path / "one"),
-                env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+  # The one process is this one, on 4 of its 8 devices: a third process would only add its
+  # start-up, and the mesh is the same 4 devices' either way.
+  train.train_and_evaluate(load_config("lenet5_digits", total_steps=6, log_every_steps=1,
+                                       eval_every_steps=6, **{"schedule.warmup_epochs": 0.1,
+                                                              "mesh.num_devices": 4}),
+                           str(tmp_path / "one"))
   outs = [p.communicate(timeout=HANG_TIMEOUT) for p in procs]
-  assert one.returncode == 0, one.stderr
   assert all(p.returncode == 0 for p in procs), outs
   assert "on 4 cpu device(s)" in outs[0][0]
   np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-5)
@@ -181,6 +184,10 @@ def _wait_for_step(proc, min_step, timeout=HANG_TIMEOUT):
                          + err.read()[-3000:])
 
 
+# _spawn's flags, for a run of the same config in this process.
+ONE_DEVICE_CLI = {"log_every_steps": 1, "checkpoint.every_steps": 5, "mesh.num_devices": 1}
+
+
 def _spawn(workdir, *extra):
   # stderr to a file: a pipe nobody reads can fill and block the run.
   with open(workdir + ".stderr", "w") as err:
@@ -190,7 +197,7 @@ def _spawn(workdir, *extra):
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
 
 
-def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(tmp_path):
+def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(tmp_path, capsys):
   workdir = str(tmp_path)
   proc = _spawn(workdir, "--config.num_epochs=50")
   _wait_for_step(proc, 3)
@@ -200,9 +207,12 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(tmp_path):
   assert "received SIGTERM: checkpoint saved at step" in out
   saved = int(out.split("checkpoint saved at step ")[1].split(";")[0])
   assert final_params(workdir)[0] == saved
-  rerun = run_cli("cnn_jax.main", "--config", DIGITS, "--workdir", workdir,
-                  "--config.num_epochs=50", f"--config.halt_after_steps=2", ONE_DEVICE)
-  assert f"resumed from {workdir} at step {saved}" in rerun.stdout
+  # The rerun in this process (a second process would only add its start-up): the command's
+  # config, as _spawn's flags set it.
+  capsys.readouterr()
+  train.train_and_evaluate(load_config("lenet5_digits", num_epochs=50, halt_after_steps=2,
+                                       **ONE_DEVICE_CLI), workdir)
+  assert f"resumed from {workdir} at step {saved}" in capsys.readouterr().out
 
 
 def test_kill_9_then_rerun_matches_an_uninterrupted_run_bit_for_bit(tmp_path):
@@ -220,7 +230,11 @@ def test_kill_9_then_rerun_matches_an_uninterrupted_run_bit_for_bit(tmp_path):
   assert proc.returncode == -signal.SIGKILL, "every run ended before its kill"
   assert 5 <= final_params(killed)[0] < 40
   assert _spawn(killed, *extra).wait(timeout=HANG_TIMEOUT) == 0
-  assert _spawn(str(tmp_path / "full"), *extra).wait(timeout=HANG_TIMEOUT) == 0
+  # The uninterrupted run in this process, with the command's config: the same compiled step
+  # (from the session's compilation cache) without a third process's start-up.
+  train.train_and_evaluate(load_config("lenet5_digits", total_steps=40, **ONE_DEVICE_CLI,
+                                       **{"schedule.warmup_epochs": 0.2}),
+                           str(tmp_path / "full"))
   step_a, params_a = final_params(killed)
   step_b, params_b = final_params(str(tmp_path / "full"))
   assert step_a == step_b == 40
