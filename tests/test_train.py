@@ -11,6 +11,16 @@ import pytest
 from cnn_jax import metrics, train
 from cnn_jax.errors import UserError
 from helpers import load_config
+from test_zoo_training import learning_run_config
+
+
+# The 8-device LeNet-5 run several tests make, one compiled train step between them (the
+# schedule's length is in the program; the session's compilation cache holds it once): tests
+# that need fewer steps stop early with `halt_after_steps`. Where the number of devices is not
+# what a test checks, it runs on one, as `make train` does on a CPU: 8 fake devices on 2 cores
+# cost each step several times its one-device time.
+SHARED_8_DEVICE_RUN = {"total_steps": 12, "schedule.warmup_epochs": 0.2}
+ONE_DEVICE = {"mesh.num_devices": 1}
 
 
 def read_jsonl(path):
@@ -28,7 +38,7 @@ def final_params(workdir):
 
 
 def test_training_learns_on_real_digits(tmp_path):
-  config = load_config("lenet5_digits", num_epochs=4)
+  config = load_config("lenet5_digits", num_epochs=4, **ONE_DEVICE)
   final = train.train_and_evaluate(config, str(tmp_path))
   log = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "train/loss" in r]
   assert log[-1]["train/loss"] < 0.5 * log[0]["train/loss"]
@@ -47,8 +57,8 @@ def test_training_learns_on_real_digits(tmp_path):
 
 def test_images_per_sec_leaves_out_the_first_step(tmp_path):
   # Logged every step: the first step's window (compilation) has no rate, the others have one.
-  config = load_config("lenet5_digits", total_steps=3, log_every_steps=1, eval_every_steps=3,
-                       **{"schedule.warmup_epochs": 0.02})
+  config = load_config("lenet5_digits", halt_after_steps=3, log_every_steps=1,
+                       eval_every_steps=3, **SHARED_8_DEVICE_RUN)
   train.train_and_evaluate(config, str(tmp_path))
   log = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "train/loss" in r]
   assert [r["step"] for r in log] == [1, 2, 3]
@@ -74,9 +84,8 @@ def test_one_device_and_eight_devices_give_the_same_losses(tmp_path):
   assert jax.device_count() == 8, "conftest.py sets 8 fake CPU devices"
   runs = {}
   for n in (1, 8):
-    config = load_config("lenet5_digits", total_steps=12, log_every_steps=1,
-                         eval_every_steps=12,
-                         **{"mesh.num_devices": n, "schedule.warmup_epochs": 0.2})
+    config = load_config("lenet5_digits", log_every_steps=1, eval_every_steps=12,
+                         **{"mesh.num_devices": n, **SHARED_8_DEVICE_RUN})
     workdir = str(tmp_path / f"dev{n}")
     final = train.train_and_evaluate(config, workdir)
     losses = [r["train/loss"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))
@@ -90,8 +99,8 @@ def test_one_device_and_eight_devices_give_the_same_losses(tmp_path):
 
 
 def test_stop_and_resume_equals_uninterrupted(tmp_path):
-  overrides = dict(total_steps=20, log_every_steps=5, eval_every_steps=20,
-                   **{"checkpoint.every_steps": 4, "schedule.warmup_epochs": 0.2})
+  overrides = dict(log_every_steps=5, eval_every_steps=12,
+                   **{"checkpoint.every_steps": 4, **SHARED_8_DEVICE_RUN})
   train.train_and_evaluate(load_config("lenet5_digits", **overrides), str(tmp_path / "full"))
 
   resumed = str(tmp_path / "resumed")
@@ -102,7 +111,7 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path):
 
   step_full, params_full = final_params(str(tmp_path / "full"))
   step_resumed, params_resumed = final_params(resumed)
-  assert step_full == step_resumed == 20
+  assert step_full == step_resumed == 12
   for key, value in params_full.items():
     np.testing.assert_array_equal(value, params_resumed[key], err_msg=key)
   full_final = json.loads((tmp_path / "full" / "final_metrics.json").read_text())
@@ -118,11 +127,9 @@ def test_batch_not_divisible_by_devices_is_a_user_error(tmp_path):
 def test_batchnorm_model_trains_and_updates_its_statistics(tmp_path):
   # A regression guard: merging a model inside the grad trace must let BatchNorm write its
   # running statistics (flax refuses to mutate Variables created outside the trace).
-  config = load_config("resnet_cifar_digits", total_steps=2, log_every_steps=1,
-                       eval_every_steps=2, **{"data.batch_size": 16, "data.eval_batch_size": 200,
-                                              "checkpoint.every_steps": 2,
-                                              "schedule.warmup_epochs": 0.0,
-                                              "mesh.num_devices": 1})
+  # test_zoo_training's resnet20 learning run, stopped after 2 steps.
+  config = learning_run_config("resnet20", halt_after_steps=2, log_every_steps=1,
+                               eval_every_steps=2, **{"checkpoint.every_steps": 2})
   final = train.train_and_evaluate(config, str(tmp_path))
   assert np.isfinite(final["loss"])
   ckpt = os.path.join(str(tmp_path), "checkpoints", "2", "default")
@@ -147,8 +154,9 @@ def test_prefetch_to_device_reaches_the_loop_and_changes_no_result(tmp_path, mon
   monkeypatch.setattr(data, "prefetch_to_device", recording)
   params = {}
   for ahead in (0, 3):
-    config = load_config("lenet5_digits", total_steps=6, log_every_steps=3, eval_every_steps=6,
-                         **{"data.prefetch_to_device": ahead, "schedule.warmup_epochs": 0.2})
+    config = load_config("lenet5_digits", halt_after_steps=6, log_every_steps=3,
+                         eval_every_steps=6,
+                         **{"data.prefetch_to_device": ahead, **SHARED_8_DEVICE_RUN})
     train.train_and_evaluate(config, str(tmp_path / f"ahead{ahead}"))
     params[ahead] = final_params(str(tmp_path / f"ahead{ahead}"))[1]
   assert sizes == [0, 3]

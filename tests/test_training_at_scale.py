@@ -20,12 +20,13 @@ from flax import nnx
 
 from cnn_jax import checkpoint, optim, parallel, train
 from helpers import HANG_TIMEOUT, REPO_ROOT, load_config, run_cli
-from test_train import final_params, read_jsonl
+from test_train import ONE_DEVICE, SHARED_8_DEVICE_RUN, final_params, read_jsonl
 
 DIGITS = "configs/lenet5_digits.py"
-# The CLI runs that check stopping and resuming, on one device as `make train` on a CPU: the
-# 8 fake devices conftest sets cost each run CPU time, and sharding is checked above.
-ONE_DEVICE = "--config.mesh.num_devices=1"
+# The runs that check stopping, resuming, EMA, bfloat16 and the best checkpoint, on one device
+# as `make train` on a CPU: the 8 fake devices conftest sets cost each step several times its
+# one-device time, and sharding is checked by the tests that need it.
+ONE_DEVICE_FLAG = "--config.mesh.num_devices=1"
 SHORT = dict(log_every_steps=1, **{"schedule.warmup_epochs": 0.2})
 
 
@@ -35,7 +36,8 @@ def losses(workdir):
 
 
 def test_fsdp_shards_parameters_and_matches_data_parallel(tmp_path):
-  config = load_config("lenet5_digits", total_steps=10, eval_every_steps=10, **SHORT)
+  config = load_config("lenet5_digits", halt_after_steps=6, eval_every_steps=6,
+                       log_every_steps=1, **SHARED_8_DEVICE_RUN)
   train.train_and_evaluate(config, str(tmp_path / "dp"))
   config.mesh.strategy = "fsdp"
   config.mesh.fsdp_min_size = 1000
@@ -89,7 +91,8 @@ def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
 
 
 def test_no_recompilation_after_the_first_step(tmp_path, caplog):
-  config = load_config("lenet5_digits", total_steps=8, eval_every_steps=4, **SHORT)
+  config = load_config("lenet5_digits", halt_after_steps=8, eval_every_steps=4,
+                       log_every_steps=1, **SHARED_8_DEVICE_RUN)
   with jax.log_compiles(True), caplog.at_level(logging.WARNING):
     train.train_and_evaluate(config, str(tmp_path))
   compiled = [r.getMessage() for r in caplog.records if "Finished XLA compilation" in
@@ -102,7 +105,7 @@ def test_no_recompilation_after_the_first_step(tmp_path, caplog):
 
 def test_ema_follows_the_parameters(tmp_path):
   config = load_config("lenet5_digits", total_steps=10, eval_every_steps=10, ema_decay=0.5,
-                       **SHORT)
+                       **SHORT, **ONE_DEVICE)
   final = train.train_and_evaluate(config, str(tmp_path))
   assert {"accuracy", "ema_accuracy", "loss", "ema_loss"} <= set(final)
   # One step by hand: ema = d * ema + (1 - d) * new params.
@@ -193,7 +196,8 @@ def _spawn(workdir, *extra):
   with open(workdir + ".stderr", "w") as err:
     return subprocess.Popen(
         [sys.executable, "-u", "-m", "cnn_jax.main", "--config", DIGITS, "--workdir", workdir,
-         "--config.log_every_steps=1", "--config.checkpoint.every_steps=5", ONE_DEVICE, *extra],
+         "--config.log_every_steps=1", "--config.checkpoint.every_steps=5", ONE_DEVICE_FLAG,
+         *extra],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
 
 
@@ -246,7 +250,7 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_good_checkpoints(t
   result = run_cli("cnn_jax.main", "--config", DIGITS, "--workdir", str(tmp_path),
                    "--config.optimizer.name=sgd", "--config.optimizer.learning_rate=1e6",
                    "--config.schedule.name=constant", "--config.checkpoint.every_steps=1",
-                   "--config.total_steps=40", ONE_DEVICE)
+                   "--config.total_steps=40", ONE_DEVICE_FLAG)
   assert result.returncode == 1
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and "non-finite training loss at step" in lines[0], result.stderr
@@ -256,7 +260,8 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_good_checkpoints(t
 
 
 def test_bfloat16_compute_keeps_float32_parameters(tmp_path):
-  config = load_config("lenet5_digits", total_steps=20, eval_every_steps=20, **SHORT)
+  config = load_config("lenet5_digits", total_steps=20, eval_every_steps=20, **SHORT,
+                       **ONE_DEVICE)
   config.model.dtype = "bfloat16"
   final = train.train_and_evaluate(config, str(tmp_path))
   _, params = final_params(str(tmp_path))
@@ -269,7 +274,7 @@ def test_best_checkpoint_is_the_best_eval_and_survives_a_resume(tmp_path):
   # Checkpoints at every eval, so the best one can be compared with the regular one of its step.
   config = load_config("lenet5_digits", total_steps=18, eval_every_steps=3, halt_after_steps=9,
                        **{"checkpoint.every_steps": 3, "checkpoint.keep": 10,
-                          "optimizer.learning_rate": 0.02}, **SHORT)
+                          "optimizer.learning_rate": 0.02}, **SHORT, **ONE_DEVICE)
   train.train_and_evaluate(config, str(tmp_path))  # Halts at step 9; the rerun resumes.
   config.halt_after_steps = 0
   train.train_and_evaluate(config, str(tmp_path))

@@ -20,6 +20,22 @@ MODEL_OPTIONS = {"convnextv2_atto": {"model.depths": (1, 1, 1, 1)}}
 SLOW = pytest.mark.slow
 
 
+def learning_run_config(model_name: str, **overrides):
+  """The learning run's config for `model_name`. test_train's BatchNorm check stops this
+  resnet20 run after 2 steps: the same compiled steps, from the session's compilation cache."""
+  steps = STEPS.get(model_name, 40)
+  # One device: the loop and the learning are what is checked here (the sharded path is
+  # tests/test_training_at_scale's), and 8 fake devices on 2 cores cost far more CPU time.
+  # Batch 32: the losses still fall well past the bound in 40 steps, at half the step time.
+  config = load_config("zoo_digits", model_name, **{
+      "total_steps": steps, "log_every_steps": 10, "eval_every_steps": steps,
+      "data.batch_size": 32, "schedule.warmup_epochs": 0.1, "mesh.num_devices": 1,
+      **MODEL_OPTIONS.get(model_name, {}), **overrides})
+  if model_name == "convnext_roadmap":
+    config.model.step = 4  # ResNeXt-ified inverted bottleneck, BatchNorm: a mid-roadmap model
+  return config
+
+
 @pytest.mark.parametrize("model_name", [
     "resnet20", "convnextv2_atto",
     pytest.param("plain20", marks=SLOW), pytest.param("resnet18", marks=SLOW),
@@ -27,16 +43,7 @@ SLOW = pytest.mark.slow
     pytest.param("alexnet", marks=SLOW),
 ])
 def test_family_learns_on_digits(tmp_path, model_name):
-  steps = STEPS.get(model_name, 40)
-  # One device: the loop and the learning are what is checked here (the sharded path is
-  # tests/test_training_at_scale's), and 8 fake devices on 2 cores cost far more CPU time.
-  # Batch 32: the losses still fall well past the bound in 40 steps, at half the step time.
-  overrides = {"total_steps": steps, "log_every_steps": 10, "eval_every_steps": steps,
-               "data.batch_size": 32, "schedule.warmup_epochs": 0.1, "mesh.num_devices": 1,
-               **MODEL_OPTIONS.get(model_name, {})}
-  config = load_config("zoo_digits", model_name, **overrides)
-  if model_name == "convnext_roadmap":
-    config.model.step = 4  # ResNeXt-ified inverted bottleneck, BatchNorm: a mid-roadmap model
+  config = learning_run_config(model_name)
   final = train.train_and_evaluate(config, str(tmp_path))
   losses = [json.loads(line)["train/loss"] for line in open(tmp_path / "metrics.jsonl")
             if "train/loss" in line]
