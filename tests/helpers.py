@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import importlib.util
+import io
 import os
 import subprocess
 import sys
@@ -42,6 +44,46 @@ def run_cli(module: str, *args: str, env: dict[str, str] | None = None,
   full_env = {**os.environ, **(env or {})}
   return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=full_env,
                         capture_output=True, text=True, timeout=timeout)
+
+
+def run_cli_in_process(module: str, *args: str) -> subprocess.CompletedProcess:
+  """`python -m MODULE ARGS` as run_cli gives it back, run in this process the way cli.run
+  runs a tool: its flags defined and parsed by cli.parse_flags (a flag or config error is the
+  one `error:` line and exit 2), then its `main`, a UserError becoming that line too. What it
+  leaves out is the process start (interpreter, imports, JAX backend: seconds per case) and
+  cli.run's process settings; conftest's 8 devices stand in for the same XLA_FLAGS. The flags
+  the tool defines are removed afterwards, so the next call defines them afresh. sys.argv
+  holds the command meanwhile: config_flags reads the `--config.a.b=v` overrides from it.
+  run_cli remains the check of a real process."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from cnn_jax import cli  # pylint: disable=import-outside-toplevel
+  from cnn_jax.errors import UserError  # pylint: disable=import-outside-toplevel
+  tool = importlib.import_module(module)
+  defined_before = set(flags.FLAGS)
+  tool.define_flags()
+  tool_flags = set(flags.FLAGS) - defined_before
+  stdout, stderr = io.StringIO(), io.StringIO()
+  returncode, command, argv_before = 0, [module, *args], sys.argv
+  try:
+    sys.argv = command
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+      try:
+        argv = cli.parse_flags(command)
+        try:
+          tool.main(argv)
+        except UserError as e:
+          cli.fail(str(e))
+      except SystemExit as e:
+        returncode = e.code if isinstance(e.code, int) else int(e.code is not None)
+  finally:
+    sys.argv = argv_before
+    # The tool's and its config flag's overrides (`config.a.b`), not those of a library its run
+    # imported first (grain): they stay defined for good.
+    for name in set(flags.FLAGS) - defined_before:
+      if name.split(".")[0] in tool_flags:
+        delattr(flags.FLAGS, name)
+  return subprocess.CompletedProcess(command, returncode, stdout.getvalue(),
+                                     stderr.getvalue())
 
 
 def abstract_model(name: str, **options):

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from helpers import run_cli
+from helpers import run_cli, run_cli_in_process
 
 DIGITS = "configs/lenet5_digits.py"
 
@@ -55,7 +55,10 @@ def test_cli_trains_and_prints_final_accuracy(tmp_path):
      "the model cannot take images of shape (16, 16, 1)"),
 ])
 def test_bad_input_gives_one_line_and_exit_2(tmp_path, args, message):
-  result = run_cli("cnn_jax.main", "--config", DIGITS, "--workdir", str(tmp_path), *args)
+  # In this process: each case is the tool's own flag parsing and main, without a process
+  # start; the tests below run the real process.
+  result = run_cli_in_process("cnn_jax.main", "--config", DIGITS, "--workdir", str(tmp_path),
+                              *args)
   assert result.returncode == 2
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
@@ -84,7 +87,8 @@ def test_workdir_that_cannot_be_written(tmp_path):
 ])
 def test_fine_tuning_without_init_from_stops_before_it_starts(tmp_path, config, args):
   workdir = tmp_path / "run"
-  result = run_cli("cnn_jax.main", "--config", config, "--workdir", str(workdir), *args)
+  result = run_cli_in_process("cnn_jax.main", "--config", config, "--workdir", str(workdir),
+                              *args)
   assert result.returncode == 2
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
@@ -98,8 +102,8 @@ def test_fine_tuning_from_scratch_on_purpose_passes_the_check(tmp_path):
   # so the test trains nothing.
   blocker = tmp_path / "a_file"
   blocker.write_text("not a directory")
-  result = run_cli("cnn_jax.main", "--config", "configs/convnextv2_digits_finetune.py",
-                   "--workdir", str(blocker / "run"), "--config.init_from=",
-                   "--config.init_from_required=False")
+  result = run_cli_in_process("cnn_jax.main", "--config", "configs/convnextv2_digits_finetune.py",
+                              "--workdir", str(blocker / "run"), "--config.init_from=",
+                              "--config.init_from_required=False")
   assert result.returncode == 2
   assert result.stderr.strip().startswith("error: cannot write to workdir"), result.stderr
