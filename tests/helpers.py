@@ -94,6 +94,27 @@ def abstract_model(name: str, **options):
   return nnx.eval_shape(lambda: create_model(name, rngs=nnx.Rngs(0), **options))
 
 
+def numpy_random_model(name: str, seed: int, **options):
+  """The registry's model `name` with parameters and BatchNorm statistics drawn in NumPy
+  (normal, std 0.05; variances positive), for a test that needs some model's values and not its
+  initialisers': built abstractly, it compiles nothing, where a full-size model's initialiser
+  (create_model) compiles for seconds. Its other state (RNG streams) stays abstract."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  model = abstract_model(name, **options)
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    values = 0.05 * rng.standard_normal(leaf.shape).astype(leaf.dtype)
+    return jnp.asarray(np.abs(values) + 1.0 if "var" in jax.tree_util.keystr(path) else values)
+
+  for kind in (nnx.Param, nnx.BatchStat):
+    nnx.update(model, jax.tree_util.tree_map_with_path(draw, nnx.state(model, kind)))
+  return model
+
+
 def abstract_apply(model, shape: tuple[int, ...], *, method: str = "__call__", dtype=None):
   """The output ShapeDtypeStruct of `model.method` on an input of `shape` (float32 unless
   `dtype`), traced with jax.eval_shape: nothing is computed."""
