@@ -87,7 +87,7 @@ def bench_row(row: BenchRow, *, dtype: str, steps: int, warmup: int,
       "model", "mode", "batch_size", "image_size", "dtype", "images_per_sec", "mfu",
       "peak_flops", "peak_flops_source", "model_flops_per_step", "compile_time_s",
       "lower_time_s", "peak_device_bytes", "peak_device_source", "device_kind",
-      "num_devices", "platform")})
+      "num_devices", "platform", "jax_version")})
   entry["step_time_median_s"] = result["step_time_s"]["median"]
   return entry
 
@@ -148,7 +148,14 @@ def markdown(results: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def _device_facts() -> dict[str, Any]:
+def _device_facts(rows: list[dict[str, Any]]) -> dict[str, Any]:
+  """The devices, as a bench row that ran reports them; JAX in this process only when none
+  ran: its import and backend start cost seconds, and on a GPU a backend started here before
+  the rows would hold most of the device's memory while they run (JAX preallocates 75 %)."""
+  for row in rows:
+    if row["ok"] and row["kind"] == "bench":
+      return {"device": row["device_kind"], "platform": row["platform"],
+              "num_devices": row["num_devices"], "jax_version": row["jax_version"]}
   import jax
   devices = jax.devices()
   return {"device": devices[0].device_kind, "platform": devices[0].platform,
@@ -184,7 +191,7 @@ def main() -> int:
     shutil.rmtree(workdir)  # A rerun measures afresh, never resumes a finished run.
 
   results: dict[str, Any] = {"dry_run": dry, "rows": [], "host": {
-      **_device_facts(), "machine": platform.machine(), "host_cpus": os.cpu_count(),
+      "machine": platform.machine(), "host_cpus": os.cpu_count(),
       "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}}
   for row in rows:
     entry = bench_row(row, dtype=dtype, steps=steps, warmup=1 if dry else 3,
@@ -196,6 +203,7 @@ def main() -> int:
   results["rows"].append(entry)
   print(f"{entry['label']}: " + (f"{entry['images_per_sec'] or 0:.1f} img/s" if entry["ok"]
                                  else f"failed: {entry['error']}"), flush=True)
+  results["host"].update(_device_facts(results["rows"]))
   with open(os.path.join(args.out, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
   table = markdown(results)
