@@ -132,8 +132,8 @@ def test_user_errors_are_one_line(args, message):
 
 @pytest.mark.skipif(HAS_TORCH, reason="this Python has torch: no install hint to show")
 def test_vs_torch_without_torch_says_how_to_install():
-  result = run_cli("cnn_jax.bench", "--model=lenet5", "--vs_torch",
-                   f"--torch_python={sys.executable}")
+  result = run_cli_in_process("cnn_jax.bench", "--model=lenet5", "--vs_torch",
+                              f"--torch_python={sys.executable}")
   assert result.returncode == 2
   assert result.stderr.strip().splitlines() == [
       f"error: --vs_torch needs PyTorch and timm in {sys.executable} (an optional extra: "
