@@ -100,9 +100,12 @@ def _hashable(value: Any) -> Any:
 
 
 # XLA:CPU's backend optimisation is most of an initialiser's compile time and buys nothing in a
-# program that runs once.
+# program that runs once. Most of the rest is the random draws' threefry hashes, one fused loop
+# per parameter: the classic loop emitter compiles them faster than the MLIR fusion emitters,
+# to the same bits.
 _CPU_INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0,
-                              "xla_llvm_disable_expensive_passes": True}
+                              "xla_llvm_disable_expensive_passes": True,
+                              "xla_cpu_use_fusion_emitters": False}
 _MAX_CACHED_INITS = 64
 # Above this many values, one program's compile and run take longer than the eager
 # initialisers' one compile per shape (ResNet-50 is about level, ConvNeXt-B 2.5x slower).
