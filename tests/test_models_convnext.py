@@ -57,6 +57,10 @@ def materialize(model: nnx.Module, seed: int = 0) -> nnx.Module:
   rng = np.random.default_rng(seed)
   flat = nnx.to_flat_state(nnx.state(model))
   for path, var in flat:
+    if jnp.issubdtype(var.dtype, jax.dtypes.prng_key):  # an rng stream's key (dropout)
+      var.set_value(jax.random.split(jax.random.key(seed), var.shape) if var.shape
+                    else jax.random.key(seed))
+      continue
     if path[-1] in ("scale", "var"):
       value = np.ones(var.shape)
     elif path[-1] == "mean":
