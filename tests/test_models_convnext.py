@@ -174,8 +174,8 @@ def test_real_forward_convnextv2_atto_small_resolution():
 
 
 def test_drop_path_active_in_train_identity_in_eval():
-  model = create_model("convnextv2_atto", **ATTO, depths=(1, 1, 1, 1), drop_path_rate=0.6,
-                       rngs=nnx.Rngs(0))
+  model = materialize(abstract("convnextv2_atto", **ATTO, depths=(1, 1, 1, 1),
+                               drop_path_rate=0.6))
   rates = [m.rate for _, m in model.iter_modules() if isinstance(m, DropPath)]
   assert rates == pytest.approx([0.0, 0.2, 0.4, 0.6])  # linear over blocks (timm)
   x = jax.random.normal(jax.random.key(1), (4, 32, 32, 1))
