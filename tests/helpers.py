@@ -94,25 +94,40 @@ def abstract_model(name: str, **options):
   return nnx.eval_shape(lambda: create_model(name, rngs=nnx.Rngs(0), **options))
 
 
-def numpy_random_model(name: str, seed: int, **options):
-  """The registry's model `name` with parameters and BatchNorm statistics drawn in NumPy
-  (normal, std 0.05; variances positive), for a test that needs some model's values and not its
-  initialisers': built abstractly, it compiles nothing, where a full-size model's initialiser
-  (create_model) compiles for seconds. Its other state (RNG streams) stays abstract."""
+def numpy_filled(model, seed: int = 0, *, std: float | None = None):
+  """`model` (abstract, or built) with values drawn in NumPy, for a test that needs some
+  model's values and not its initialisers': a full-size model's initialiser compiles for
+  seconds, these compile nothing. Weights normal with `std` (He-scaled, sqrt(2 / fan_in), when
+  None), vectors (biases, layer scales) normal with std 0.1, norm scales and BatchNorm running
+  variances 1, running means 0, RNG streams' keys from `seed`."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
-  model = abstract_model(name, **options)
   rng = np.random.default_rng(seed)
-
-  def draw(path, leaf):
-    values = 0.05 * rng.standard_normal(leaf.shape).astype(leaf.dtype)
-    return jnp.asarray(np.abs(values) + 1.0 if "var" in jax.tree_util.keystr(path) else values)
-
-  for kind in (nnx.Param, nnx.BatchStat):
-    nnx.update(model, jax.tree_util.tree_map_with_path(draw, nnx.state(model, kind)))
+  flat = nnx.to_flat_state(nnx.state(model))
+  for path, var in flat:
+    if jnp.issubdtype(var.dtype, jax.dtypes.prng_key):
+      var.set_value(jax.random.split(jax.random.key(seed), var.shape) if var.shape
+                    else jax.random.key(seed))
+      continue
+    if path[-1] in ("scale", "var"):
+      value = np.ones(var.shape)
+    elif path[-1] == "mean" or len(var.shape) == 0:
+      value = np.zeros(var.shape)
+    elif len(var.shape) == 1:
+      value = rng.normal(size=var.shape) * 0.1
+    else:
+      weight_std = np.sqrt(2.0 / np.prod(var.shape[:-1])) if std is None else std
+      value = rng.normal(size=var.shape) * weight_std
+    var.set_value(jnp.asarray(value, var.dtype))
+  nnx.update(model, nnx.from_flat_state(flat))
   return model
+
+
+def numpy_random_model(name: str, seed: int, **options):
+  """The registry's model `name`, built abstractly and `numpy_filled`: nothing compiles."""
+  return numpy_filled(abstract_model(name, **options), seed)
 
 
 def abstract_apply(model, shape: tuple[int, ...], *, method: str = "__call__", dtype=None):

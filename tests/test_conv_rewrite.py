@@ -10,6 +10,7 @@ from flax import nnx
 
 from cnn_jax import summary
 from cnn_jax.models import cpu_ops, create_model, layers
+from helpers import numpy_filled
 
 # (kernel, stride, groups, padding, rewritten?)
 CASES = [
@@ -123,24 +124,6 @@ def test_convs_of_many_input_channels_are_left_to_xla():
   assert "custom_vjp_call" not in jaxpr and "conv_general_dilated" in jaxpr
 
 
-def _filled(model: nnx.Module) -> nnx.Module:
-  """`model` (abstract) with He-scaled numpy draws for its parameters and BN's running mean 0
-  and variance 1: the values of a real init without compiling an initialiser per model."""
-  rng = np.random.default_rng(0)
-  flat = nnx.to_flat_state(nnx.state(model))
-  for path, var in flat:
-    if path[-1] in ("scale", "var"):
-      value = np.ones(var.shape)
-    elif path[-1] == "mean" or len(var.shape) == 0:
-      value = np.zeros(var.shape)
-    else:
-      fan_in = np.prod(var.shape[:-1]) if len(var.shape) > 1 else 100
-      value = rng.normal(size=var.shape) * np.sqrt(2.0 / fan_in)
-    var.set_value(jnp.asarray(value, var.dtype))
-  nnx.update(model, nnx.from_flat_state(flat))
-  return model
-
-
 # Narrowed models keep every rewritten op of their family at a fraction of the compile time:
 # ResNet-18's ImageNet stem (7x7/2 conv, 3x3/2 max pool) and strided 1x1 projections with one
 # block per stage; ConvNeXt V2's patchify stem, 7x7 depthwise and 2x2 downsampling.
@@ -158,7 +141,7 @@ def test_models_give_the_same_logits_and_gradients_either_way(name, overrides):
   else:
     model = nnx.eval_shape(lambda: create_model(name, num_classes=10, rngs=nnx.Rngs(0),
                                                 **overrides))
-  model = _filled(model)
+  model = numpy_filled(model)
   # Eval mode: batch statistics of a 2-image batch on 1x1 maps would amplify rounding.
   model.eval()
   graphdef, state = nnx.split(model)

@@ -14,7 +14,7 @@ from flax import nnx
 from cnn_jax.errors import UserError
 from cnn_jax.models import convnext, create_model, roadmap
 from cnn_jax.models.layers import DropPath, count_params
-from helpers import initialized
+from helpers import initialized, numpy_filled
 
 # timm 1.0.31: sum(p.numel() for p in timm.create_model(name).parameters()).
 TIMM_PARAM_COUNTS = {
@@ -50,26 +50,6 @@ both = nnx.jit(lambda model, x: (model.forward_features(x), model(x)))
 def abstract(name: str, **kwargs) -> nnx.Module:
   """The model's shapes only: no parameter memory, even for convnextv2_huge."""
   return nnx.eval_shape(lambda: create_model(name, rngs=nnx.Rngs(0), **kwargs))
-
-
-def materialize(model: nnx.Module, seed: int = 0) -> nnx.Module:
-  """Concrete numpy-drawn values for an abstract model, skipping init's compile per shape."""
-  rng = np.random.default_rng(seed)
-  flat = nnx.to_flat_state(nnx.state(model))
-  for path, var in flat:
-    if jnp.issubdtype(var.dtype, jax.dtypes.prng_key):  # an rng stream's key (dropout)
-      var.set_value(jax.random.split(jax.random.key(seed), var.shape) if var.shape
-                    else jax.random.key(seed))
-      continue
-    if path[-1] in ("scale", "var"):
-      value = np.ones(var.shape)
-    elif path[-1] == "mean":
-      value = np.zeros(var.shape)
-    else:
-      value = rng.normal(size=var.shape) * (0.05 if len(var.shape) > 1 else 0.1)
-    var.set_value(jnp.asarray(value, var.dtype))
-  nnx.update(model, nnx.from_flat_state(flat))
-  return model
 
 
 def param_shapes(model: nnx.Module) -> dict:
@@ -174,8 +154,8 @@ def test_real_forward_convnextv2_atto_small_resolution():
 
 
 def test_drop_path_active_in_train_identity_in_eval():
-  model = materialize(abstract("convnextv2_atto", **ATTO, depths=(1, 1, 1, 1),
-                               drop_path_rate=0.6))
+  model = numpy_filled(abstract("convnextv2_atto", **ATTO, depths=(1, 1, 1, 1),
+                               drop_path_rate=0.6), std=0.05)
   rates = [m.rate for _, m in model.iter_modules() if isinstance(m, DropPath)]
   assert rates == pytest.approx([0.0, 0.2, 0.4, 0.6])  # linear over blocks (timm)
   x = jax.random.normal(jax.random.key(1), (4, 32, 32, 1))
@@ -250,8 +230,8 @@ def test_roadmap_width_must_give_whole_widths():
 def test_roadmap_step_forward_and_options():
   # step 0 (BN, ResNet stem, in-block downsampling, projection shortcuts) really runs, in
   # both modes; narrowed so the check stays cheap.
-  model = materialize(abstract("convnext_roadmap", step=0, num_classes=3, depths=(1, 2, 1, 1),
-                               dims=(32, 64, 128, 256), stem_dim=16))
+  model = numpy_filled(abstract("convnext_roadmap", step=0, num_classes=3, depths=(1, 2, 1, 1),
+                               dims=(32, 64, 128, 256), stem_dim=16), std=0.05)
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
   stats = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
   train = forward(model, x)

@@ -18,8 +18,7 @@ from cnn_jax.errors import UserError
 from cnn_jax.models import create_model, layers, list_models
 from cnn_jax.models.layers import count_params
 from cnn_jax.models.vit import VisionTransformer
-from helpers import compiled_apply
-from test_models_convnext import materialize
+from helpers import compiled_apply, numpy_filled
 
 # timm 1.0's own counts (sum of p.numel() over timm.create_model(name).parameters()).
 TIMM_PARAMS = {
@@ -130,8 +129,8 @@ def test_matches_timm_numerically():
 
 def test_cifar_variant_forward():
   # Numpy-drawn weights: the 12 blocks' initialiser would cost more to compile than the forward.
-  model = materialize(nnx.eval_shape(
-      lambda: create_model("vit_tiny_patch4_32", rngs=nnx.Rngs(0), num_classes=10)))
+  model = numpy_filled(nnx.eval_shape(
+      lambda: create_model("vit_tiny_patch4_32", rngs=nnx.Rngs(0), num_classes=10)), std=0.05)
   model.eval()
   x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
   # One compiled program for both outputs: op by op, each of the 12 blocks' ops compiles alone.
