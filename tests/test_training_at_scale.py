@@ -187,23 +187,23 @@ def _wait_for_step(proc, min_step, timeout=HANG_TIMEOUT):
                          + err.read()[-3000:])
 
 
-# _spawn's flags, for a run of the same config in this process.
-ONE_DEVICE_CLI = {"log_every_steps": 1, "checkpoint.every_steps": 5, "mesh.num_devices": 1}
+# The overrides of every _spawn'ed run; a run of the same config in this process takes them too.
+SPAWNED = {"log_every_steps": 1, "checkpoint.every_steps": 5, "mesh.num_devices": 1}
 
 
-def _spawn(workdir, *extra):
+def _spawn(workdir, **overrides):
+  flags = [f"--config.{key}={value}" for key, value in {**SPAWNED, **overrides}.items()]
   # stderr to a file: a pipe nobody reads can fill and block the run.
   with open(workdir + ".stderr", "w") as err:
     return subprocess.Popen(
         [sys.executable, "-u", "-m", "cnn_jax.main", "--config", DIGITS, "--workdir", workdir,
-         "--config.log_every_steps=1", "--config.checkpoint.every_steps=5", ONE_DEVICE_FLAG,
-         *extra],
+         *flags],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
 
 
 def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(tmp_path, capsys):
   workdir = str(tmp_path)
-  proc = _spawn(workdir, "--config.num_epochs=50")
+  proc = _spawn(workdir, num_epochs=50)
   _wait_for_step(proc, 3)
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=HANG_TIMEOUT)
@@ -211,21 +211,21 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes(tmp_path, capsys):
   assert "received SIGTERM: checkpoint saved at step" in out
   saved = int(out.split("checkpoint saved at step ")[1].split(";")[0])
   assert final_params(workdir)[0] == saved
-  # The rerun in this process (a second process would only add its start-up): the command's
-  # config, as _spawn's flags set it.
+  # The rerun in this process (a second process would only add its start-up), with the
+  # command's config.
   capsys.readouterr()
   train.train_and_evaluate(load_config("lenet5_digits", num_epochs=50, halt_after_steps=2,
-                                       **ONE_DEVICE_CLI), workdir)
+                                       **SPAWNED), workdir)
   assert f"resumed from {workdir} at step {saved}" in capsys.readouterr().out
 
 
 def test_kill_9_then_rerun_matches_an_uninterrupted_run_bit_for_bit(tmp_path):
-  extra = ["--config.total_steps=40", "--config.schedule.warmup_epochs=0.2"]
+  extra = {"total_steps": 40, "schedule.warmup_epochs": 0.2}
   # On a loaded machine this process can be scheduled so late that the run has done all its
   # steps before the kill: then nothing was interrupted, and a fresh run is killed instead.
   for attempt in range(3):
     killed = str(tmp_path / f"killed{attempt}")
-    proc = _spawn(killed, *extra)
+    proc = _spawn(killed, **extra)
     _wait_for_step(proc, int(np.random.default_rng().integers(12, 30)))
     proc.kill()
     proc.communicate(timeout=HANG_TIMEOUT)
@@ -233,11 +233,10 @@ def test_kill_9_then_rerun_matches_an_uninterrupted_run_bit_for_bit(tmp_path):
       break
   assert proc.returncode == -signal.SIGKILL, "every run ended before its kill"
   assert 5 <= final_params(killed)[0] < 40
-  assert _spawn(killed, *extra).wait(timeout=HANG_TIMEOUT) == 0
+  assert _spawn(killed, **extra).wait(timeout=HANG_TIMEOUT) == 0
   # The uninterrupted run in this process, with the command's config: the same compiled step
   # (from the session's compilation cache) without a third process's start-up.
-  train.train_and_evaluate(load_config("lenet5_digits", total_steps=40, **ONE_DEVICE_CLI,
-                                       **{"schedule.warmup_epochs": 0.2}),
+  train.train_and_evaluate(load_config("lenet5_digits", **SPAWNED, **extra),
                            str(tmp_path / "full"))
   step_a, params_a = final_params(killed)
   step_b, params_b = final_params(str(tmp_path / "full"))
