@@ -17,12 +17,25 @@ A flag that `XLA_FLAGS` already names keeps the user's value; `CNN_JAX_XLA_FLAGS
 Both settings are environment variables, so the processes a tool starts inherit them (and
 sbatch hands them to SLURM jobs under its default `--export=ALL`). The figures behind both
 choices: experiments/cpu_speed/README.md.
+
+JAX's persistent compilation cache (`use_compilation_cache`): a tool run loads the executables
+that an earlier run with the same programs compiled, instead of compiling them again (a rerun,
+a resumed run, a sweep's points, the same model evaluated or benchmarked again). A loaded
+executable is the compiled one, so no result changes. JAX's cache key names the program, the
+jax and jaxlib versions, the XLA flags and the device kind, but on CPU not which CPU: XLA:CPU
+compiles for the host's vector extensions, so the cache has one directory per CPU model
+(`cpu_key`), and a home directory shared by a cluster's different nodes keeps them apart. Each
+tool process picks its own directory; `JAX_COMPILATION_CACHE_DIR` set by the user wins, and
+`CNN_JAX_COMPILE_CACHE=0` turns it off. `cnn_jax.bench` compiles afresh: its compile time is
+one of its measurements.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
+import re
 import sys
 from collections.abc import Mapping, Sequence
 
@@ -32,6 +45,13 @@ HUGEPAGE_TUNABLE = "glibc.malloc.hugetlb=1"
 # would only pay the re-run.
 HEAVY_TOOLS = ("cnn_jax.main", "cnn_jax.sweep", "cnn_jax.launch", "cnn_jax.bench",
                "cnn_jax.erf", "cnn_jax.predict", "cnn_jax.data_bench")
+
+CACHE_ENV = "CNN_JAX_CACHE_DIR"
+COMPILE_CACHE_ENV = "CNN_JAX_COMPILE_CACHE"
+# Tools that report compile time: a cached executable would be a load, not a compile.
+COMPILE_TIMING_TOOLS = ("cnn_jax.bench",)
+# Executables kept in the compilation cache, least recently used evicted first (JAX's own LRU).
+COMPILE_CACHE_MAX_BYTES = 4 * 1024**3
 
 # YNNPACK's conv kernels lose to XLA's own on the convs' gradients, which dominate a CNN's CPU
 # step.
@@ -90,3 +110,59 @@ def reexec_with_hugepages() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *argv[1:]], env)
+
+
+# ------------------------------------------------------------------------------ caches
+
+
+def cache_dir(environ: Mapping[str, str] | None = None) -> str:
+  """cnn_jax's cache directory: $CNN_JAX_CACHE_DIR, else $XDG_CACHE_HOME/cnn_jax or
+  ~/.cache/cnn_jax (the conv autotune's choices, the compilation cache)."""
+  environ = os.environ if environ is None else environ
+  return environ.get(CACHE_ENV) or os.path.join(
+      environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+      "cnn_jax")
+
+
+def cpu_key(cpuinfo: str | None = None) -> str:
+  """This CPU's model and vector extensions, from /proc/cpuinfo (or `cpuinfo`'s text), e.g.
+  'AuthenticAMD family 25 model 17 AMD EPYC [avx avx2 avx512bw ... fma]'."""
+  if cpuinfo is None:
+    try:
+      with open("/proc/cpuinfo") as f:
+        cpuinfo = f.read()
+    except OSError:
+      cpuinfo = ""
+  fields: dict[str, str] = {}
+  for line in cpuinfo.splitlines():
+    name, _, value = line.partition(":")
+    fields.setdefault(name.strip(), value.strip())
+  if not fields.get("model name"):
+    return f"{platform.machine()} {platform.processor()}".strip()
+  vector = sorted(f for f in fields.get("flags", "").split()
+                  if re.match(r"(avx|amx|fma|f16c|sve|neon|asimd)", f))
+  return (f"{fields.get('vendor_id', '')} family {fields.get('cpu family', '?')} model "
+          f"{fields.get('model', '?')} {fields['model name']} [{' '.join(vector)}]").strip()
+
+
+def compilation_cache_dir(argv: Sequence[str], environ: Mapping[str, str],
+                          cpu: str) -> str | None:
+  """The compilation cache directory for the tool `argv` on CPU model `cpu`, or None: where the
+  user chose (their own `JAX_COMPILATION_CACHE_DIR`, which JAX reads itself, or
+  CNN_JAX_COMPILE_CACHE=0) and for a tool that times its compiles."""
+  if (environ.get(COMPILE_CACHE_ENV) == "0" or environ.get("JAX_COMPILATION_CACHE_DIR")
+      or _launched_tool(argv) in COMPILE_TIMING_TOOLS):
+    return None
+  digest = hashlib.sha256(cpu.encode()).hexdigest()[:16]
+  return os.path.join(cache_dir(environ), "jax_compile", f"cpu-{digest}")
+
+
+def use_compilation_cache() -> None:
+  """Points this process's JAX at `compilation_cache_dir`, before its first compile. Not through
+  the environment: a process this one starts may run on another node's CPU."""
+  directory = compilation_cache_dir(getattr(sys, "orig_argv", []), os.environ, cpu_key())
+  if directory is None:
+    return
+  import jax  # pylint: disable=import-outside-toplevel
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_compilation_cache_max_size", COMPILE_CACHE_MAX_BYTES)

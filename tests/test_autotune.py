@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cnn_jax import hostenv
 from cnn_jax.models import autotune, layers
 
 ZEN3 = ("vendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n"
@@ -24,7 +25,7 @@ def tuning(tmp_path, monkeypatch):
   """Autotune on, a fresh cache file and memory, and a fake `measure` whose timings the test
   sets (`calls` counts the measurements)."""
   monkeypatch.setenv(autotune.MODE_ENV, "1")
-  monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path))
+  monkeypatch.setenv(hostenv.CACHE_ENV, str(tmp_path))
   monkeypatch.setattr(autotune, "_memo", {})
 
   class Fake:

@@ -1,6 +1,6 @@
 """The process settings of hostenv: the heavy command-line tools re-run themselves once with
-glibc's huge-page tunable, every tool adds the XLA:CPU flags, and importing cnn_jax does
-neither."""
+glibc's huge-page tunable, every tool adds the XLA:CPU flags and uses a persistent compilation
+cache of its CPU model, and importing cnn_jax does none of it."""
 
 import json
 import os
@@ -75,21 +75,45 @@ def test_xla_cpu_flags_are_added_once_and_a_users_own_value_wins():
   assert hostenv.xla_flags({"CNN_JAX_XLA_FLAGS": "0"}) is None
 
 
-# Run inside the probed process: does XLA:CPU hand a 3x3 conv to YNNPACK, and what are
-# XLA_FLAGS and GLIBC_TUNABLES there?
+def test_the_compilation_cache_has_one_directory_per_cpu_model_and_the_user_decides():
+  zen3 = "AuthenticAMD family 25 model 1 AMD EPYC [avx avx2 f16c fma]"
+  zen4 = "AuthenticAMD family 25 model 17 AMD EPYC [avx avx2 avx512bw avx512f f16c fma]"
+  environ = {"CNN_JAX_CACHE_DIR": "/cache"}
+  on_zen3 = hostenv.compilation_cache_dir(MAIN, environ, zen3)
+  assert on_zen3.startswith("/cache/jax_compile/")
+  assert on_zen3 != hostenv.compilation_cache_dir(MAIN, environ, zen4)
+  assert on_zen3 == hostenv.compilation_cache_dir(MAIN, dict(environ), zen3)
+  home = hostenv.compilation_cache_dir(MAIN, {}, zen3)
+  assert home.startswith(os.path.join(os.path.expanduser("~"), ".cache", "cnn_jax", ""))
+  # The user's own directory (JAX reads it itself), or none at all.
+  for choice in ({"JAX_COMPILATION_CACHE_DIR": "/mine"}, {"CNN_JAX_COMPILE_CACHE": "0"}):
+    assert hostenv.compilation_cache_dir(MAIN, {**environ, **choice}, zen3) is None
+  # The bench reports compile times: it compiles.
+  bench = ["python", "-m", "cnn_jax.bench", "--model", "resnet50"]
+  assert hostenv.compilation_cache_dir(bench, environ, zen3) is None
+
+
+# Run inside the probed process: does XLA:CPU hand a 3x3 conv to YNNPACK, what are XLA_FLAGS and
+# GLIBC_TUNABLES there, and did the conv's compile come from the compilation cache?
 _PROBE = """
 import json, os, jax, jax.numpy as jnp
+events = []
+jax.monitoring.register_event_listener(lambda event, **kwargs: events.append(event))
 x, w = jnp.ones((8, 28, 28, 32)), jnp.ones((3, 3, 32, 32))
 conv = lambda x, w: jax.lax.conv_general_dilated(
     x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-ynn = '__ynn_fusion' in jax.jit(conv).lower(x, w).compile().as_text()
+compiled = jax.jit(conv).lower(x, w).compile()
+ynn = '__ynn_fusion' in compiled.as_text()
 probe = {'ynn': ynn, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
-         'tunables': os.environ.get('GLIBC_TUNABLES', '')}
+         'tunables': os.environ.get('GLIBC_TUNABLES', ''),
+         'compilation_cache_dir': jax.config.jax_compilation_cache_dir,
+         'cache_hit': '/jax/compilation_cache/cache_hits' in events}
 """
 
 
 def _clean_env(environ_overrides: dict) -> dict:
-  drop = ("XLA_FLAGS", "CNN_JAX_XLA_FLAGS", "GLIBC_TUNABLES", "CNN_JAX_HUGEPAGES")
+  drop = ("XLA_FLAGS", "CNN_JAX_XLA_FLAGS", "GLIBC_TUNABLES", "CNN_JAX_HUGEPAGES",
+          "JAX_COMPILATION_CACHE_DIR", "CNN_JAX_COMPILE_CACHE")
   env = {k: v for k, v in os.environ.items() if k not in drop}
   env.update(environ_overrides)
   return env
@@ -110,15 +134,25 @@ def _probe_tool(tmp_path, environ_overrides: dict) -> dict:
   return json.loads(record.read_text())
 
 
-def test_a_tool_gives_convolutions_to_xlas_own_kernels(tmp_path):
-  (tmp_path / "default").mkdir()
-  (tmp_path / "opt_out").mkdir()
-  probe = _probe_tool(tmp_path / "default", {})
+def test_a_tool_gives_convolutions_to_xlas_own_kernels_and_caches_its_compiles(tmp_path):
+  for run in ("default", "again", "opt_out"):
+    (tmp_path / run).mkdir()
+  # Every compile cached, however fast this machine compiles the probe's conv.
+  cache = {"CNN_JAX_CACHE_DIR": str(tmp_path / "cache"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  probe = _probe_tool(tmp_path / "default", cache)
   assert not probe["ynn"] and probe["xla_flags"] == " ".join(
       f"{name}={value}" for name, value in hostenv.XLA_CPU_FLAGS.items())
-  # The opt-out, and the control: without the flag XLA:CPU hands this conv to YNNPACK.
-  opted_out = _probe_tool(tmp_path / "opt_out", {"CNN_JAX_XLA_FLAGS": "0"})
+  directory = hostenv.compilation_cache_dir(MAIN, cache, hostenv.cpu_key())
+  assert probe["compilation_cache_dir"] == directory and not probe["cache_hit"]
+  assert any(name.endswith("-cache") for name in os.listdir(directory))
+  # The next tool run on this CPU loads the conv instead of compiling it.
+  assert _probe_tool(tmp_path / "again", cache)["cache_hit"]
+  # The opt-outs, and the control: without the flag XLA:CPU hands this conv to YNNPACK.
+  opted_out = _probe_tool(tmp_path / "opt_out", {**cache, "CNN_JAX_XLA_FLAGS": "0",
+                                                 "CNN_JAX_COMPILE_CACHE": "0"})
   assert opted_out["ynn"] and opted_out["xla_flags"] == ""
+  assert opted_out["compilation_cache_dir"] is None and not opted_out["cache_hit"]
 
 
 def test_importing_cnn_jax_sets_nothing_and_re_runs_nothing():
@@ -131,4 +165,5 @@ def test_importing_cnn_jax_sets_nothing_and_re_runs_nothing():
                           capture_output=True, text=True, timeout=HANG_TIMEOUT)
   assert result.returncode == 0, result.stderr[-2000:]
   probe = json.loads(result.stdout.strip().splitlines()[-1])
-  assert probe == {"ynn": True, "xla_flags": "", "tunables": ""}
+  assert probe == {"ynn": True, "xla_flags": "", "tunables": "", "compilation_cache_dir": None,
+                   "cache_hit": False}

@@ -28,8 +28,6 @@ import functools
 import hashlib
 import json
 import os
-import platform
-import re
 import sys
 import tempfile
 import time
@@ -39,7 +37,9 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-CACHE_ENV = "CNN_JAX_CACHE_DIR"
+from cnn_jax import hostenv
+from cnn_jax.hostenv import cpu_key  # Looked up here at each call: tests stand in other CPUs.
+
 MODE_ENV = "CNN_JAX_CONV_AUTOTUNE"
 CACHE_NAME = "conv_forms.json"
 CHOICES = ("rewrite", "xla")  # The CPU form, XLA's op: the names of `layers.conv_impl`.
@@ -69,31 +69,7 @@ def enabled() -> bool:
 
 
 def cache_path() -> str:
-  base = os.environ.get(CACHE_ENV) or os.path.join(
-      os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
-      "cnn_jax")
-  return os.path.join(base, CACHE_NAME)
-
-
-def cpu_key(cpuinfo: str | None = None) -> str:
-  """This CPU's model and vector extensions, from /proc/cpuinfo (or `cpuinfo`'s text), e.g.
-  'AuthenticAMD family 25 model 17 AMD EPYC [avx avx2 avx512bw ... fma]'."""
-  if cpuinfo is None:
-    try:
-      with open("/proc/cpuinfo") as f:
-        cpuinfo = f.read()
-    except OSError:
-      cpuinfo = ""
-  fields: dict[str, str] = {}
-  for line in cpuinfo.splitlines():
-    name, _, value = line.partition(":")
-    fields.setdefault(name.strip(), value.strip())
-  if not fields.get("model name"):
-    return f"{platform.machine()} {platform.processor()}".strip()
-  vector = sorted(f for f in fields.get("flags", "").split()
-                  if re.match(r"(avx|amx|fma|f16c|sve|neon|asimd)", f))
-  return (f"{fields.get('vendor_id', '')} family {fields.get('cpu family', '?')} model "
-          f"{fields.get('model', '?')} {fields['model name']} [{' '.join(vector)}]").strip()
+  return os.path.join(hostenv.cache_dir(), CACHE_NAME)
 
 
 def op_key(description: str) -> str:
