@@ -203,12 +203,13 @@ def require_flags(*names: str) -> None:
 # -------------------------------------------------------------------------------- run
 
 def apply_process_settings() -> None:
-  """Huge pages (re-runs a heavy tool's process once), XLA:CPU flags and the persistent
-  compilation cache, before JAX starts a backend; the opt-outs are CNN_JAX_HUGEPAGES=0,
-  CNN_JAX_XLA_FLAGS=0 and CNN_JAX_COMPILE_CACHE=0."""
+  """Huge pages (re-runs a heavy tool's process once), XLA:CPU flags, the persistent
+  compilation cache and tracing without its quadratic, before JAX starts a backend; the
+  opt-outs are CNN_JAX_HUGEPAGES=0, CNN_JAX_XLA_FLAGS=0 and CNN_JAX_COMPILE_CACHE=0."""
   hostenv.reexec_with_hugepages()
   hostenv.set_xla_flags()
   hostenv.use_compilation_cache()
+  hostenv.cheap_tracer_sharding_probe()
 
 
 def run(main: Callable[[list[str]], Any], define_flags: Callable[[], None] | None = None, *,

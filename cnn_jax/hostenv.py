@@ -28,6 +28,15 @@ compiles for the host's vector extensions, so the cache has one directory per CP
 tool process picks its own directory; `JAX_COMPILATION_CACHE_DIR` set by the user wins, and
 `CNN_JAX_COMPILE_CACHE=0` turns it off. `cnn_jax.bench` compiles afresh: its compile time is
 one of its measurements.
+
+Tracing without a quadratic (`cheap_tracer_sharding_probe`): flax NNX asks every value assigned
+to a Variable for its `.sharding` (`getattr(value, "sharding", None)`), and a JAX tracer answers
+with an AttributeError whose message walks every equation traced so far to say where the tracer
+came from. Nobody reads that message, but building a model under a trace (`nnx.eval_shape`, the
+compiled initialiser) pays it once per parameter, O(n^2) in the model's size (figures:
+experiments/cpu_speed/README.md). The setting drops that part of the message (as JAX's own later
+fix does, jax-ml/jax#40041) and changes nothing else; a JAX whose tracers no longer build it is
+left alone.
 """
 
 from __future__ import annotations
@@ -166,3 +175,18 @@ def use_compilation_cache() -> None:
   import jax  # pylint: disable=import-outside-toplevel
   jax.config.update("jax_compilation_cache_dir", directory)
   jax.config.update("jax_compilation_cache_max_size", COMPILE_CACHE_MAX_BYTES)
+
+
+def cheap_tracer_sharding_probe() -> None:
+  """A tracer's `.sharding` raises its AttributeError without the origin message (see above)."""
+  from jax._src import core  # pylint: disable=import-outside-toplevel
+
+  probe = core.Tracer.__dict__.get("sharding")
+  if not isinstance(probe, property) or "_origin_msg" not in probe.fget.__code__.co_names:
+    return  # Already cheap (or not the JAX this was written against).
+
+  def sharding(tracer: core.Tracer) -> None:
+    raise AttributeError(
+        f"The 'sharding' attribute is not available on {tracer._error_repr()}.")  # pylint: disable=protected-access
+
+  core.Tracer.sharding = property(sharding)

@@ -1,6 +1,7 @@
 """Test set-up, before JAX starts a backend anywhere: 8 fake CPU devices, so 1-vs-8-device
-equivalence runs in one process, and the XLA:CPU flags the command-line tools apply for
-themselves (cnn_jax/hostenv.py), so the tests run the convolutions the tools run, as fast.
+equivalence runs in one process, and the XLA:CPU flags and the tracing setting the
+command-line tools apply for themselves (cnn_jax/hostenv.py), so the tests run the convolutions
+the tools run, and trace models as fast.
 
 The conv autotune (cnn_jax/models/autotune.py) is off: "auto" takes the CPU forms without
 timing anything, so no test spends seconds measuring conv shapes, and every test traces the
@@ -25,6 +26,7 @@ if _FLAG not in os.environ.get("XLA_FLAGS", ""):
 hostenv.set_xla_flags()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("CNN_JAX_CONV_AUTOTUNE", "0")  # autotune.MODE_ENV (not imported: no jax yet)
+hostenv.cheap_tracer_sharding_probe()  # Imports JAX: after the environment it reads.
 
 
 def pytest_configure(config):

@@ -97,6 +97,7 @@ def test_the_compilation_cache_has_one_directory_per_cpu_model_and_the_user_deci
 # GLIBC_TUNABLES there, and did the conv's compile come from the compilation cache?
 _PROBE = """
 import json, os, jax, jax.numpy as jnp
+from jax._src import core
 events = []
 jax.monitoring.register_event_listener(lambda event, **kwargs: events.append(event))
 x, w = jnp.ones((8, 28, 28, 32)), jnp.ones((3, 3, 32, 32))
@@ -107,7 +108,8 @@ ynn = '__ynn_fusion' in compiled.as_text()
 probe = {'ynn': ynn, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
          'tunables': os.environ.get('GLIBC_TUNABLES', ''),
          'compilation_cache_dir': jax.config.jax_compilation_cache_dir,
-         'cache_hit': '/jax/compilation_cache/cache_hits' in events}
+         'cache_hit': '/jax/compilation_cache/cache_hits' in events,
+         'cheap_sharding_probe': '_origin_msg' not in core.Tracer.sharding.fget.__code__.co_names}
 """
 
 
@@ -143,6 +145,7 @@ def test_a_tool_gives_convolutions_to_xlas_own_kernels_and_caches_its_compiles(t
   probe = _probe_tool(tmp_path / "default", cache)
   assert not probe["ynn"] and probe["xla_flags"] == " ".join(
       f"{name}={value}" for name, value in hostenv.XLA_CPU_FLAGS.items())
+  assert probe["cheap_sharding_probe"]
   directory = hostenv.compilation_cache_dir(MAIN, cache, hostenv.cpu_key())
   assert probe["compilation_cache_dir"] == directory and not probe["cache_hit"]
   assert any(name.endswith("-cache") for name in os.listdir(directory))
@@ -166,4 +169,34 @@ def test_importing_cnn_jax_sets_nothing_and_re_runs_nothing():
   assert result.returncode == 0, result.stderr[-2000:]
   probe = json.loads(result.stdout.strip().splitlines()[-1])
   assert probe == {"ynn": True, "xla_flags": "", "tunables": "", "compilation_cache_dir": None,
-                   "cache_hit": False}
+                   "cache_hit": False, "cheap_sharding_probe": False}
+
+
+def test_building_a_model_under_a_trace_no_longer_walks_the_trace_per_parameter(monkeypatch):
+  import jax  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from jax._src.interpreters import partial_eval  # pylint: disable=import-outside-toplevel
+
+  from cnn_jax.models import create_model  # pylint: disable=import-outside-toplevel
+
+  hostenv.cheap_tracer_sharding_probe()  # conftest applied it already: a second call keeps it
+  walks = []
+  frame = partial_eval.JaxprStackFrame
+  walk = frame.find_progenitors
+  monkeypatch.setattr(frame, "find_progenitors",
+                      lambda self, tracer: walks.append(1) or walk(self, tracer))
+  abstract = nnx.eval_shape(lambda: create_model("resnet20", rngs=nnx.Rngs(0)))
+  assert sum(v.size for v in jax.tree.leaves(nnx.state(abstract, nnx.Param))) == 269_722
+  assert not walks  # Before: a walk of the whole trace per parameter and RNG draw.
+
+  def probe(x):
+    assert getattr(x, "sharding", None) is None and not hasattr(x, "sharding")
+    with pytest.raises(AttributeError, match="'sharding' attribute is not available"):
+      x.sharding  # pylint: disable=pointless-statement
+    # Other errors still say where the tracer came from.
+    with pytest.raises(jax.errors.TracerBoolConversionError):
+      bool(x.sum() > 0)
+    return x
+
+  jax.jit(probe)(jax.numpy.ones(3))
+  assert walks
