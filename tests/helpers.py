@@ -1,4 +1,5 @@
-"""Small helpers shared by tests: load a repo config, run the CLI."""
+"""Helpers shared by tests: load a repo config, run the CLI, fill a model, and the runs that
+several test files make."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import functools
 import importlib
 import importlib.util
 import io
+import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -198,3 +201,102 @@ def initialized(construct, seed: int = 0):
   from flax import nnx  # pylint: disable=import-outside-toplevel
   from cnn_jax.models import registry  # pylint: disable=import-outside-toplevel
   return registry.initialize(construct, nnx.Rngs(seed))
+
+
+# ------------------------------------------------------------------ runs shared by test files
+
+# The 8-device LeNet-5 run several tests make (test_train, test_training_at_scale), one compiled
+# train step between them (the schedule's length is in the program; the session's compilation
+# cache holds it once): tests that need fewer steps stop early with `halt_after_steps`. Where
+# the number of devices is not what a test checks, it runs on one, as `make train` does on a
+# CPU: 8 fake devices on 2 cores cost each step several times its one-device time.
+SHARED_8_DEVICE_RUN = {"total_steps": 12, "schedule.warmup_epochs": 0.2}
+ONE_DEVICE = {"mesh.num_devices": 1}
+DIGITS = "configs/lenet5_digits.py"
+
+
+def read_jsonl(path) -> list[dict]:
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def losses(workdir) -> list[float]:
+  """The train losses a run logged, in order."""
+  return [r["train/loss"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+          if "train/loss" in r]
+
+
+def final_params(workdir):
+  """(step, {path: array}) of the newest checkpoint's parameters, read as NumPy arrays: a run
+  of another process or device layout than the test's wrote it."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  step = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+  path = os.path.join(ckpt_dir, str(step), "default")
+  checkpointer = ocp.PyTreeCheckpointer()
+  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                          checkpointer.metadata(path).item_metadata.tree)
+  flat = jax.tree_util.tree_flatten_with_path(
+      checkpointer.restore(path, restore_args=as_numpy)["params"])[0]
+  return step, {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
+
+
+def free_port() -> int:
+  """A free localhost port, for a jax.distributed coordinator."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+# Plain nets and ViTs start slower (no shortcuts / no convolutional prior): more steps.
+LEARNING_STEPS = {"plain20": 150, "vit_tiny_patch4_32": 200}
+# ConvNeXt V2 with one block per stage (every kind of layer, 1.4 M parameters instead of 3.4 M):
+# each block costs seconds of compile and step time on CPU. Atto at full depth learns digits in
+# test_models_convnext.
+LEARNING_MODEL_OPTIONS = {"convnextv2_atto": {"model.depths": (1, 1, 1, 1)}}
+
+
+def learning_run_config(model_name: str, **overrides) -> ml_collections.ConfigDict:
+  """test_zoo_training's learning run for `model_name`. test_train's BatchNorm check stops this
+  resnet20 run after 2 steps: the same compiled steps, from the session's compilation cache."""
+  steps = LEARNING_STEPS.get(model_name, 40)
+  # One device: the loop and the learning are what is checked here (the sharded path is
+  # tests/test_training_at_scale's), and 8 fake devices on 2 cores cost far more CPU time.
+  # Batch 32: the losses still fall well past the bound in 40 steps, at half the step time.
+  # 300 test images in one eval batch, not 1,000 in five: accuracy is checked against 0.3
+  # (chance 0.1), which 300 images tell as well.
+  config = load_config("zoo_digits", model_name, **{
+      "total_steps": steps, "log_every_steps": 10, "eval_every_steps": steps,
+      "data.batch_size": 32, "data.num_test": 300, "data.eval_batch_size": 300,
+      "schedule.warmup_epochs": 0.1, "mesh.num_devices": 1,
+      **LEARNING_MODEL_OPTIONS.get(model_name, {}), **overrides})
+  if model_name == "convnext_roadmap":
+    config.model.step = 4  # ResNeXt-ified inverted bottleneck, BatchNorm: a mid-roadmap model
+  return config
+
+
+# Tiny runs of LeNet-5 on the 8x8 digits (test_sweep, test_launch): a few steps each, checkpoint
+# every 2 steps.
+TINY_SWEEP_OVERRIDES = [
+    ("total_steps", 4), ("log_every_steps", 1), ("eval_every_steps", 4),
+    ("checkpoint.every_steps", 2), ("schedule.warmup_epochs", 0.0), ("data.batch_size", 32),
+    ("data.eval_batch_size", 304), ("data.num_test", 300), ("mesh.num_devices", 1)]
+
+
+def make_sweep(**fields) -> ml_collections.ConfigDict:
+  """A sweep config of two tiny LeNet-5 runs (two learning rates), `fields` replaced."""
+  config = ml_collections.ConfigDict()
+  config.name = "test sweep"
+  config.base_config = DIGITS
+  config.base_config_arg = ""
+  config.workdir = "unused"
+  config.overrides = list(TINY_SWEEP_OVERRIDES)
+  config.points = []
+  config.grid = [("optimizer.learning_rate", (0.003, 0.01))]
+  config.plot_metrics = ("train/loss", "eval/error")
+  config.summarize = True
+  for key, value in fields.items():
+    config[key] = value
+  return config

@@ -14,7 +14,6 @@ import re
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -23,11 +22,10 @@ from safetensors.numpy import save_file
 from cnn_jax import checkpoint, convert
 from cnn_jax.errors import UserError
 from cnn_jax.models import alexnet, convnext, create_model, resnet, vit
-from helpers import REPO_ROOT, compiled_apply, initialized, numpy_random_model, run_cli
+from helpers import compiled_apply, initialized, numpy_random_model, run_cli
+from pretrained_fixtures import (FIXTURES, PRETRAINED, TOLERANCE, export_state_dict, load_into, nhwc,
+                                 timm_state)
 
-FIXTURES = os.path.join(REPO_ROOT, "tests", "fixtures")
-PRETRAINED = os.path.join(FIXTURES, "pretrained")
-TOLERANCE = 1e-4
 MODULES = {"resnet": resnet, "alexnet": alexnet, "convnext": convnext}
 
 
@@ -46,24 +44,6 @@ def build(spec: dict) -> nnx.Module:
   module, cls = spec["class"].split(".")
   return initialized(lambda rngs: getattr(MODULES[module], cls)(*spec["args"], **spec["kwargs"],
                                                                 rngs=rngs))
-
-
-def load_into(model: nnx.Module, converted: convert.Converted) -> nnx.Module:
-  """Sets the converted arrays on the model's variables, then switches to eval mode."""
-  for flat in (converted.params, converted.batch_stats):
-    for path, value in flat.items():
-      node = model
-      for part in path[:-1]:
-        node = node[part] if isinstance(part, int) else getattr(node, part)
-      variable = getattr(node, path[-1])
-      assert variable.shape == value.shape
-      variable.set_value(jnp.asarray(value))
-  model.eval()
-  return model
-
-
-def nhwc(x_nchw: np.ndarray) -> jax.Array:
-  return jnp.asarray(x_nchw.transpose(0, 2, 3, 1))
 
 
 @pytest.mark.parametrize("case", ["resnet_basic", "resnet_bottleneck", "alexnet",
@@ -104,17 +84,11 @@ def test_fcmae_encoder_matches_timm_features(cases, golden):
                              golden["convnextv2_fcmae/features_nchw"], rtol=0, atol=TOLERANCE)
 
 
-def _timm_state(arrays, prefix: str = "") -> dict[str, np.ndarray]:
-  skip = ("config_", "input", "logits", "timm")
-  return {k[len(prefix):]: arrays[k] for k in arrays.files
-          if k.startswith(prefix) and not k[len(prefix):].startswith(skip)}
-
-
 def test_timm_vit_through_safetensors(tmp_path):
   """Reuses tests/fixtures/vit_timm_golden.npz, written to a .safetensors file first."""
   arrays = np.load(os.path.join(FIXTURES, "vit_timm_golden.npz"))
   path = str(tmp_path / "vit.safetensors")
-  save_file(_timm_state(arrays), path)
+  save_file(timm_state(arrays), path)
   model = initialized(lambda rngs: vit.VisionTransformer(
       patch_size=int(arrays["config_patch_size"]), embed_dim=int(arrays["config_embed_dim"]),
       depth=int(arrays["config_depth"]), num_heads=int(arrays["config_num_heads"]),
@@ -131,7 +105,7 @@ def test_timm_convnext_through_safetensors(tag, tmp_path):
   """Reuses tests/fixtures/convnext_timm_golden.npz (V2 there has timm's conv_mlp=True)."""
   arrays = np.load(os.path.join(FIXTURES, "convnext_timm_golden.npz"))
   path = str(tmp_path / f"convnext_{tag}.safetensors")
-  save_file({k: v for k, v in _timm_state(arrays, f"{tag}/").items()}, path)
+  save_file({k: v for k, v in timm_state(arrays, f"{tag}/").items()}, path)
   options = dict(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32), num_classes=5)
   if tag == "v2":
     options.update(grn=True, layer_scale_init=None)
@@ -202,19 +176,6 @@ def test_not_a_checkpoint(tmp_path):
     convert.read_state_dict(str(path))
   with pytest.raises(UserError, match=r"not found"):
     convert.read_state_dict(str(tmp_path / "absent.safetensors"))
-
-
-def export_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
-  """cnn_jax model -> the PyTorch state dict the converter expects (its exact inverse)."""
-  family = convert._family_of(model, {})  # pylint: disable=protected-access
-  out = {}
-  for kind in (nnx.Param, nnx.BatchStat):
-    for path, variable in nnx.state(model, kind).flat_state():
-      value = np.asarray(variable[...])
-      if path[-1] == "kernel":
-        value = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
-      out[family.key_of(tuple(path))] = np.ascontiguousarray(value)
-  return out
 
 
 def test_cli_converts_and_init_from_loads(tmp_path):
@@ -338,7 +299,7 @@ def test_official_convnext_v1_names(tmp_path):
   """facebookresearch/ConvNeXt names (LayerScale `gamma`), from the timm V1 golden weights."""
   arrays = np.load(os.path.join(FIXTURES, "convnext_timm_golden.npz"))
   official = {}
-  for key, value in _timm_state(arrays, "v1/").items():
+  for key, value in timm_state(arrays, "v1/").items():
     key = key.replace("stem.", "downsample_layers.0.")
     key = re.sub(r"stages\.(\d+)\.downsample\.", r"downsample_layers.\1.", key)
     key = re.sub(r"stages\.(\d+)\.blocks\.(\d+)", r"stages.\1.\2", key)

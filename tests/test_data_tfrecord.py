@@ -14,8 +14,8 @@ from cnn_jax.data.sources import shard_index, tfrecord
 from cnn_jax.data.sources.tfds import TfdsSource
 from cnn_jax.errors import UserError
 from helpers import run_cli
-from test_data_sources import TFDS_NAME as NAME
-from test_data_sources import NUM_CLASSES, labels_from_images, make_config, prepare_tfds_test_set
+from data_sets import TFDS_NAME as NAME
+from data_sets import labels_from_images, make_config, prepare_tfds_test_set
 
 
 def test_masked_crc_is_tensorflows():

@@ -14,7 +14,7 @@ from cnn_jax import data
 from cnn_jax.data.sources import webdataset
 from cnn_jax.errors import UserError
 from helpers import run_cli
-from test_data_sources import NUM_CLASSES, labels_from_images, make_config, solid_value
+from data_sets import NUM_CLASSES, labels_from_images, make_config, solid_value
 
 
 def _encode(img: Image.Image, fmt: str) -> bytes:

@@ -18,8 +18,7 @@ import pytest
 
 from cnn_jax import launch, sweep
 from cnn_jax.errors import UserError
-from helpers import REPO_ROOT, run_cli, write_sweep_file
-from test_sweep import _TINY, make_sweep
+from helpers import REPO_ROOT, TINY_SWEEP_OVERRIDES, make_sweep, run_cli, write_sweep_file
 
 _SBATCH = """#!/bin/sh
 # Keeps the script, answers as sbatch does (or refuses, as told).
@@ -157,7 +156,7 @@ def test_sbatch_refusal_is_passed_on_in_one_line(tmp_path, fake_slurm, monkeypat
 
 
 def _write_sweep_file(tmp_path) -> str:
-  return write_sweep_file(tmp_path, workdir=str(tmp_path / "w"), overrides=_TINY, points=[],
+  return write_sweep_file(tmp_path, workdir=str(tmp_path / "w"), overrides=TINY_SWEEP_OVERRIDES, points=[],
                           grid=[("optimizer.learning_rate", (0.001, 0.01))])
 
 

@@ -16,8 +16,7 @@ import pytest
 
 from cnn_jax import train, workdir_lock
 from cnn_jax.errors import UserError
-from helpers import REPO_ROOT, load_config, run_cli
-from test_training_at_scale import _free_port
+from helpers import REPO_ROOT, free_port, load_config, run_cli
 
 
 def test_many_processes_prepare_a_fresh_workdir_at_once(tmp_path):
@@ -119,7 +118,7 @@ def test_the_lock_is_held_during_training_and_released_after(tmp_path, monkeypat
 def test_one_failing_process_stops_the_others_naming_it(tmp_path):
   # Measured before: the healthy process sat in its next collective until jax.distributed's
   # shutdown barrier gave up (5 minutes), then both aborted with a C++ stack.
-  port = _free_port()
+  port = free_port()
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
   args = ["--config=configs/lenet5_digits.py", "--config.total_steps=30",
           f"--workdir={tmp_path / 'w'}", f"--coordinator_address=localhost:{port}",

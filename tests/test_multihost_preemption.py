@@ -9,13 +9,10 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-from helpers import HANG_TIMEOUT, REPO_ROOT
-from test_training_at_scale import DIGITS, _free_port, losses
+from helpers import DIGITS, HANG_TIMEOUT, REPO_ROOT, final_params, free_port, losses
 
 TOTAL = 60  # Room for the notice to spread: the notifier polls its flag once a second.
 ARGS = ["--config", DIGITS, f"--config.total_steps={TOTAL}", "--config.log_every_steps=1",
@@ -26,7 +23,7 @@ ARGS = ["--config", DIGITS, f"--config.total_steps={TOTAL}", "--config.log_every
 def _launch(workdir, logs, name):
   """Two processes of one run; stdout/stderr go to LOGS/NAME_I.out/.err, so no pipe can fill
   and block."""
-  port = _free_port()
+  port = free_port()
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   procs = []
   for i in range(2):
@@ -54,19 +51,6 @@ def _finish(procs, timeout=HANG_TIMEOUT):
   for (p, _, err), out in zip(procs, outs):
     assert p.returncode == 0, f"{out}\n{open(err).read()[-3000:]}"
   return outs
-
-
-def final_params(workdir):
-  """(step, {path: array}) of the newest checkpoint, read as numpy: it was saved from another
-  process layout than this test's 8 devices."""
-  step = max(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
-  path = workdir / "checkpoints" / str(step) / "default"
-  checkpointer = ocp.PyTreeCheckpointer()
-  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                          checkpointer.metadata(path).item_metadata.tree)
-  flat = jax.tree_util.tree_flatten_with_path(
-      checkpointer.restore(path, restore_args=as_numpy)["params"])[0]
-  return step, {jax.tree_util.keystr(k): v for k, v in flat}
 
 
 def _wait_for_step(stdout_path, min_step, procs, timeout=HANG_TIMEOUT):

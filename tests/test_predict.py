@@ -24,7 +24,7 @@ from cnn_jax.errors import UserError
 from cnn_jax.models import create_model
 from helpers import (compiled_apply, load_config, numpy_random_model, run_cli,
                      run_cli_in_process)
-from tests.test_convert import PRETRAINED, export_state_dict
+from pretrained_fixtures import PRETRAINED, export_state_dict
 
 FIXTURE_IMAGES = [os.path.join(PRETRAINED, f"image{i}.png") for i in range(3)]
 WIDTHS = dict(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32))

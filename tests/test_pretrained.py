@@ -20,8 +20,7 @@ from cnn_jax import convert
 from cnn_jax.errors import UserError
 from cnn_jax.models import create_model
 from helpers import abstract_apply, compiled_apply
-from tests.test_convert import (FIXTURES, PRETRAINED, TOLERANCE, _timm_state, load_into,
-                                nhwc)
+from pretrained_fixtures import FIXTURES, PRETRAINED, TOLERANCE, load_into, nhwc, timm_state
 
 CONVNEXT_TINY_WIDTHS = dict(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32))
 
@@ -84,7 +83,7 @@ def test_alexnet_file(golden):
 def test_timm_vit_file(tmp_path):
   arrays = np.load(os.path.join(FIXTURES, "vit_timm_golden.npz"))
   path = str(tmp_path / "vit.safetensors")
-  save_file(_timm_state(arrays), path)
+  save_file(timm_state(arrays), path)
   vit = create_model("vit_tiny_patch16_224", pretrained=path,
                      patch_size=int(arrays["config_patch_size"]),
                      embed_dim=int(arrays["config_embed_dim"]), depth=int(arrays["config_depth"]),

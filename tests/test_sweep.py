@@ -6,35 +6,11 @@ import csv
 import json
 import os
 
-import ml_collections
 import pytest
 
 from cnn_jax import sweep
 from cnn_jax.errors import UserError
-from helpers import REPO_ROOT, run_cli, write_sweep_file
-
-# Tiny runs of LeNet-5 on the 8x8 digits: a few steps each, checkpoint every 2 steps.
-_TINY = [("total_steps", 4), ("log_every_steps", 1), ("eval_every_steps", 4),
-         ("checkpoint.every_steps", 2), ("schedule.warmup_epochs", 0.0),
-         ("data.batch_size", 32), ("data.eval_batch_size", 304), ("data.num_test", 300),
-         ("mesh.num_devices", 1)]
-
-
-def make_sweep(**fields) -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.name = "test sweep"
-  config.base_config = "configs/lenet5_digits.py"
-  config.base_config_arg = ""
-  config.workdir = "unused"
-  config.overrides = list(_TINY)
-  config.points = []
-  config.grid = [("optimizer.learning_rate", (0.003, 0.01))]
-  config.plot_metrics = ("train/loss", "eval/error")
-  config.summarize = True
-  for key, value in fields.items():
-    config[key] = value
-  return config
-
+from helpers import REPO_ROOT, TINY_SWEEP_OVERRIDES, make_sweep, run_cli, write_sweep_file
 
 def test_grid_is_the_cartesian_product_crossed_with_the_points():
   points = sweep.expand_grid([{"seed": 0}, {"seed": 1}],
@@ -115,7 +91,7 @@ def test_sweep_trains_skips_finished_resumes_interrupted_and_writes_outputs(tmp_
   workdir = str(tmp_path / "sweep")
   config = make_sweep()
   # First pass: halt every point after 2 of its 4 steps (an interrupted sweep).
-  config.overrides = [*_TINY, ("halt_after_steps", 2)]
+  config.overrides = [*TINY_SWEEP_OVERRIDES, ("halt_after_steps", 2)]
   rows = sweep.run_sweep(config, workdir)
   assert [r["status"] for r in rows] == ["partial", "partial"]
   names = [r["point"] for r in rows]
@@ -123,7 +99,7 @@ def test_sweep_trains_skips_finished_resumes_interrupted_and_writes_outputs(tmp_
     assert not os.path.exists(os.path.join(workdir, name, "final_metrics.json"))
 
   # Second pass: both resume from step 2 (their checkpoints) and finish.
-  config.overrides = list(_TINY)
+  config.overrides = list(TINY_SWEEP_OVERRIDES)
   rows = sweep.run_sweep(config, workdir)
   assert [r["status"] for r in rows] == ["finished", "finished"]
   for name in names:

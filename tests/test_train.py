@@ -10,31 +10,8 @@ import pytest
 
 from cnn_jax import metrics, train
 from cnn_jax.errors import UserError
-from helpers import load_config
-from test_zoo_training import learning_run_config
-
-
-# The 8-device LeNet-5 run several tests make, one compiled train step between them (the
-# schedule's length is in the program; the session's compilation cache holds it once): tests
-# that need fewer steps stop early with `halt_after_steps`. Where the number of devices is not
-# what a test checks, it runs on one, as `make train` does on a CPU: 8 fake devices on 2 cores
-# cost each step several times its one-device time.
-SHARED_8_DEVICE_RUN = {"total_steps": 12, "schedule.warmup_epochs": 0.2}
-ONE_DEVICE = {"mesh.num_devices": 1}
-
-
-def read_jsonl(path):
-  with open(path) as f:
-    return [json.loads(line) for line in f]
-
-
-def final_params(workdir):
-  """The parameters in the newest checkpoint, as a flat {path: array} dict."""
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  step = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
-  restored = ocp.PyTreeCheckpointer().restore(os.path.join(ckpt_dir, str(step), "default"))
-  flat = jax.tree_util.tree_flatten_with_path(restored["params"])[0]
-  return step, {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
+from helpers import (ONE_DEVICE, SHARED_8_DEVICE_RUN, final_params, learning_run_config, load_config,
+                     read_jsonl)
 
 
 def test_training_learns_on_real_digits(tmp_path):

@@ -1,11 +1,9 @@
 """Training at scale: FSDP, multi-process, EMA, schedules, decay masks, layer decay,
 no recompilation, preemption (SIGTERM), kill -9 resume, non-finite loss."""
 
-import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,23 +14,16 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
-from flax import nnx
 
 from cnn_jax import checkpoint, optim, parallel, train
-from helpers import HANG_TIMEOUT, REPO_ROOT, load_config, run_cli
-from test_train import ONE_DEVICE, SHARED_8_DEVICE_RUN, final_params, read_jsonl
+from helpers import (DIGITS, HANG_TIMEOUT, ONE_DEVICE, REPO_ROOT, SHARED_8_DEVICE_RUN, final_params,
+                     free_port, load_config, losses, read_jsonl, run_cli)
 
-DIGITS = "configs/lenet5_digits.py"
 # The runs that check stopping, resuming, EMA, bfloat16 and the best checkpoint, on one device
 # as `make train` on a CPU: the 8 fake devices conftest sets cost each step several times its
 # one-device time, and sharding is checked by the tests that need it.
 ONE_DEVICE_FLAG = "--config.mesh.num_devices=1"
 SHORT = dict(log_every_steps=1, **{"schedule.warmup_epochs": 0.2})
-
-
-def losses(workdir):
-  return [r["train/loss"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-          if "train/loss" in r]
 
 
 def test_fsdp_shards_parameters_and_matches_data_parallel(tmp_path):
@@ -61,16 +52,10 @@ def test_fsdp_state_is_really_sharded():
   assert placed["b"].addressable_shards[0].data.shape == (120,)
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
   args = ["--config", DIGITS, "--config.total_steps=6", "--config.log_every_steps=1",
           "--config.eval_every_steps=6", "--config.schedule.warmup_epochs=0.1"]
-  port = _free_port()
+  port = free_port()
   env2 = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   procs = [subprocess.Popen(
       [sys.executable, "-m", "cnn_jax.main", *args, "--workdir", str(tmp_path / "two"),

@@ -13,15 +13,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from tests.helpers import REPO_ROOT, run_cli, write_sweep_file
-from tests.test_multihost_preemption import final_params
-from tests.test_training_at_scale import losses
+from tests.helpers import final_params, losses, run_cli, write_sweep_file
 
 
 def _slurm_up() -> bool:
