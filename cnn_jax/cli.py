@@ -13,10 +13,10 @@ A tool defines its flags in a function and hands it with its `main(argv)` to `ru
 
 Flags are defined only when the tool runs, so tests and notebooks can import any number of
 tools side by side. `run` applies the process settings before JAX starts its backend (XLA:CPU
-flags and the persistent compilation cache for every tool, and a re-run with huge pages for the
-heavy ones; see hostenv.py: importing cnn_jax applies none of them), turns a flag or config
-error and any `UserError` into one `error:` line on stderr with exit code 2, and keeps absl's
-INFO logging quiet unless `--verbosity` is given.
+flags, the persistent compilation cache and tracing without a quadratic for every tool, and a
+re-run with huge pages for the heavy ones; see hostenv.py: importing cnn_jax applies none of
+them), turns a flag or config error and any `UserError` into one `error:` line on stderr with
+exit code 2, and keeps absl's INFO logging quiet unless `--verbosity` is given.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ choices: experiments/cpu_speed/README.md.
 
 JAX's persistent compilation cache (`use_compilation_cache`): a tool run loads the executables
 that an earlier run with the same programs compiled, instead of compiling them again (a rerun,
-a resumed run, a sweep's points, the same model evaluated or benchmarked again). A loaded
+a resumed run, a sweep's points, the same model evaluated again). A loaded
 executable is the compiled one, so no result changes. JAX's cache key names the program, the
 jax and jaxlib versions, the XLA flags and the device kind, but on CPU not which CPU: XLA:CPU
 compiles for the host's vector extensions, so the cache has one directory per CPU model
@@ -186,7 +186,7 @@ def cheap_tracer_sharding_probe() -> None:
     return  # Already cheap (or not the JAX this was written against).
 
   def sharding(tracer: core.Tracer) -> None:
-    raise AttributeError(
-        f"The 'sharding' attribute is not available on {tracer._error_repr()}.")  # pylint: disable=protected-access
+    what = tracer._error_repr()  # pylint: disable=protected-access
+    raise AttributeError(f"The 'sharding' attribute is not available on {what}.")
 
   core.Tracer.sharding = property(sharding)
