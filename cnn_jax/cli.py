@@ -207,9 +207,7 @@ def apply_process_settings() -> None:
   compilation cache and tracing without its quadratic, before JAX starts a backend; the
   opt-outs are CNN_JAX_HUGEPAGES=0, CNN_JAX_XLA_FLAGS=0 and CNN_JAX_COMPILE_CACHE=0."""
   hostenv.reexec_with_hugepages()
-  hostenv.set_xla_flags()
-  hostenv.use_compilation_cache()
-  hostenv.cheap_tracer_sharding_probe()
+  hostenv.configure_jax()
 
 
 def run(main: Callable[[list[str]], Any], define_flags: Callable[[], None] | None = None, *,

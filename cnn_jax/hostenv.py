@@ -1,8 +1,9 @@
 """Settings of the process itself that must be in place before JAX starts its backend.
 
-The command-line tools apply them through `cli.run` (`cli.apply_process_settings`); importing
-cnn_jax changes nothing, so a notebook or a script decides for itself (call `set_xla_flags()`
-before the first JAX computation to get the same convolutions).
+The command-line tools apply them through `cli.run` (`cli.apply_process_settings`), a SLURM
+job's process through `configure_jax`; importing cnn_jax changes nothing, so a notebook or a
+script decides for itself (call `configure_jax()`, or `set_xla_flags()` alone for the same
+convolutions, before the first JAX computation).
 
 Transparent huge pages for the heap: XLA:CPU allocates every step's temporaries afresh, and with
 the kernel's default `madvise` policy glibc backs them with 4 KiB pages, so a train step spends
@@ -105,6 +106,15 @@ def hugepage_env(argv: Sequence[str], environ: Mapping[str, str],
   env = dict(environ)
   env["GLIBC_TUNABLES"] = f"{tunables}:{HUGEPAGE_TUNABLE}" if tunables else HUGEPAGE_TUNABLE
   return env
+
+
+def configure_jax() -> None:
+  """The settings of this process's JAX, before its backend starts: the XLA:CPU flags, the
+  compilation cache and tracing without its quadratic (for a tool, and for a SLURM job's
+  process, which no tool started)."""
+  set_xla_flags()
+  use_compilation_cache()
+  cheap_tracer_sharding_probe()
 
 
 def reexec_with_hugepages() -> None:

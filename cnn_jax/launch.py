@@ -296,7 +296,7 @@ class TrainJob(submitit.helpers.Checkpointable):
 
   def __call__(self) -> str:
     from cnn_jax import hostenv
-    hostenv.set_xla_flags()  # Before JAX starts a backend, as the tools do.
+    hostenv.configure_jax()  # Before JAX starts a backend, as the tools do.
     # SLURM's time-limit warning (submitit's SIGUSR2) takes the loop's preemption path.
     signal.signal(signal.SIGUSR2, _forward_to_sigterm)
     env = _job_environment()
