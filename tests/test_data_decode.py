@@ -12,6 +12,7 @@ from cnn_jax import config as base
 from cnn_jax.data import mixing, transforms
 from cnn_jax.data.sources.images import CorruptImage, EncodedImage
 from cnn_jax.errors import UserError
+from helpers import losses as run_losses
 
 
 def _jpeg(size=(300, 200), mode="RGB", seed=0, smoothness=8) -> bytes:
@@ -117,8 +118,6 @@ def test_data_bench_compares_sources_and_decode_paths_on_the_same_images(tmp_pat
 @pytest.mark.slow  # ~20 s alone, about a minute on a loaded 2-core machine
 def test_training_on_uint8_batches_equals_host_normalised_batches(tmp_path):
   """The same run with data.normalise_on_device on and off (no erasing): same losses."""
-  import json
-
   import ml_collections
 
   from cnn_jax import train
@@ -140,9 +139,7 @@ def test_training_on_uint8_batches_equals_host_normalised_batches(tmp_path):
     assert batch["image"].dtype == (np.uint8 if on_device else np.float32)
     workdir = tmp_path / f"run{on_device}"
     train.train_and_evaluate(config, str(workdir))
-    losses[on_device] = [json.loads(line)["train/loss"]
-                         for line in (workdir / "metrics.jsonl").read_text().splitlines()
-                         if "train/loss" in line]
+    losses[on_device] = run_losses(workdir)
   assert len(losses[True]) == 3
   np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
 

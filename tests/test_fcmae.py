@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
@@ -20,6 +19,7 @@ from cnn_jax import checkpoint, fcmae, train
 from cnn_jax import summary  # noqa: F401
 from cnn_jax.models import create_model
 from helpers import load_config
+from helpers import losses as run_losses
 
 # A tiny ConvNeXt V2: stem 1x1, stages at 16/8/4/2 px for 16x16 images, so the mask is a 2x2
 # grid of 8x8 patches and the 7x7 depthwise convs reach across patch borders at every stage.
@@ -298,9 +298,7 @@ def pretrained_workdir(tmp_path_factory):
 
 def test_fcmae_run_on_digits_learns_and_writes_reconstructions(pretrained_workdir):
   workdir, final = pretrained_workdir
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    rows = [json.loads(line) for line in f]
-  losses = [r["train/loss"] for r in rows if "train/loss" in r]
+  losses = run_losses(workdir)
   assert len(losses) == 6
   assert losses[-1] < 0.8 * losses[0], losses
   assert np.isfinite(final["loss"]) and final["loss"] < losses[0]

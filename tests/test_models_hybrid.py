@@ -1,7 +1,6 @@
 """Conv-attention hybrids: shapes, exact parameter counts, global mixing, and they learn."""
 
 import importlib.util
-import json
 import os
 
 import jax
@@ -15,6 +14,7 @@ from cnn_jax.errors import UserError
 from cnn_jax.models import create_model, hybrid
 from cnn_jax.models.layers import count_params
 from helpers import REPO_ROOT, abstract_apply, compiled_apply, initialized
+from helpers import losses as run_losses
 
 
 def longrange_config(arg):
@@ -159,9 +159,7 @@ def _local_control(tmp_path, model_key, **overrides):
       node = node[p]
     node[leaf] = value
   final = train.train_and_evaluate(config, str(tmp_path))
-  with open(tmp_path / "metrics.jsonl") as f:
-    losses = [json.loads(line)["train/loss"] for line in f if "train/loss" in line]
-  return final, losses
+  return final, run_losses(tmp_path)
 
 
 def test_hybrid_trains_end_to_end(tmp_path):

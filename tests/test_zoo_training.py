@@ -1,11 +1,10 @@
 """Every family trains through the same loop: a few steps on real digits, and it learns."""
 
-import json
-
 import pytest
 
 from cnn_jax import train
 from helpers import learning_run_config
+from helpers import losses as run_losses
 
 # A small ResNet and a small ConvNeXt V2 run in `make test`; the other families, a minute or
 # more each on 2 cores, in `make test-slow`.
@@ -21,7 +20,6 @@ SLOW = pytest.mark.slow
 def test_family_learns_on_digits(tmp_path, model_name):
   config = learning_run_config(model_name)
   final = train.train_and_evaluate(config, str(tmp_path))
-  losses = [json.loads(line)["train/loss"] for line in open(tmp_path / "metrics.jsonl")
-            if "train/loss" in line]
+  losses = run_losses(tmp_path)
   assert losses[-1] < 0.7 * losses[0], losses
   assert final["accuracy"] > 0.3, final  # chance is 0.1
