@@ -9,8 +9,8 @@ import pytest
 from flax import nnx
 
 from cnn_jax import summary
-from cnn_jax.models import cpu_ops, create_model, layers
-from helpers import numpy_filled
+from cnn_jax.models import cpu_ops, layers
+from helpers import abstract_model, numpy_filled
 
 # (kernel, stride, groups, padding, rewritten?)
 CASES = [
@@ -139,8 +139,7 @@ def test_models_give_the_same_logits_and_gradients_either_way(name, overrides):
     model = nnx.eval_shape(lambda: ResNet("basic", num_classes=10, rngs=nnx.Rngs(0),
                                           **overrides))
   else:
-    model = nnx.eval_shape(lambda: create_model(name, num_classes=10, rngs=nnx.Rngs(0),
-                                                **overrides))
+    model = abstract_model(name, num_classes=10, **overrides)
   model = numpy_filled(model)
   # Eval mode: batch statistics of a 2-image batch on 1x1 maps would amplify rounding.
   model.eval()

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from cnn_jax import hostenv
-from helpers import HANG_TIMEOUT, REPO_ROOT
+from helpers import HANG_TIMEOUT, REPO_ROOT, abstract_model
 
 MAIN = ["python", "-m", "cnn_jax.main", "--config", "configs/lenet5_digits.py"]
 GLIBC = ("glibc", "2.36")
@@ -177,15 +177,13 @@ def test_building_a_model_under_a_trace_no_longer_walks_the_trace_per_parameter(
   from flax import nnx  # pylint: disable=import-outside-toplevel
   from jax._src.interpreters import partial_eval  # pylint: disable=import-outside-toplevel
 
-  from cnn_jax.models import create_model  # pylint: disable=import-outside-toplevel
-
   hostenv.cheap_tracer_sharding_probe()  # conftest applied it already: a second call keeps it
   walks = []
   frame = partial_eval.JaxprStackFrame
   walk = frame.find_progenitors
   monkeypatch.setattr(frame, "find_progenitors",
                       lambda self, tracer: walks.append(1) or walk(self, tracer))
-  abstract = nnx.eval_shape(lambda: create_model("resnet20", rngs=nnx.Rngs(0)))
+  abstract = abstract_model("resnet20")
   assert sum(v.size for v in jax.tree.leaves(nnx.state(abstract, nnx.Param))) == 269_722
   assert not walks  # Before: a walk of the whole trace per parameter and RNG draw.
 

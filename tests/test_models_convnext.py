@@ -14,6 +14,7 @@ from flax import nnx
 from cnn_jax.errors import UserError
 from cnn_jax.models import convnext, create_model, roadmap
 from cnn_jax.models.layers import DropPath, count_params
+from helpers import abstract_model as abstract
 from helpers import initialized, numpy_filled
 
 # timm 1.0.31: sum(p.numel() for p in timm.create_model(name).parameters()).
@@ -45,11 +46,6 @@ ATTO = dict(num_classes=10, in_channels=1, patch_size=2)
 forward = nnx.jit(lambda model, x: model(x))
 features = nnx.jit(lambda model, x, mask=None: model.forward_features(x, mask))
 both = nnx.jit(lambda model, x: (model.forward_features(x), model(x)))
-
-
-def abstract(name: str, **kwargs) -> nnx.Module:
-  """The model's shapes only: no parameter memory, even for convnextv2_huge."""
-  return nnx.eval_shape(lambda: create_model(name, rngs=nnx.Rngs(0), **kwargs))
 
 
 def param_shapes(model: nnx.Module) -> dict:

@@ -13,7 +13,7 @@ from cnn_jax import summary, train
 from cnn_jax.errors import UserError
 from cnn_jax.models import create_model, hybrid
 from cnn_jax.models.layers import count_params
-from helpers import REPO_ROOT, abstract_apply, compiled_apply, initialized
+from helpers import REPO_ROOT, abstract_apply, abstract_model, compiled_apply, initialized
 from helpers import losses as run_losses
 
 
@@ -26,10 +26,6 @@ def longrange_config(arg):
   return module.get_config(arg)
 
 
-def _abstract(name, **kw):
-  return nnx.eval_shape(lambda: create_model(name, rngs=nnx.Rngs(0), **kw))
-
-
 # Exact counts at 224 px, 3 channels, 1000 classes, and what each is matched against.
 @pytest.mark.parametrize("name,params,reference", [
     ("hybrid_atto", 3_563_600, "convnextv2_atto"),
@@ -37,8 +33,8 @@ def _abstract(name, **kw):
     ("hybrid_nano", 15_915_320, "convnextv2_nano"),
 ])
 def test_parameter_counts_are_exact_and_within_5_percent_of_the_reference(name, params, reference):
-  assert count_params(_abstract(name)) == params
-  ref = count_params(_abstract(reference))
+  assert count_params(abstract_model(name)) == params
+  ref = count_params(abstract_model(reference))
   assert abs(params - ref) / ref < 0.05
 
 
@@ -66,7 +62,7 @@ def test_the_canvas_argument_builds_the_models_for_it():
 
 
 def test_norm_bn_puts_batchnorm_in_the_conv_part_only():
-  model = _abstract("hybrid_micro", norm="bn")  # the layer types need no weights
+  model = abstract_model("hybrid_micro", norm="bn")  # the layer types need no weights
   assert isinstance(model.stem.norm, nnx.BatchNorm)
   assert isinstance(model.stages[1].downsample.norm, nnx.BatchNorm)
   assert isinstance(model.stages[1].blocks[0].norm, nnx.BatchNorm)
@@ -104,7 +100,7 @@ def test_parameter_count_by_hand_for_one_attention_stage():
 
 def test_shapes_and_the_grid_of_each_stage():
   # Shapes by tracing alone (jax.eval_shape): the grid check is Python at trace time.
-  model = _abstract("hybrid_micro", num_classes=7, in_channels=1)
+  model = abstract_model("hybrid_micro", num_classes=7, in_channels=1)
   assert abstract_apply(model, (2, 64, 64, 1)).shape == (2, 7)
   assert abstract_apply(model, (2, 64, 64, 1), method="forward_features").shape == (2, 2, 2, 128)
   assert [type(s).__name__ for s in model.stages] == ["Stage", "Stage", "AttentionStage",

@@ -18,7 +18,7 @@ from cnn_jax.errors import UserError
 from cnn_jax.models import create_model, layers, list_models
 from cnn_jax.models.layers import count_params
 from cnn_jax.models.vit import VisionTransformer
-from helpers import compiled_apply, numpy_filled
+from helpers import abstract_model, compiled_apply, numpy_filled
 
 # timm 1.0's own counts (sum of p.numel() over timm.create_model(name).parameters()).
 TIMM_PARAMS = {
@@ -49,19 +49,19 @@ def test_variants_registered():
 
 @pytest.mark.parametrize("name", sorted(TIMM_PARAMS))
 def test_param_counts_equal_timm(name):
-  model = nnx.eval_shape(lambda: create_model(name, rngs=nnx.Rngs(0)))
+  model = abstract_model(name)
   assert count_params(model) == TIMM_PARAMS[name]
 
 
 @pytest.mark.parametrize("name", sorted(TIMM_PARAMS_CIFAR))
 def test_param_counts_cifar_variants(name):
-  model = nnx.eval_shape(lambda: create_model(name, rngs=nnx.Rngs(0), num_classes=10))
+  model = abstract_model(name, num_classes=10)
   assert count_params(model) == TIMM_PARAMS_CIFAR[name]
   assert model.image_size == 32 and model.grid_size == 8
 
 
 def test_base_abstract_shapes_and_names():
-  model = nnx.eval_shape(lambda: create_model("vit_base_patch16_224", rngs=nnx.Rngs(0)))
+  model = abstract_model("vit_base_patch16_224")
   assert model.cls_token.shape == (1, 1, 768)
   assert model.pos_embed.shape == (1, 197, 768)  # 14*14 patches + the class token
   assert model.patch_embed.proj.kernel.shape == (16, 16, 3, 768)
@@ -129,8 +129,7 @@ def test_matches_timm_numerically():
 
 def test_cifar_variant_forward():
   # Numpy-drawn weights: the 12 blocks' initialiser would cost more to compile than the forward.
-  model = numpy_filled(nnx.eval_shape(
-      lambda: create_model("vit_tiny_patch4_32", rngs=nnx.Rngs(0), num_classes=10)), std=0.05)
+  model = numpy_filled(abstract_model("vit_tiny_patch4_32", num_classes=10), std=0.05)
   model.eval()
   x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
   # One compiled program for both outputs: op by op, each of the 12 blocks' ops compiles alone.
@@ -238,9 +237,8 @@ def test_init_follows_timm():
 def test_registered_variant_architecture_can_be_overridden():
   # A narrowed vit_tiny_patch4_32 (experiments/inductive_bias: matched to ResNet-20's 269,434
   # parameters on 1-channel digits): 6 blocks of width 60, 3 heads.
-  model = nnx.eval_shape(lambda: create_model(
-      "vit_tiny_patch4_32", rngs=nnx.Rngs(0), embed_dim=60, depth=6, num_heads=3,
-      num_classes=10, in_channels=1))
+  model = abstract_model("vit_tiny_patch4_32", embed_dim=60, depth=6, num_heads=3,
+                         num_classes=10, in_channels=1)
   assert model.embed_dim == 60 and len(model.blocks) == 6 and model.patch_size == 4
   assert count_params(model) == 269_590
 
