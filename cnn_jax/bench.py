@@ -183,7 +183,7 @@ def prepare_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
   import optax
   from flax import nnx
 
-  from cnn_jax import data, fcmae, parallel, perf, summary, train
+  from cnn_jax import data, fcmae, hostenv, parallel, perf, summary, train
 
   if mode not in MODES or dtype not in DTYPES or batch_size < 1:
     raise UserError(f"need a mode of {MODES}, a dtype of {DTYPES} and batch_size >= 1 "
@@ -238,7 +238,8 @@ def prepare_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
                                             config.mesh.fsdp_min_size)
   state = jax.device_put(state, state_shardings)
   if mode == "infer":
-    step_fn = train.jit_eval_step(task, mesh, eval_graphdef, state_shardings)
+    step_fn = train.jit_eval_step(task, mesh, eval_graphdef, state_shardings,
+                                  hostenv.forward_compiler_options(model))
   else:
     step_fn = train.jit_train_step(task, config, data_info, mesh, train_graphdef, tx,
                                    schedule, state_shardings)

@@ -14,7 +14,10 @@ tools (`HEAVY_TOOLS`) re-run themselves once with it set. Results are unchanged;
 
 XLA:CPU flags (`XLA_CPU_FLAGS`), added to `XLA_FLAGS`: convolutions by XLA's own kernels rather
 than YNNPACK's, faster on every model measured and no change to results beyond float rounding.
-A flag that `XLA_FLAGS` already names keeps the user's value; `CNN_JAX_XLA_FLAGS=0` adds none.
+A ConvNeXt's forward-only programs (`forward_compiler_options`: the eval step, predict) compile
+with YNNPACK on their dots alone, which spares them gigabytes of constants written out at full
+size. A flag that `XLA_FLAGS` already names keeps the user's value;
+`CNN_JAX_XLA_FLAGS=0` adds none.
 Both settings are environment variables, so the processes a tool starts inherit them (and
 sbatch hands them to SLURM jobs under its default `--export=ALL`). The figures behind both
 choices: experiments/cpu_speed/README.md.
@@ -66,6 +69,13 @@ COMPILE_CACHE_MAX_BYTES = 4 * 1024**3
 # YNNPACK's conv kernels lose to XLA's own on the convs' gradients, which dominate a CNN's CPU
 # step.
 XLA_CPU_FLAGS = {"--xla_cpu_experimental_ynn_fusion_type": "-individual_convolution"}
+# A ConvNeXt's forward pass alone (an eval step, predict) compiles with YNNPACK on the dots only.
+# With the elementwise ops and reductions fused into its dots too, YNNPACK takes no constants,
+# so XLA writes out every constant those fusions use at the activation's full size (a block's
+# GELU: three f32[N*H*W, 4C] tensors), ~0.9 GB per ConvNeXt-T batch of 32. A train step, and a
+# ViT's forward, keep the process's setting: there the wider fusions are faster.
+INFERENCE_COMPILER_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 
 def xla_flags(environ: Mapping[str, str]) -> str | None:
@@ -76,6 +86,33 @@ def xla_flags(environ: Mapping[str, str]) -> str | None:
   named = {word.split("=", 1)[0] for word in current.split()}
   missing = [f"{name}={value}" for name, value in XLA_CPU_FLAGS.items() if name not in named]
   return " ".join([current, *missing]).strip() if missing else None
+
+
+def inference_compiler_options(environ: Mapping[str, str] | None = None,
+                               backend: str | None = None) -> dict[str, str] | None:
+  """`jax.jit`'s `compiler_options` for a program that runs the model forward only: on CPU
+  `INFERENCE_COMPILER_OPTIONS`, unless `XLA_FLAGS` gives the flag a value of the user's own
+  (not `XLA_CPU_FLAGS`'s) or `CNN_JAX_XLA_FLAGS=0`; otherwise None."""
+  environ = os.environ if environ is None else environ
+  if backend is None:
+    import jax  # pylint: disable=import-outside-toplevel
+    backend = jax.default_backend()
+  ours = {f"{name}={value}" for name, value in XLA_CPU_FLAGS.items()}
+  users = {word.split("=", 1)[0].lstrip("-") for word in environ.get("XLA_FLAGS", "").split()
+           if word not in ours}
+  if (backend != "cpu" or environ.get("CNN_JAX_XLA_FLAGS") == "0"
+      or users & set(INFERENCE_COMPILER_OPTIONS)):
+    return None
+  return dict(INFERENCE_COMPILER_OPTIONS)
+
+
+def forward_compiler_options(model: object) -> dict[str, str] | None:
+  """`jax.jit`'s `compiler_options` for a program that runs `model` forward only (the eval
+  step, predict): `inference_compiler_options()` for the models that ask for it with a true
+  `cpu_forward_dots_only` (the ConvNeXt family), else None (the process's settings)."""
+  if not getattr(model, "cpu_forward_dots_only", False):
+    return None
+  return inference_compiler_options()
 
 
 def set_xla_flags() -> None:

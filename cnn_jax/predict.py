@@ -249,7 +249,8 @@ class Predictor:
       logits = nnx.merge(graphdef, state)(x)
       return jax.lax.top_k(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), k)
 
-    self._top = jax.jit(top, in_shardings=(replicated, batch), out_shardings=replicated)
+    self._top = jax.jit(top, in_shardings=(replicated, batch), out_shardings=replicated,
+                        compiler_options=hostenv.forward_compiler_options(loaded.model))
     self._check_input(loaded)
     self.cam = cam
     if cam:

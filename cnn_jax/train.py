@@ -28,7 +28,8 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from cnn_jax import checkpoint, data, metrics, optim, parallel, timing, workdir_lock
+from cnn_jax import (checkpoint, data, hostenv, metrics, optim, parallel, timing,
+                     workdir_lock)
 from cnn_jax.errors import UserError
 from cnn_jax.models import create_model, layers
 
@@ -260,11 +261,13 @@ def jit_train_step(task: Task, config: ml_collections.ConfigDict, info: data.Dat
 
 
 def jit_eval_step(task: Task, mesh: jax.sharding.Mesh, graphdef: nnx.GraphDef,
-                  state_shardings: Any) -> Callable[..., dict[str, Any]]:
-  """The loop's eval step: state as in training, batch split over `data`, sums replicated."""
+                  state_shardings: Any, compiler_options: dict[str, str] | None = None
+                  ) -> Callable[..., dict[str, Any]]:
+  """The loop's eval step: state as in training, batch split over `data`, sums replicated.
+  `compiler_options`: `hostenv.forward_compiler_options(model)`."""
   return jax.jit(functools.partial(task.eval_step, graphdef=graphdef),
                  in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
-                 out_shardings=parallel.replicated(mesh))
+                 out_shardings=parallel.replicated(mesh), compiler_options=compiler_options)
 
 
 def _prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -421,7 +424,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   train_fn = jit_train_step(task, config, info, mesh, train_graphdef, tx, schedule,
                             state_shardings)
-  eval_fn = jit_eval_step(task, mesh, eval_graphdef, state_shardings)
+  eval_fn = jit_eval_step(task, mesh, eval_graphdef, state_shardings,
+                          hostenv.forward_compiler_options(model))
 
   writer = metrics.MetricWriter(workdir)
   step_hook = task.make_step_hook(

@@ -139,3 +139,45 @@ def test_prefetch_to_device_reaches_the_loop_and_changes_no_result(tmp_path, mon
   assert sizes == [0, 3]
   for key, value in params[0].items():
     np.testing.assert_array_equal(value, params[3][key], err_msg=key)
+
+
+
+def test_a_convnext_forward_does_not_write_out_constants_at_full_size():
+  """On CPU a ConvNeXt's forward-only program compiles with YNNPACK on its dots alone
+  (`hostenv.forward_compiler_options`): with the GELU fused into YNNPACK's dots, XLA wrote each
+  of its constants out at the activation's size. Same logits, half ConvNeXt-T's temporaries."""
+  from flax import nnx
+
+  from cnn_jax import hostenv
+  from helpers import numpy_random_model
+
+  model = numpy_random_model("convnext_tiny", 0)
+  model.eval()
+  graphdef, state = nnx.split(model)
+  x = np.random.default_rng(0).standard_normal((4, 128, 128, 3)).astype(np.float32)
+
+  def forward(state, x):
+    return nnx.merge(graphdef, state)(x)
+
+  options = hostenv.forward_compiler_options(model)
+  assert options == hostenv.INFERENCE_COMPILER_OPTIONS  # CPU, and no flag of the user's
+  plain = jax.jit(forward).lower(state, x).compile()
+  inference = jax.jit(forward, compiler_options=options).lower(state, x).compile()
+  temporaries = [c.memory_analysis().temp_size_in_bytes for c in (plain, inference)]
+  assert temporaries[1] < 0.6 * temporaries[0], temporaries
+  np.testing.assert_allclose(inference(state, x), plain(state, x), rtol=1e-5, atol=1e-5)
+
+
+def test_the_eval_step_of_a_convnext_and_only_of_one_compiles_with_the_forward_options(
+    monkeypatch):
+  from cnn_jax import bench, hostenv
+
+  # An option XLA refuses: the step that compiles with it fails, naming it.
+  monkeypatch.setattr(hostenv, "inference_compiler_options",
+                      lambda: {"xla_cpu_experimental_ynn_fusion_type": "NO_SUCH_TYPE"})
+  sizes = dict(mode="infer", batch_size=2, image_size=32, num_devices=1, num_classes=10)
+  with pytest.raises(Exception, match="NO_SUCH_TYPE"):
+    bench.prepare_jax("convnextv2_atto", **sizes,
+                      model_kwargs={"depths": (1, 1, 1, 1), "dims": (8, 16, 32, 64)})
+  # ViT's forward is faster with XLA's defaults: it keeps them.
+  bench.prepare_jax("vit_tiny_patch4_32", **sizes, model_kwargs={"depth": 1})
