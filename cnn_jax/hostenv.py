@@ -88,11 +88,15 @@ def xla_flags(environ: Mapping[str, str]) -> str | None:
   return " ".join([current, *missing]).strip() if missing else None
 
 
-def inference_compiler_options(environ: Mapping[str, str] | None = None,
-                               backend: str | None = None) -> dict[str, str] | None:
-  """`jax.jit`'s `compiler_options` for a program that runs the model forward only: on CPU
-  `INFERENCE_COMPILER_OPTIONS`, unless `XLA_FLAGS` gives the flag a value of the user's own
-  (not `XLA_CPU_FLAGS`'s) or `CNN_JAX_XLA_FLAGS=0`; otherwise None."""
+def forward_compiler_options(model: object, environ: Mapping[str, str] | None = None,
+                             backend: str | None = None) -> dict[str, str] | None:
+  """`jax.jit`'s `compiler_options` for a program that runs `model` forward only (the eval
+  step, predict): `INFERENCE_COMPILER_OPTIONS` on CPU for the models that ask for them with a
+  true `cpu_forward_dots_only` (the ConvNeXt family), unless `XLA_FLAGS` gives the flag a value
+  of the user's own (not `XLA_CPU_FLAGS`'s) or `CNN_JAX_XLA_FLAGS=0`; otherwise None (the
+  process's settings)."""
+  if not getattr(model, "cpu_forward_dots_only", False):
+    return None
   environ = os.environ if environ is None else environ
   if backend is None:
     import jax  # pylint: disable=import-outside-toplevel
@@ -104,15 +108,6 @@ def inference_compiler_options(environ: Mapping[str, str] | None = None,
       or users & set(INFERENCE_COMPILER_OPTIONS)):
     return None
   return dict(INFERENCE_COMPILER_OPTIONS)
-
-
-def forward_compiler_options(model: object) -> dict[str, str] | None:
-  """`jax.jit`'s `compiler_options` for a program that runs `model` forward only (the eval
-  step, predict): `inference_compiler_options()` for the models that ask for it with a true
-  `cpu_forward_dots_only` (the ConvNeXt family), else None (the process's settings)."""
-  if not getattr(model, "cpu_forward_dots_only", False):
-    return None
-  return inference_compiler_options()
 
 
 def set_xla_flags() -> None:

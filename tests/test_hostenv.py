@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -93,17 +94,19 @@ def test_the_compilation_cache_has_one_directory_per_cpu_model_and_the_user_deci
   assert hostenv.compilation_cache_dir(bench, environ, zen3) is None
 
 
-
-def test_forward_programs_take_their_options_on_cpu_unless_the_user_set_the_flag():
+def test_a_convnexts_forward_programs_take_their_options_on_cpu_unless_the_user_set_the_flag():
+  convnext, other = SimpleNamespace(cpu_forward_dots_only=True), SimpleNamespace()
   ours = hostenv.xla_flags({})  # What the tools' processes have in XLA_FLAGS.
   for environ in ({}, {"XLA_FLAGS": ours},
                   {"XLA_FLAGS": f"--xla_force_host_platform_device_count=8 {ours}"}):
-    assert hostenv.inference_compiler_options(environ, "cpu") == (
+    assert hostenv.forward_compiler_options(convnext, environ, "cpu") == (
         hostenv.INFERENCE_COMPILER_OPTIONS)
-  assert hostenv.inference_compiler_options({}, "gpu") is None
-  assert hostenv.inference_compiler_options({"CNN_JAX_XLA_FLAGS": "0"}, "cpu") is None
+    assert hostenv.forward_compiler_options(other, environ, "cpu") is None
+  assert hostenv.forward_compiler_options(convnext, {}, "gpu") is None
+  assert hostenv.forward_compiler_options(convnext, {"CNN_JAX_XLA_FLAGS": "0"}, "cpu") is None
   users = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=individual_dot,eltwise"}
-  assert hostenv.inference_compiler_options(users, "cpu") is None
+  assert hostenv.forward_compiler_options(convnext, users, "cpu") is None
+
 
 # Run inside the probed process: does XLA:CPU hand a 3x3 conv to YNNPACK, what are XLA_FLAGS and
 # GLIBC_TUNABLES there, and did the conv's compile come from the compilation cache?

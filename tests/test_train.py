@@ -141,7 +141,6 @@ def test_prefetch_to_device_reaches_the_loop_and_changes_no_result(tmp_path, mon
     np.testing.assert_array_equal(value, params[3][key], err_msg=key)
 
 
-
 def test_a_convnext_forward_does_not_write_out_constants_at_full_size():
   """On CPU a ConvNeXt's forward-only program compiles with YNNPACK on its dots alone
   (`hostenv.forward_compiler_options`): with the GELU fused into YNNPACK's dots, XLA wrote each
@@ -173,8 +172,8 @@ def test_the_eval_step_of_a_convnext_and_only_of_one_compiles_with_the_forward_o
   from cnn_jax import bench, hostenv
 
   # An option XLA refuses: the step that compiles with it fails, naming it.
-  monkeypatch.setattr(hostenv, "inference_compiler_options",
-                      lambda: {"xla_cpu_experimental_ynn_fusion_type": "NO_SUCH_TYPE"})
+  monkeypatch.setitem(hostenv.INFERENCE_COMPILER_OPTIONS, "xla_cpu_experimental_ynn_fusion_type",
+                     "NO_SUCH_TYPE")
   sizes = dict(mode="infer", batch_size=2, image_size=32, num_devices=1, num_classes=10)
   with pytest.raises(Exception, match="NO_SUCH_TYPE"):
     bench.prepare_jax("convnextv2_atto", **sizes,
