@@ -23,8 +23,10 @@ import argparse
 import contextlib
 import functools
 import json
+import math
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -391,11 +393,24 @@ TORCH_INSTALL = "pip install torch==2.14.1 torchvision==0.29.1 timm==1.0.31"
 # Idle time before each turn once the other framework has run: their thread pools spin for a
 # moment after their work ends, and that must not land in the next step's time.
 _SETTLE_S = 0.2
-# Timed steps per turn. Each turn also runs one untimed step first: the first step after the
-# other framework's turn runs markedly slower (experiments/cpu_speed/README.md; likely the VM
-# reclaiming memory freed at the end of a step). A training loop never waits between steps, so
-# that step is not what users get.
+# Timed steps per turn. Each turn first runs untimed steps for at least `_TURN_WARM_S` (one at
+# least): the first steps after the other framework's turn run markedly slower than back-to-back
+# steps (experiments/cpu_speed/README.md: a 224-px step right after the other's turn up to ~40 %,
+# likely the VM reclaiming memory freed at the end of a step; cnn_jax's LeNet-5 train step ~35 %
+# slower for its first ~3 steps, ~40 ms, after a pause of 0.1 s or more). A training loop never
+# waits between steps, so those steps are not what users get.
 _TURN_STEPS = 2
+_TURN_WARM_S = 0.1
+_MOST_UNTIMED = 50
+
+
+def _untimed_steps(seen: list[float]) -> int:
+  """Untimed steps that open a turn: enough to fill `_TURN_WARM_S` at the median step time
+  `seen` so far (each framework's own), at least one."""
+  if not seen:
+    return 1
+  return max(1, min(_MOST_UNTIMED,
+                    math.ceil(_TURN_WARM_S / max(statistics.median(seen), 1e-9))))
 
 
 def check_torch(torch_python: str | None) -> str:
@@ -460,18 +475,23 @@ class TorchWorker:
 def paired_times(time_jax: Callable[[int], list[float]], worker: TorchWorker, mode: str,
                  steps: int, warmup: int
                  ) -> tuple[list[float], list[float], list[float], list[float]]:
-  """Alternates turns of the two frameworks, one untimed step and up to `_TURN_STEPS` timed
-  ones each, until each has `steps` timed steps: (jax warm-up, jax, torch warm-up, torch).
-  `time_jax(n)` runs n JAX steps and returns their times."""
+  """Alternates turns of the two frameworks, each turn untimed steps (`_untimed_steps`) and up
+  to `_TURN_STEPS` timed ones, until each has `steps` timed steps: (jax warm-up, jax, torch
+  warm-up, torch). `time_jax(n)` runs n JAX steps and returns their times."""
   jax_warm = time_jax(warmup)
   torch_warm = worker.run_steps(mode, warmup) if warmup else []
+  jax_seen, torch_seen = list(jax_warm), list(torch_warm)
   jax_times, torch_times = [], []
   while len(jax_times) < steps:
     count = min(_TURN_STEPS, steps - len(jax_times))
-    time.sleep(_SETTLE_S)
-    jax_times += time_jax(1 + count)[1:]
-    time.sleep(_SETTLE_S)
-    torch_times += worker.run_steps(mode, 1 + count)[1:]
+    for seen, timed, run in ((jax_seen, jax_times, time_jax),
+                             (torch_seen, torch_times,
+                              functools.partial(worker.run_steps, mode))):
+      untimed = _untimed_steps(seen)
+      time.sleep(_SETTLE_S)
+      turn = run(untimed + count)
+      seen += turn
+      timed += turn[untimed:]
   return jax_warm, jax_times, torch_warm, torch_times
 
 

@@ -169,6 +169,29 @@ def test_paired_times_alternate_the_frameworks(monkeypatch):
   assert len(jax_warm) == len(torch_warm) == 1 and len(jax_times) == len(torch_times) == 3
 
 
+def test_each_turn_times_only_steps_past_the_slow_start_after_the_other_frameworks_turn(
+    monkeypatch):
+  """A step after the other framework's turn runs slower for a few steps (a fast step more
+  steps); each turn leaves out `_TURN_WARM_S` worth of steps at its framework's own pace."""
+  monkeypatch.setattr(bench_torch, "_SETTLE_S", 0.0)
+  turns = {"jax": [], "torch": []}
+
+  def turn(name, steady, count):
+    turns[name].append(count)
+    return [3 * steady] * min(3, count) + [steady] * max(0, count - 3)  # 3 slow steps first
+
+  class FakeWorker:
+    def run_steps(self, mode, count):
+      return turn("torch", 0.5, count)
+
+  jax_warm, jax_times, torch_warm, torch_times = bench_torch.paired_times(
+      lambda count: turn("jax", 0.01, count), FakeWorker(), "train", steps=4, warmup=1)
+  assert jax_times == [0.01] * 4  # 0.1 s of steps at 0.03 s (the median seen): 4 untimed.
+  assert turns["jax"] == [1, 4 + 2, 4 + 2]
+  assert torch_times == [1.5] * 4  # A 1.5 s step fills 0.1 s alone: one untimed, as before.
+  assert turns["torch"] == [1, 1 + 2, 1 + 2]
+
+
 def test_peak_table_and_stats():
   assert perf.table_peak_flops("NVIDIA H100 PCIe", "bfloat16") == 756e12
   assert perf.table_peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
