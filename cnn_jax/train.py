@@ -372,6 +372,23 @@ def check_init_from(config: ml_collections.ConfigDict) -> None:
         f"output), or --config.init_from_required=False to train {config.model.name} from scratch")
 
 
+# Counts the loop divides by or counts with (field, least value): below it a run stopped with a
+# ZeroDivisionError, some only at its first log or eval, or with an error about another field.
+COUNT_FIELDS = (("data.batch_size", 1), ("data.eval_batch_size", 1),
+                ("optimizer.grad_accum_steps", 1), ("log_every_steps", 1),
+                ("eval_every_steps", 1), ("checkpoint.every_steps", 1), ("num_epochs", 0),
+                ("total_steps", 0), ("data.prefetch_to_device", 0))
+
+
+def check_counts(config: ml_collections.ConfigDict) -> None:
+  """A count below its least value (`COUNT_FIELDS`) stops the run before it starts, naming
+  the field. A run of 0 steps is allowed: it evaluates the weights it starts from."""
+  for field, least in COUNT_FIELDS:
+    value = functools.reduce(getattr, field.split("."), config)
+    if value < least:
+      raise UserError(f"{field}={value} must be at least {least}")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        task: Task = CLASSIFICATION) -> dict[str, float]:
   """Trains `config.model` on `config.data`, resuming from `workdir` if it holds a checkpoint.
@@ -379,6 +396,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Returns the final eval metrics (classification: {"loss", "accuracy"}, on the eval split).
   """
   check_conv_impl(config.conv_impl)
+  check_counts(config)
   check_init_from(config)  # before the lock: a refused run leaves no workdir behind
   # The steps are traced inside the loop, so the whole run sits in the conv impl's scope.
   # Process 0 holds the workdir's lock: a second run on it stops, naming this one.

@@ -53,6 +53,11 @@ def test_cli_trains_and_prints_final_accuracy(tmp_path):
     (["--config.model.image_size=20"], "LeNet-5 needs image_size 28 or 32"),
     (["--config.data.image_size=16", "--config.model.image_size=32"],
      "the model cannot take images of shape (16, 16, 1)"),
+    (["--config.data.batch_size=0"], "data.batch_size=0 must be at least 1"),
+    (["--config.data.eval_batch_size=0"], "data.eval_batch_size=0 must be at least 1"),
+    (["--config.optimizer.grad_accum_steps=0"], "optimizer.grad_accum_steps=0 must be at least 1"),
+    (["--config.log_every_steps=0"], "log_every_steps=0 must be at least 1"),
+    (["--config.num_epochs=-1"], "num_epochs=-1 must be at least 0"),
 ])
 def test_bad_input_gives_one_line_and_exit_2(tmp_path, args, message):
   # In this process: each case is the tool's own flag parsing and main, without a process
