@@ -374,19 +374,31 @@ def check_init_from(config: ml_collections.ConfigDict) -> None:
 
 # Counts the loop divides by or counts with (field, least value): below it a run stopped with a
 # ZeroDivisionError, some only at its first log or eval, or with an error about another field.
+# checkpoint.keep=0 kept no checkpoint to resume from; a negative seed stopped in grain.
 COUNT_FIELDS = (("data.batch_size", 1), ("data.eval_batch_size", 1),
                 ("optimizer.grad_accum_steps", 1), ("log_every_steps", 1),
-                ("eval_every_steps", 1), ("checkpoint.every_steps", 1), ("num_epochs", 0),
-                ("total_steps", 0), ("data.prefetch_to_device", 0))
+                ("eval_every_steps", 1), ("checkpoint.every_steps", 1), ("checkpoint.keep", 1),
+                ("num_epochs", 0), ("total_steps", 0), ("data.prefetch_to_device", 0),
+                ("seed", 0))
+# Fractions in [0, 1), which were taken as they came: a label_smoothing of 1.5 trained towards
+# negative targets, an ema_decay of 2 grew an EMA without bound.
+FRACTION_FIELDS = ("label_smoothing", "ema_decay")
+
+
+def _field(config: ml_collections.ConfigDict, field: str) -> Any:
+  return functools.reduce(getattr, field.split("."), config)
 
 
 def check_counts(config: ml_collections.ConfigDict) -> None:
-  """A count below its least value (`COUNT_FIELDS`) stops the run before it starts, naming
-  the field. A run of 0 steps is allowed: it evaluates the weights it starts from."""
+  """A count below its least value (`COUNT_FIELDS`) or a fraction outside [0, 1)
+  (`FRACTION_FIELDS`) stops the run before it starts, naming the field. A run of 0 steps is
+  allowed: it evaluates the weights it starts from."""
   for field, least in COUNT_FIELDS:
-    value = functools.reduce(getattr, field.split("."), config)
-    if value < least:
-      raise UserError(f"{field}={value} must be at least {least}")
+    if _field(config, field) < least:
+      raise UserError(f"{field}={_field(config, field)} must be at least {least}")
+  for field in FRACTION_FIELDS:
+    if not 0 <= _field(config, field) < 1:
+      raise UserError(f"{field}={_field(config, field)} must be in [0, 1)")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
