@@ -252,17 +252,22 @@ def test_computed_once_equals_the_plain_function_in_values_and_gradients(activat
       with layers.conv_impl(impl):
         return layers.computed_once(fn, a, b)
     y, vjp = jax.vjp(f, a, b)
-    return y, vjp(dy), str(jax.make_jaxpr(f)(a, b))
+    forward_only = jax.jit(f)(a, b)
+    return (y, forward_only, vjp(dy), str(jax.make_jaxpr(lambda a, b: jax.vjp(f, a, b)[0])(a, b)),
+            str(jax.jit(f).lower(a, b).as_text()))
 
-  y_ref, grads_ref, jaxpr_ref = run("xla")
-  y, grads, jaxpr = run("rewrite")
+  y_ref, forward_ref, grads_ref, differentiated_ref, _ = run("xla")
+  y, forward_only, grads, differentiated, forward_program = run("rewrite")
   # ReLU's add and max round the same anywhere; GELU's polynomial may be compiled (and so
   # rounded) differently in the loop's body.
   tolerance = 0 if activation is jax.nn.relu else 1e-6
-  for got, want in zip((y, *grads), (y_ref, *grads_ref)):
+  for got, want in zip((y, forward_only, *grads), (y_ref, forward_ref, *grads_ref)):
     np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
-  assert "scan" not in jaxpr_ref
-  assert ("scan" in jaxpr) == (rows % 2 == 0)  # an odd number of rows has no halves
+  assert "scan" not in differentiated_ref
+  # The loop where the function is differentiated (an odd number of rows has no halves), and
+  # not in a forward-only program, where it only cost time and memory.
+  assert ("scan" in differentiated) == (rows % 2 == 0)
+  assert "while" not in forward_program
 
 
 def _fusions_reading_several_convs(model, x) -> int:

@@ -249,7 +249,10 @@ def conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _by_row_halves(fn, *arrays):
-  return _by_row_halves_fwd(fn, *arrays)[0]
+  # Not differentiated (an eval step, predict): the plain function. A forward-only program
+  # has no gradient consumers to fuse the chain into, and the loop made it slower and larger
+  # (experiments/cpu_speed/README.md).
+  return fn(*arrays)
 
 
 def _by_row_halves_fwd(fn, *arrays):
@@ -273,8 +276,9 @@ _by_row_halves.defvjp(_by_row_halves_fwd, _by_row_halves_bwd)
 
 def computed_once(fn: Any, *arrays: jax.Array) -> jax.Array:
   """`fn(*arrays)` for an elementwise `fn` of same-shaped arrays (a block's residual add and
-  activation), under the "rewrite" conv impl and "auto" on CPU computed in a two-iteration loop
-  over the halves of axis 1: XLA:CPU cannot fuse a loop's result into its consumers.
+  activation), under the "rewrite" conv impl and "auto" on CPU, where it is differentiated (a
+  train step), computed in a two-iteration loop over the halves of axis 1: XLA:CPU cannot fuse a
+  loop's result into its consumers. A forward-only program computes `fn(*arrays)` as it is.
 
   Without it, XLA:CPU fuses the cheap elementwise chain of a residual stream, x_{k+1} =
   act(x_k + bn(conv(...))), into every elementwise consumer of x_{k+1} (the next block's add,
