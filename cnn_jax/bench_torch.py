@@ -395,10 +395,10 @@ TORCH_INSTALL = "pip install torch==2.14.1 torchvision==0.29.1 timm==1.0.31"
 _SETTLE_S = 0.2
 # Timed steps per turn. Each turn first runs untimed steps for at least `_TURN_WARM_S` (one at
 # least): the first steps after the other framework's turn run markedly slower than back-to-back
-# steps (experiments/cpu_speed/README.md: a 224-px step right after the other's turn up to ~40 %,
-# likely the VM reclaiming memory freed at the end of a step; cnn_jax's LeNet-5 train step ~35 %
-# slower for its first ~3 steps, ~40 ms, after a pause of 0.1 s or more). A training loop never
-# waits between steps, so those steps are not what users get.
+# steps, a long step the first one (likely the VM reclaiming memory freed at the end of a
+# step), a short one its first few, while XLA:CPU's worker thread wakes
+# (experiments/cpu_speed/README.md, experiments/cpu_speed/turn_profile.py). A training loop
+# never waits between steps, so those steps are not what users get.
 _TURN_STEPS = 2
 _TURN_WARM_S = 0.1
 _MOST_UNTIMED = 50
