@@ -396,7 +396,7 @@ _SETTLE_S = 0.2
 # Timed steps per turn. Each turn first runs untimed steps for at least `_TURN_WARM_S` (one at
 # least): the first steps after the other framework's turn run markedly slower than back-to-back
 # steps, a long step the first one (likely the VM reclaiming memory freed at the end of a
-# step), a short one its first few, while XLA:CPU's worker thread wakes
+# step), a short one its first few (presumably while XLA:CPU's worker thread wakes)
 # (experiments/cpu_speed/README.md, experiments/cpu_speed/turn_profile.py). A training loop
 # never waits between steps, so those steps are not what users get.
 _TURN_STEPS = 2
