@@ -238,6 +238,17 @@ def test_synthetic_data_of_any_shape():
   assert sum(b["mask"].sum() for b in evaluation) == config.data.synthetic.num_eval
 
 
+@pytest.mark.parametrize("field", ["batch_size", "eval_batch_size"])
+def test_a_batch_of_no_images_is_the_users_error(field):
+  # Every tool that builds the data (main, bench --config, data_bench) meets it here; it was a
+  # ZeroDivisionError.
+  config = make_config(source="synthetic", name="syn", image_size=20, channels=1,
+                       mean=(0.5,), std=(0.25,), augment="cifar")
+  config.data[field] = 0
+  with pytest.raises(UserError, match=f"^data.{field}=0 must be at least 1$"):
+    data.create_datasets(config)
+
+
 def test_data_bench_cli_prints_images_per_second():
   result = run_cli("cnn_jax.data_bench", "--config=configs/data_examples/imagenet_bench.py",
                    "--num_images=16", "--num_classes=2", "--steps=2", "--warmup_steps=1",

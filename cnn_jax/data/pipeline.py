@@ -155,6 +155,8 @@ def check_global_batch(field: str, global_batch_size: int, process_count: int,
   """This process's share of a global batch; a size that cannot be split is the user's error.
 
   `num_records` (training only) must hold at least one whole batch."""
+  if global_batch_size < 1:
+    raise UserError(f"{field}={global_batch_size} must be at least 1")
   if num_records is not None and global_batch_size > num_records:
     raise UserError(f"{field}={global_batch_size} is larger than the {num_records} "
                     "training images")
