@@ -372,11 +372,12 @@ def check_init_from(config: ml_collections.ConfigDict) -> None:
         f"output), or --config.init_from_required=False to train {config.model.name} from scratch")
 
 
+# The batch sizes, checked by the data pipeline's own rule (`pipeline.check_global_batch`).
+BATCH_FIELDS = ("data.batch_size", "data.eval_batch_size")
 # Counts the loop divides by or counts with (field, least value): below it a run stopped with a
 # ZeroDivisionError, some only at its first log or eval, or with an error about another field.
 # checkpoint.keep=0 kept no checkpoint to resume from; a negative seed stopped in grain.
-COUNT_FIELDS = (("data.batch_size", 1), ("data.eval_batch_size", 1),
-                ("optimizer.grad_accum_steps", 1), ("log_every_steps", 1),
+COUNT_FIELDS = (("optimizer.grad_accum_steps", 1), ("log_every_steps", 1),
                 ("eval_every_steps", 1), ("checkpoint.every_steps", 1), ("checkpoint.keep", 1),
                 ("num_epochs", 0), ("total_steps", 0), ("data.prefetch_to_device", 0),
                 ("seed", 0))
@@ -390,9 +391,12 @@ def _field(config: ml_collections.ConfigDict, field: str) -> Any:
 
 
 def check_counts(config: ml_collections.ConfigDict) -> None:
-  """A count below its least value (`COUNT_FIELDS`) or a fraction outside [0, 1)
-  (`FRACTION_FIELDS`) stops the run before it starts, naming the field. A run of 0 steps is
-  allowed: it evaluates the weights it starts from."""
+  """A batch size the data pipeline would refuse (`BATCH_FIELDS`), a count below its least value
+  (`COUNT_FIELDS`) or a fraction outside [0, 1) (`FRACTION_FIELDS`) stops the run before it
+  starts, naming the field. A run of 0 steps is allowed: it evaluates the weights it starts
+  from."""
+  for field in BATCH_FIELDS:
+    data.pipeline.check_global_batch(field, _field(config, field), jax.process_count())
   for field, least in COUNT_FIELDS:
     if _field(config, field) < least:
       raise UserError(f"{field}={_field(config, field)} must be at least {least}")

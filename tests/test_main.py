@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from helpers import run_cli, run_cli_in_process
+from helpers import load_config, run_cli, run_cli_in_process
 
 DIGITS = "configs/lenet5_digits.py"
 
@@ -71,6 +71,22 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path, args, message):
   assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
   assert message in lines[0]
   assert "Traceback" not in result.stderr
+
+
+def test_a_batch_the_processes_cannot_split_stops_before_the_workdir_is_made(tmp_path,
+                                                                              monkeypatch):
+  # The data pipeline's rule, applied before the run takes its workdir (it was met only when
+  # the data were built, after the workdir and its lock existed).
+  import jax
+
+  from cnn_jax import train
+  from cnn_jax.errors import UserError
+
+  monkeypatch.setattr(jax, "process_count", lambda: 3)
+  workdir = tmp_path / "run"
+  with pytest.raises(UserError, match=r"^data.batch_size=64 is not divisible by the 3 processes$"):
+    train.train_and_evaluate(load_config("lenet5_digits"), str(workdir))
+  assert not workdir.exists()
 
 
 def test_missing_config_file(tmp_path):
