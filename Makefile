@@ -12,7 +12,7 @@ WORKERS ?= 2
 # for themselves (cnn_jax/hostenv.py); glibc < 2.35 ignores it.
 HUGEPAGES := GLIBC_TUNABLES=glibc.malloc.hugetlb=1
 
-.PHONY: venv train test test-slow test-slurm clean
+.PHONY: venv venv-cuda train test test-slow test-slurm clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,13 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
+
+# An NVIDIA GPU host: JAX's CUDA 12 plugin for the pinned jax, CUDA's libraries from PyPI.
+venv-cuda: $(VENV)/.installed-cuda
+
+$(VENV)/.installed-cuda: $(STAMP) requirements-cuda.txt
+	$(PY) -m pip install --quiet -r requirements-cuda.txt
+	touch $@
 
 train: $(STAMP)
 	$(PY) -m cnn_jax.main --config $(CONFIG) --workdir $(WORKDIR)

@@ -49,6 +49,18 @@ def test_a_filter_that_matches_no_row_is_refused(tmp_path):
   assert result.returncode == 2 and "no row has these models" in result.stderr
 
 
+def test_without_an_accelerator_it_stops_before_any_row(tmp_path):
+  # JAX_PLATFORMS=cpu (conftest): what a GPU host sees before JAX's CUDA plugin is installed.
+  # Without the check every row timed out on the CPU, one after another.
+  out = tmp_path / "acc"
+  result = subprocess.run([sys.executable, SCRIPT, "--out", str(out)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=HANG_TIMEOUT)
+  assert result.returncode == 2
+  assert ("error: JAX's backend here is cpu, not a GPU or TPU" in result.stderr
+          and "make venv-cuda" in result.stderr), result.stderr
+  assert not out.exists()
+
+
 def test_a_failed_row_is_reported_in_the_table():
   import importlib.util
   spec = importlib.util.spec_from_file_location("accelerator_run", f"{REPO_ROOT}/{SCRIPT}")

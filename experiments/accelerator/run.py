@@ -5,6 +5,8 @@ pipeline, in one JSON and one Markdown table.
   python experiments/accelerator/run.py --out runs/accelerator        # on a GPU/TPU host
   python experiments/accelerator/run.py --dry_run --out /tmp/acc      # tiny stand-ins, CPU
 
+Without --dry_run it first checks that JAX sees a GPU or TPU (JAX's plugin for the chip
+installed: `make venv-cuda`) and stops with an error if not.
 Every row is its own process (`python -m cnn_jax.bench --json`, `python -m cnn_jax.main`), so
 one model's failure or memory does not touch the next; a failed row is reported, not fatal.
 Budget on one H100/H200: about 6-8 minutes, most of it compilation.
@@ -162,6 +164,17 @@ def _device_facts(rows: list[dict[str, Any]]) -> dict[str, Any]:
           "num_devices": len(devices), "jax_version": jax.__version__}
 
 
+def _backend() -> str:
+  """The platform JAX starts on this host ("gpu", "tpu", "cpu"), asked in a process of its own
+  (see `_device_facts`), without taking the device's memory."""
+  env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+  probe = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"],
+                         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+  if probe.returncode != 0:
+    return "none (" + (probe.stderr.strip().splitlines() or ["no output"])[-1] + ")"
+  return probe.stdout.strip().splitlines()[-1]
+
+
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--out", required=True, help="Directory for results.json/results.md "
@@ -182,6 +195,12 @@ def main() -> int:
     rows = tuple(row for row in rows if row.model in wanted)
     if not rows:
       parser.error(f"--models {args.models}: no row has these models")
+  if not dry:
+    backend = _backend()
+    if backend not in ("gpu", "tpu"):
+      parser.error(f"JAX's backend here is {backend}, not a GPU or TPU: install JAX's plugin for "
+                   "the chip into the venv (`make venv-cuda` on an NVIDIA GPU host; README.md), "
+                   "or pass --dry_run for the CPU wiring check")
   dtype = args.dtype or ("float32" if dry else "bfloat16")
   steps = args.steps or (2 if dry else 20)
   os.makedirs(args.out, exist_ok=True)
