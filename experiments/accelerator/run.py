@@ -197,7 +197,7 @@ def main() -> int:
       parser.error(f"--models {args.models}: no row has these models")
   if not dry:
     backend = _backend()
-    if backend not in ("gpu", "tpu"):
+    if backend not in ("gpu", "cuda", "rocm", "tpu"):
       parser.error(f"JAX's backend here is {backend}, not a GPU or TPU: install JAX's plugin for "
                    "the chip into the venv (`make venv-cuda` on an NVIDIA GPU host; README.md), "
                    "or pass --dry_run for the CPU wiring check")
