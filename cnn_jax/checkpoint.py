@@ -53,6 +53,36 @@ def _data_to_keys(restored: Any, like: Any) -> Any:
   return jax.tree.map(convert, restored, like)
 
 
+def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """Leaf path ("opt_state/0/mu/conv/kernel") -> shape, the same for a state and for the
+  metadata Orbax reads back (which has dicts and lists where the state has dataclasses and
+  tuples)."""
+  def name(key: Any) -> str:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        return str(getattr(key, attr))
+    return str(key)
+  return {"/".join(name(k) for k in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _mismatch(saved_metadata: Any, target: Any) -> str | None:
+  """The first difference in leaves or shapes between a saved item and a restore target,
+  in words, with how many more there are; None if there is none."""
+  if saved_metadata is None:
+    return None
+  saved, wanted = _leaf_shapes(saved_metadata), _leaf_shapes(target)
+  differences = (
+      [f"{p} is in the checkpoint, not in this run" for p in sorted(saved.keys() - wanted.keys())]
+      + [f"{p} is in this run, not in the checkpoint" for p in sorted(wanted.keys() - saved.keys())]
+      + [f"{p} has shape {saved[p]} in the checkpoint, {wanted[p]} in this run"
+         for p in sorted(saved.keys() & wanted.keys()) if saved[p] != wanted[p]])
+  if not differences:
+    return None
+  more = len(differences) - 1
+  return differences[0] + (f", and {more} more difference{'s' * (more > 1)}" if more else "")
+
+
 class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` for one TrainState item."""
 
@@ -78,8 +108,17 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state_like)
-    restored = self.manager.restore(
-        step, args=ocp.args.StandardRestore(_abstract_keys_to_data(abstract)))
+    target = _abstract_keys_to_data(abstract)
+    try:
+      restored = self.manager.restore(step, args=ocp.args.StandardRestore(target))
+    except ValueError:
+      mismatch = _mismatch(self.manager.item_metadata(step), target)
+      if mismatch is None:
+        raise
+      raise UserError(
+          f"the checkpoint at step {step} in {self.manager.directory} does not fit this run's "
+          f"state ({mismatch}); resume with the config it was saved with (config.json beside "
+          "it) or start a new --workdir") from None
     return _data_to_keys(restored, abstract)
 
   def wait(self) -> None:

@@ -270,7 +270,7 @@ def jit_eval_step(task: Task, mesh: jax.sharding.Mesh, graphdef: nnx.GraphDef,
                  out_shardings=parallel.replicated(mesh), compiler_options=compiler_options)
 
 
-def _prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
+def _prepare_workdir(workdir: str) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
     # A probe of its own per process (and thread): the processes of one run start together,
@@ -282,6 +282,12 @@ def _prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
     os.remove(probe)
   except OSError as e:
     raise UserError(f"cannot write to workdir {workdir!r}: {e.strerror or e}") from None
+
+
+def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """`config.json`, which predict, erf and convert read beside the checkpoints. Written once
+  the run has restored or built its state: a rerun refused before that (a model the checkpoint
+  does not fit, an override typo caught late) leaves the finished run's config.json as it was."""
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
@@ -414,21 +420,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   check_conv_impl(config.conv_impl)
   check_counts(config)
   check_init_from(config)  # before the lock: a refused run leaves no workdir behind
-  # The steps are traced inside the loop, so the whole run sits in the conv impl's scope.
-  # Process 0 holds the workdir's lock: a second run on it stops, naming this one.
-  with layers.conv_impl(config.conv_impl), \
-       workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
-    return _train_and_evaluate(config, workdir, task)
-
-
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                        task: Task) -> dict[str, float]:
-  clock = timing.PhaseClock()  # For the run's `time/*` record.
-  _prepare_workdir(workdir, config)
   _check_best_metric(config, task)
   mesh = parallel.create_mesh(config)
   parallel.check_batch_divisible(config.data.batch_size, mesh, "data.batch_size")
   parallel.check_batch_divisible(config.data.eval_batch_size, mesh, "data.eval_batch_size")
+  # The steps are traced inside the loop, so the whole run sits in the conv impl's scope.
+  # Process 0 holds the workdir's lock: a second run on it stops, naming this one.
+  with layers.conv_impl(config.conv_impl), \
+       workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
+    return _train_and_evaluate(config, workdir, task, mesh)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        task: Task, mesh: jax.sharding.Mesh) -> dict[str, float]:
+  clock = timing.PhaseClock()  # For the run's `time/*` record.
+  _prepare_workdir(workdir)
   train_batches, eval_batches, info = data.create_datasets(config)
 
   steps_per_epoch = train_batches.steps_per_epoch
@@ -455,6 +461,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if start_step:
     state = ckpt.restore(state, start_step)
     print(f"resumed from {workdir} at step {start_step}", flush=True)
+  _write_config(workdir, config)
 
   train_fn = jit_train_step(task, config, info, mesh, train_graphdef, tx, schedule,
                             state_shardings)

@@ -40,6 +40,18 @@ def test_cli_trains_and_prints_final_accuracy(tmp_path):
   assert not any(line.startswith("[") for line in again.stdout.splitlines())
   accuracy = [line for line in result.stdout.splitlines() if line.startswith("final test")]
   assert accuracy == [line for line in again.stdout.splitlines() if line.startswith("final test")]
+  # A rerun whose state the checkpoint does not fit (another optimizer) is one line, and the
+  # finished run's config.json, which predict reads beside the checkpoints, stays as it was.
+  saved_config = (tmp_path / "config.json").read_text()
+  refused = run_cli_in_process("cnn_jax.main", "--config", DIGITS, "--workdir", str(tmp_path),
+                               "--config.total_steps=40", "--config.optimizer.name=sgd",
+                               "--config.schedule.warmup_epochs=0.2", "--config.ema_decay=0.9",
+                               ONE_DEVICE)
+  assert refused.returncode == 2
+  lines = refused.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: the checkpoint at step 30 "), lines
+  assert "does not fit this run's state (opt_state/" in lines[0]
+  assert (tmp_path / "config.json").read_text() == saved_config
 
 
 @pytest.mark.parametrize("args, message", [
@@ -64,13 +76,16 @@ def test_cli_trains_and_prints_final_accuracy(tmp_path):
 def test_bad_input_gives_one_line_and_exit_2(tmp_path, args, message):
   # In this process: each case is the tool's own flag parsing and main, without a process
   # start; the tests below run the real process.
-  result = run_cli_in_process("cnn_jax.main", "--config", DIGITS, "--workdir", str(tmp_path),
+  workdir = tmp_path / "run"
+  result = run_cli_in_process("cnn_jax.main", "--config", DIGITS, "--workdir", str(workdir),
                               *args)
   assert result.returncode == 2
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
   assert message in lines[0]
   assert "Traceback" not in result.stderr
+  # Refused before the run took its workdir, or inside it before writing anything there.
+  assert not workdir.exists() or os.listdir(workdir) == []
 
 
 def test_a_batch_the_processes_cannot_split_stops_before_the_workdir_is_made(tmp_path,

@@ -4,11 +4,12 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from cnn_jax import metrics, train
+from cnn_jax import checkpoint, metrics, train
 from cnn_jax.errors import UserError
 from helpers import (ONE_DEVICE, SHARED_8_DEVICE_RUN, final_params, learning_run_config, load_config,
                      read_jsonl)
@@ -97,8 +98,30 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path):
 
 def test_batch_not_divisible_by_devices_is_a_user_error(tmp_path):
   config = load_config("lenet5_digits", **{"data.batch_size": 60})
+  workdir = tmp_path / "run"
   with pytest.raises(UserError, match="not divisible by the 8 devices"):
-    train.train_and_evaluate(config, str(tmp_path))
+    train.train_and_evaluate(config, str(workdir))
+  assert not workdir.exists()  # refused before the run takes its workdir
+
+
+def test_a_checkpoint_that_does_not_fit_the_state_is_named_in_one_line(tmp_path):
+  saved = {"params": {"conv": jnp.zeros((3, 3, 8)), "bias": jnp.zeros(8)}, "step": jnp.int32(1)}
+  ckpt = checkpoint.Checkpointer(str(tmp_path), load_config("lenet5_digits"))
+  ckpt.save(1, saved, force=True)
+  ckpt.wait()
+  try:
+    wider = {**saved, "params": {**saved["params"], "conv": jnp.zeros((3, 3, 16))}}
+    with pytest.raises(UserError, match=r"^the checkpoint at step 1 in .* does not fit this run's "
+                                        r"state \(params/conv has shape \(3, 3, 8\) in the "
+                                        r"checkpoint, \(3, 3, 16\) in this run\); resume with"):
+      ckpt.restore(wider, 1)
+    other = {**saved, "opt_state": (jnp.zeros(()),)}
+    with pytest.raises(UserError, match=r"\(opt_state/0 is in this run, not in the checkpoint\)"):
+      ckpt.restore(other, 1)
+    restored = ckpt.restore(saved, 1)  # the state it was saved from still restores
+    np.testing.assert_array_equal(restored["params"]["conv"], saved["params"]["conv"])
+  finally:
+    ckpt.close()
 
 
 def test_batchnorm_model_trains_and_updates_its_statistics(tmp_path):
