@@ -380,35 +380,47 @@ def check_init_from(config: ml_collections.ConfigDict) -> None:
 
 # The batch sizes, checked by the data pipeline's own rule (`pipeline.check_global_batch`).
 BATCH_FIELDS = ("data.batch_size", "data.eval_batch_size")
-# Counts the loop divides by or counts with (field, least value): below it a run stopped with a
-# ZeroDivisionError, some only at its first log or eval, or with an error about another field.
-# checkpoint.keep=0 kept no checkpoint to resume from; a negative seed stopped in grain.
-COUNT_FIELDS = (("optimizer.grad_accum_steps", 1), ("log_every_steps", 1),
+# Least values (field, least): below it a count the loop divides by or counts with stopped the
+# run with a ZeroDivisionError, some only at its first log or eval, or with an error about
+# another field; checkpoint.keep=0 kept no checkpoint to resume from; a negative seed stopped in
+# grain. The rest were taken as they came: a negative halt_after_steps ran no step and exited
+# 0, negative data worker/thread/buffer counts ran as if 0 or 1, a negative learning rate or
+# weight decay trained uphill or grew the weights, a negative grad_clip_norm meant off.
+LEAST_VALUES = (("optimizer.grad_accum_steps", 1), ("log_every_steps", 1),
                 ("eval_every_steps", 1), ("checkpoint.every_steps", 1), ("checkpoint.keep", 1),
-                ("num_epochs", 0), ("total_steps", 0), ("data.prefetch_to_device", 0),
-                ("seed", 0))
+                ("num_epochs", 0), ("total_steps", 0), ("halt_after_steps", 0),
+                ("data.prefetch_to_device", 0), ("data.num_workers", 0), ("data.num_threads", 0),
+                ("data.prefetch_batches", 0), ("seed", 0), ("optimizer.learning_rate", 0),
+                ("optimizer.weight_decay", 0), ("optimizer.grad_clip_norm", 0),
+                ("optimizer.scale_lr_by_batch_over", 0))
 # Fractions in [0, 1), which were taken as they came: a label_smoothing of 1.5 trained towards
 # negative targets, an ema_decay of 2 grew an EMA without bound.
 FRACTION_FIELDS = ("label_smoothing", "ema_decay")
+# Fractions in (0, 1]: a layer_decay above 1 (the earliest layers' lr multiplied the most) ran
+# as if 1, silently.
+POSITIVE_FRACTION_FIELDS = ("optimizer.layer_decay",)
 
 
 def _field(config: ml_collections.ConfigDict, field: str) -> Any:
   return functools.reduce(getattr, field.split("."), config)
 
 
-def check_counts(config: ml_collections.ConfigDict) -> None:
-  """A batch size the data pipeline would refuse (`BATCH_FIELDS`), a count below its least value
-  (`COUNT_FIELDS`) or a fraction outside [0, 1) (`FRACTION_FIELDS`) stops the run before it
-  starts, naming the field. A run of 0 steps is allowed: it evaluates the weights it starts
-  from."""
+def check_ranges(config: ml_collections.ConfigDict) -> None:
+  """A batch size the data pipeline would refuse (`BATCH_FIELDS`), a value below its least
+  (`LEAST_VALUES`) or a fraction outside its range (`FRACTION_FIELDS`: [0, 1);
+  `POSITIVE_FRACTION_FIELDS`: (0, 1]) stops the run before it starts, naming the field. A run of
+  0 steps is allowed: it evaluates the weights it starts from."""
   for field in BATCH_FIELDS:
     data.pipeline.check_global_batch(field, _field(config, field), jax.process_count())
-  for field, least in COUNT_FIELDS:
+  for field, least in LEAST_VALUES:
     if _field(config, field) < least:
       raise UserError(f"{field}={_field(config, field)} must be at least {least}")
   for field in FRACTION_FIELDS:
     if not 0 <= _field(config, field) < 1:
       raise UserError(f"{field}={_field(config, field)} must be in [0, 1)")
+  for field in POSITIVE_FRACTION_FIELDS:
+    if not 0 < _field(config, field) <= 1:
+      raise UserError(f"{field}={_field(config, field)} must be in (0, 1]")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -418,7 +430,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   Returns the final eval metrics (classification: {"loss", "accuracy"}, on the eval split).
   """
   check_conv_impl(config.conv_impl)
-  check_counts(config)
+  check_ranges(config)
   check_init_from(config)  # before the lock: a refused run leaves no workdir behind
   _check_best_metric(config, task)
   mesh = parallel.create_mesh(config)

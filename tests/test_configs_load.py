@@ -1,5 +1,6 @@
-"""Every config file in configs/ loads with its default argument: a typo in a rarely run
-full-scale recipe shows up here, not on the cluster."""
+"""Every config file in configs/ loads with its default argument, and every training config's
+values are in the ranges the loop accepts: a typo in a rarely run full-scale recipe shows up
+here, not on the cluster."""
 
 import glob
 import importlib.util
@@ -8,6 +9,7 @@ import os
 import ml_collections
 import pytest
 
+from cnn_jax import train
 from helpers import REPO_ROOT
 
 CONFIG_FILES = sorted(
@@ -23,6 +25,8 @@ def test_config_file_loads(path):
   config = module.get_config()
   assert isinstance(config, ml_collections.ConfigDict)
   assert len(config) > 0
+  if "optimizer" in config:  # a training config (a sweep's names its runs' instead)
+    train.check_ranges(config)
 
 
 def test_there_are_configs():

@@ -72,6 +72,10 @@ def test_cli_trains_and_prints_final_accuracy(tmp_path):
     (["--config.num_epochs=-1"], "num_epochs=-1 must be at least 0"),
     (["--config.checkpoint.keep=0"], "checkpoint.keep=0 must be at least 1"),
     (["--config.label_smoothing=1.5"], "label_smoothing=1.5 must be in [0, 1)"),
+    (["--config.halt_after_steps=-1"], "halt_after_steps=-1 must be at least 0"),
+    (["--config.data.num_workers=-1"], "data.num_workers=-1 must be at least 0"),
+    (["--config.optimizer.weight_decay=-0.1"], "optimizer.weight_decay=-0.1 must be at least 0"),
+    (["--config.optimizer.layer_decay=2"], "optimizer.layer_decay=2.0 must be in (0, 1]"),
 ])
 def test_bad_input_gives_one_line_and_exit_2(tmp_path, args, message):
   # In this process: each case is the tool's own flag parsing and main, without a process
