@@ -60,6 +60,8 @@ def test_a_point_can_pick_the_base_config_argument(tmp_path):
     (dict(points=[{"data.batch_size": "big"}], grid=[]), "bad value 'big'"),
     (dict(grid=[("model.name", ("lenet5", "lenet6"))]), "unknown model 'lenet6'"),
     (dict(grid=[("seed", ())]), "non-empty list"),
+    (dict(grid=[("optimizer.learning_rate", (0.01, -0.01))]),
+     r"^sweep point optimizer.learning_rate--0.01: optimizer.learning_rate=-0.01 must be at least 0$"),
     (dict(grid=[], points=[]), "the sweep is empty"),
     (dict(base_config="configs/nope.py"), "base config not found"),
 ])
