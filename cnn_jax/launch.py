@@ -366,6 +366,9 @@ def main(argv: list[str]) -> None:
   gpus = FLAGS.gpus_per_node or slurm.gpus_per_node
   tasks = tasks_per_node(gpus, FLAGS.tasks_per_node)
   check_layout(config, FLAGS.nodes, gpus, tasks)
+  # The run's own checks of its config, before the job waits in the queue to fail them.
+  from cnn_jax import train  # Imports JAX: only when a job is to be submitted.
+  train.check_config(config, process_count=FLAGS.nodes * tasks)
   check_sbatch()
   workdir = os.path.abspath(FLAGS.workdir)
   check_not_running(workdir)

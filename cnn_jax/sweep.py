@@ -161,9 +161,7 @@ def build_points(sweep: ml_collections.ConfigDict) -> list[Point]:
   for p in raw_points:
     if not isinstance(p, dict):
       raise UserError(f"sweep points must be dicts of dotted key -> value, got {p!r}")
-  # Import JAX: only once the flags are parsed.
-  from cnn_jax import train
-  from cnn_jax.models import registry
+  from cnn_jax import train  # Imports JAX: only once the flags are parsed.
 
   points, names = [], set()
   for overrides in expand_grid(raw_points, grid):
@@ -175,10 +173,9 @@ def build_points(sweep: ml_collections.ConfigDict) -> list[Point]:
     for key, value in [*shared, *overrides.items()]:
       if key != BASE_CONFIG_ARG:
         set_override(config, key, value)
-    registry.get_constructor(config.model.name)  # UserError with close matches
     name = point_name(overrides)
     try:
-      train.check_ranges(config)  # the run's own check, for every point before any runs
+      train.check_config(config)  # the run's own checks, for every point before any runs
     except UserError as e:
       raise UserError(f"sweep point {name}: {e}") from None
     if name in names:

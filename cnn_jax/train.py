@@ -31,7 +31,7 @@ from jax.experimental import multihost_utils
 from cnn_jax import (checkpoint, data, hostenv, metrics, optim, parallel, timing,
                      workdir_lock)
 from cnn_jax.errors import UserError
-from cnn_jax.models import create_model, layers
+from cnn_jax.models import create_model, layers, registry
 
 
 @flax.struct.dataclass
@@ -405,13 +405,26 @@ def _field(config: ml_collections.ConfigDict, field: str) -> Any:
   return functools.reduce(getattr, field.split("."), config)
 
 
-def check_ranges(config: ml_collections.ConfigDict) -> None:
+def check_config(config: ml_collections.ConfigDict, process_count: int | None = None) -> None:
+  """What the config alone decides about a run, checked before anything is written or queued
+  (main's run before it takes its workdir, sweep's points, launch's job): the model, the conv
+  impl, the value ranges and a required init_from. `process_count`: the run's (launch knows it
+  before the job starts); this process's JAX's by default."""
+  registry.get_constructor(config.model.name)
+  check_conv_impl(config.conv_impl)
+  check_ranges(config, process_count)
+  check_init_from(config)
+
+
+def check_ranges(config: ml_collections.ConfigDict, process_count: int | None = None) -> None:
   """A batch size the data pipeline would refuse (`BATCH_FIELDS`), a value below its least
   (`LEAST_VALUES`) or a fraction outside its range (`FRACTION_FIELDS`: [0, 1);
   `POSITIVE_FRACTION_FIELDS`: (0, 1]) stops the run before it starts, naming the field. A run of
   0 steps is allowed: it evaluates the weights it starts from."""
+  if process_count is None:
+    process_count = jax.process_count()
   for field in BATCH_FIELDS:
-    data.pipeline.check_global_batch(field, _field(config, field), jax.process_count())
+    data.pipeline.check_global_batch(field, _field(config, field), process_count)
   for field, least in LEAST_VALUES:
     if _field(config, field) < least:
       raise UserError(f"{field}={_field(config, field)} must be at least {least}")
@@ -429,9 +442,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   Returns the final eval metrics (classification: {"loss", "accuracy"}, on the eval split).
   """
-  check_conv_impl(config.conv_impl)
-  check_ranges(config)
-  check_init_from(config)  # before the lock: a refused run leaves no workdir behind
+  check_config(config)  # before the lock: a refused run leaves no workdir behind
   _check_best_metric(config, task)
   mesh = parallel.create_mesh(config)
   parallel.check_batch_divisible(config.data.batch_size, mesh, "data.batch_size")

@@ -210,9 +210,11 @@ def test_launch_generates_one_multi_node_job_and_records_it(tmp_path, fake_slurm
     (("--nodes=3", "--tasks_per_node=1"),
      "data.batch_size=128 does not split over --nodes=3 x --tasks_per_node=1 = 3 devices"),
     (("--nodes=0",), "--nodes must be >= 1"),
+    # The run's own checks of its config: refused before the job waits in the queue to fail.
+    (("--config.model.name=resnet5000",), "unknown model 'resnet5000'"),
+    (("--config.optimizer.layer_decay=2",), "optimizer.layer_decay=2.0 must be in (0, 1]"),
 ])
-def test_launch_refuses_a_layout_that_does_not_split_the_batch(tmp_path, fake_slurm, args,
-                                                               message):
+def test_launch_refuses_what_the_job_would_fail_on(tmp_path, fake_slurm, args, message):
   result = run_cli("cnn_jax.launch", "--config=configs/lenet5_digits.py",
                    "--config.data.batch_size=128", f"--workdir={tmp_path / 'run'}", *args)
   assert result.returncode == 2
