@@ -10,6 +10,7 @@ import ml_collections
 import pytest
 
 from cnn_jax import train
+from cnn_jax.models import registry
 from helpers import REPO_ROOT
 
 CONFIG_FILES = sorted(
@@ -26,7 +27,8 @@ def test_config_file_loads(path):
   assert isinstance(config, ml_collections.ConfigDict)
   assert len(config) > 0
   if "optimizer" in config:  # a training config (a sweep's names its runs' instead)
-    train.check_ranges(config)
+    registry.get_constructor(config.model.name)
+    train.check_ranges(config)  # check_config but init_from, which fine-tuning configs leave out
 
 
 def test_there_are_configs():
