@@ -284,13 +284,45 @@ def _prepare_workdir(workdir: str) -> None:
     raise UserError(f"cannot write to workdir {workdir!r}: {e.strerror or e}") from None
 
 
-def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+def _flat_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flat_config(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def config_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+  """The fields two configs (as written to config.json) differ in, as "field: old -> new"."""
+  old, new = _flat_config(before), _flat_config(after)
+  return [f"{k}: {old.get(k, '(none)')!r} -> {new.get(k, '(none)')!r}"
+          for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+
+
+def _write_config(workdir: str, config: ml_collections.ConfigDict, start_step: int) -> None:
   """`config.json`, which predict, erf and convert read beside the checkpoints. Written once
   the run has restored or built its state: a rerun refused before that (a model the checkpoint
-  does not fit, an override typo caught late) leaves the finished run's config.json as it was."""
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  does not fit, an override typo caught late) leaves the finished run's config.json as it was.
+  A resume with other overrides says what changed and keeps the config it replaces, so the
+  record of how the checkpoints so far were trained is not lost."""
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, "config.json")
+  text = config.to_json_best_effort(indent=2, sort_keys=True)
+  if start_step and os.path.exists(path):
+    with open(path) as f:
+      before = f.read()
+    changes = config_changes(json.loads(before), json.loads(text))
+    if changes:
+      kept = os.path.join(workdir, f"config.before_step_{start_step}.json")
+      with open(kept, "w") as f:
+        f.write(before)
+      print(f"resumed with a changed config ({'; '.join(changes)}); the one it replaces is "
+            f"kept in {kept}", flush=True)
+  with open(path, "w") as f:
+    f.write(text)
 
 
 class _TerminationSignal:
@@ -484,7 +516,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if start_step:
     state = ckpt.restore(state, start_step)
     print(f"resumed from {workdir} at step {start_step}", flush=True)
-  _write_config(workdir, config)
+  _write_config(workdir, config, start_step)
 
   train_fn = jit_train_step(task, config, info, mesh, train_graphdef, tx, schedule,
                             state_shardings)
