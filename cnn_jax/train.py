@@ -284,19 +284,10 @@ def _prepare_workdir(workdir: str) -> None:
     raise UserError(f"cannot write to workdir {workdir!r}: {e.strerror or e}") from None
 
 
-def _flat_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flat_config(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
-
-
 def config_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
   """The fields two configs (as written to config.json) differ in, as "field: old -> new"."""
-  old, new = _flat_config(before), _flat_config(after)
+  old = flax.traverse_util.flatten_dict(before, sep=".")
+  new = flax.traverse_util.flatten_dict(after, sep=".")
   return [f"{k}: {old.get(k, '(none)')!r} -> {new.get(k, '(none)')!r}"
           for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
 
