@@ -468,8 +468,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   check_config(config)  # before the lock: a refused run leaves no workdir behind
   _check_best_metric(config, task)
   mesh = parallel.create_mesh(config)
-  parallel.check_batch_divisible(config.data.batch_size, mesh, "data.batch_size")
-  parallel.check_batch_divisible(config.data.eval_batch_size, mesh, "data.eval_batch_size")
+  for field in BATCH_FIELDS:
+    parallel.check_batch_divisible(_field(config, field), mesh, field)
   # The steps are traced inside the loop, so the whole run sits in the conv impl's scope.
   # Process 0 holds the workdir's lock: a second run on it stops, naming this one.
   with layers.conv_impl(config.conv_impl), \
