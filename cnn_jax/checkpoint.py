@@ -357,13 +357,13 @@ def _quiet_absl() -> Iterator[None]:
     absl_logging.set_verbosity(level)
 
 
-def read_run_weights(workdir: str, ema: bool = False
+def read_run_weights(workdir: str, ema: bool = False, best: bool = True
                      ) -> tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]:
-  """(step, flat params, flat model state) of a training run's checkpoint: the best one
-  (WORKDIR/checkpoints_best) when the run kept one, else the latest. With `ema`, the params
-  are the run's exponential moving average of them (UserError if it kept none)."""
+  """(step, flat params, flat model state) of a training run's checkpoint: with `best`, the
+  best one (WORKDIR/checkpoints_best) when the run kept one, else the latest. With `ema`, the
+  params are the run's exponential moving average of them (UserError if it kept none)."""
   params_key = "ema_params" if ema else "params"
-  for sub in ("checkpoints_best", "checkpoints"):
+  for sub in ("checkpoints_best", "checkpoints") if best else ("checkpoints",):
     directory = os.path.join(os.path.abspath(workdir), sub)
     if not os.path.isdir(directory):
       continue

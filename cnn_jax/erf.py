@@ -148,45 +148,6 @@ def plot_erf(log_map: np.ndarray, path: str, title: str, ratios: dict[str, float
 
 # ----------------------------------------------------------------------------- CLI
 
-def load_trained_model(workdir: str) -> tuple[Any, Any]:
-  """(model with the latest checkpoint's weights and BatchNorm statistics, config) from a
-  training workdir."""
-  import ml_collections
-  import orbax.checkpoint as ocp
-  from flax import nnx
-
-  from cnn_jax import train
-
-  config_path = os.path.join(workdir, "config.json")
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  if not os.path.isfile(config_path) or not os.path.isdir(ckpt_dir):
-    raise UserError(f"{workdir} is not a training workdir (no config.json or checkpoints/)")
-  steps = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
-  if not steps:
-    raise UserError(f"no checkpoint in {ckpt_dir}")
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  model = train.build_model(config)
-  restored = ocp.PyTreeCheckpointer().restore(
-      os.path.abspath(os.path.join(ckpt_dir, str(steps[-1]), "default")))
-  for kind, key in ((nnx.Param, "params"), (nnx.BatchStat, "model_state")):
-    state = nnx.state(model, kind)
-    # model_state also holds RNG streams: keep what `state` has (the statistics) only.
-    nnx.replace_by_pure_dict(state, _select(restored[key], state.to_pure_dict()))
-    nnx.update(model, state)
-  return model, config
-
-
-def _select(saved: Any, like: Any) -> Any:
-  """The part of the restored nested dict `saved` whose keys `like` has (keys as strings)."""
-  if isinstance(saved, dict) and set(saved) == {"value"}:  # a Variable saved as {"value": x}
-    saved = saved["value"]
-  if not isinstance(like, dict):
-    return saved
-  by_text = {str(k): v for k, v in saved.items()}
-  return {k: _select(by_text[str(k)], v) for k, v in like.items()}
-
-
 def _images(num: int, size: int, channels: int, seed: int, config: Any | None) -> np.ndarray:
   if config is None:
     return np.random.default_rng(seed).standard_normal((num, size, size, channels),
@@ -222,7 +183,9 @@ def main(argv: Sequence[str]) -> None:
   from cnn_jax.models import create_model
 
   if FLAGS.checkpoint:
-    model, config = load_trained_model(FLAGS.checkpoint)
+    from cnn_jax import train
+
+    model, config = train.load_run(FLAGS.checkpoint, best=False)
     name = config.model.name
   else:
     config, name = None, FLAGS.model

@@ -49,7 +49,7 @@ from flax import nnx
 from jax.sharding import Mesh
 from PIL import Image
 
-from cnn_jax import checkpoint, cli, metrics, parallel
+from cnn_jax import cli, metrics, parallel, train
 from cnn_jax.data import class_names, transforms
 from cnn_jax.data.sources import embedded
 from cnn_jax.data.sources.imagefolder import IMAGE_EXTENSIONS
@@ -142,27 +142,12 @@ def uses_ema(config: ml_collections.ConfigDict, params: str) -> bool:
 def load_run(workdir: str, model_name: str | None, params: str = "auto") -> Loaded:
   """The model of a cnn_jax training run with its checkpoint's weights (best, else latest):
   the trained parameters or their EMA, as `uses_ema` reads `params`."""
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  ema = uses_ema(config, params)
+  config = train.read_run_config(workdir)
   name = config.model.name
   if model_name and model_name != name:
     raise UserError(f"--model {model_name} but the run in {workdir} trained {name}; leave "
                     "--model out")
-  options = {k: v for k, v in config.model.to_dict().items() if k != "name"}
-  options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
-  model = create_model(name, rngs=nnx.Rngs(0), **options)
-  model.eval()
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  _, saved_params, saved_state = checkpoint.read_run_weights(workdir, ema)
-  # The run's model state also holds RNG stream counters; only BatchNorm statistics are
-  # weights.
-  stats = {".".join(str(p) for p in path) for path, v in rest.flat_state()
-           if isinstance(v, nnx.BatchStat)}
-  saved_stats = {k: v for k, v in saved_state.items() if k in stats}
-  params, rest = checkpoint.apply_pretrained(params, rest, {"model": name}, saved_params,
-                                             saved_stats, "keep", f"{workdir} ({name})")
-  model = nnx.merge(graphdef, params, rest)
+  model, config = train.load_run(workdir, ema=uses_ema(config, params))
   num_classes = int(getattr(model, "num_classes", 0) or config.model.get("num_classes", 0))
   return Loaded(name, model, config.data, class_names.of_run(config, num_classes))
 

@@ -44,10 +44,42 @@ class TrainState:
 
 
 def build_model(config: ml_collections.ConfigDict) -> nnx.Module:
-  """The model named by `config.model.name`; every other field of `config.model` is a kwarg."""
-  kwargs = {k: v for k, v in config.model.to_dict().items() if k != "name"}
+  """The model named by `config.model.name`; every other field of `config.model` is a kwarg
+  (lists, as a run's config.json gives them back, as tuples)."""
+  kwargs = {k: tuple(v) if isinstance(v, list) else v
+            for k, v in config.model.to_dict().items() if k != "name"}
   rngs = nnx.Rngs(config.seed, params=config.seed, dropout=config.seed + 1)
   return create_model(config.model.name, rngs=rngs, **kwargs)
+
+
+def read_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a training run wrote to WORKDIR/config.json."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise UserError(f"{workdir} is not a training workdir (no config.json)")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def load_run(workdir: str, *, ema: bool = False, best: bool = True
+             ) -> tuple[nnx.Module, ml_collections.ConfigDict]:
+  """(model, config) of a training run: its config.json's model in eval mode with a
+  checkpoint's parameters (`ema`: their EMA) and BatchNorm statistics: the best checkpoint when
+  `best` and the run kept one, else the latest (`checkpoint.read_run_weights`)."""
+  config = read_run_config(workdir)
+  model = build_model(config)
+  model.eval()
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  _, saved_params, saved_state = checkpoint.read_run_weights(workdir, ema, best)
+  # The run's model state also holds RNG stream counters; only BatchNorm statistics are
+  # weights.
+  stats = {".".join(str(p) for p in path) for path, v in rest.flat_state()
+           if isinstance(v, nnx.BatchStat)}
+  saved_stats = {k: v for k, v in saved_state.items() if k in stats}
+  name = config.model.name
+  params, rest = checkpoint.apply_pretrained(params, rest, {"model": name}, saved_params,
+                                             saved_stats, "keep", f"{workdir} ({name})")
+  return nnx.merge(graphdef, params, rest), config
 
 
 def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.GraphDef, nnx.State, nnx.State]:

@@ -100,7 +100,7 @@ def test_cli_unknown_model_is_one_line_and_exit_2(tmp_path):
   assert result.stderr.strip().count("\n") == 0
 
 
-def test_load_trained_model_restores_the_checkpoint_weights(tmp_path):
+def test_load_run_restores_the_latest_checkpoints_weights(tmp_path):
   from cnn_jax import train
   from helpers import load_config
 
@@ -108,7 +108,7 @@ def test_load_trained_model_restores_the_checkpoint_weights(tmp_path):
                        **{"checkpoint.every_steps": 3, "schedule.warmup_epochs": 0.0,
                           "mesh.num_devices": 1, "optimizer.learning_rate": 0.05})
   train.train_and_evaluate(config, str(tmp_path))
-  trained, loaded_config = erf.load_trained_model(str(tmp_path))
+  trained, loaded_config = train.load_run(str(tmp_path), best=False)  # what erf --checkpoint loads
   assert loaded_config.model.name == "lenet5"
   initial = nnx.state(train.build_model(config), nnx.Param).to_pure_dict()
   restored = nnx.state(trained, nnx.Param).to_pure_dict()
@@ -124,8 +124,10 @@ def test_load_trained_model_restores_the_checkpoint_weights(tmp_path):
 
 
 def test_checkpoint_that_is_not_a_workdir_is_a_user_error(tmp_path):
+  from cnn_jax import train
+
   with pytest.raises(UserError, match="not a training workdir"):
-    erf.load_trained_model(str(tmp_path))
+    train.load_run(str(tmp_path))
 
 
 def test_the_command_line_tools_import_together():

@@ -26,7 +26,6 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from cnn_jax import data, train  # noqa: E402
-from cnn_jax.erf import load_trained_model  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -83,7 +82,7 @@ def run_gradient_norms(workdir: str, batch: tuple[jax.Array, jax.Array] | None =
   """({"init": rows, "step N": rows}, batch) for one training workdir: the kernel gradient norms
   at the initialisation the run started from (same config, same seed) and at its last
   checkpoint, on `batch` (default: the run's own first batch)."""
-  trained, config = load_trained_model(workdir)
+  trained, config = train.load_run(workdir, best=False)
   if batch is None:
     batch = first_batch(config)
   step = json.load(open(os.path.join(workdir, "final_metrics.json")))["step"]
