@@ -22,7 +22,17 @@ def test_training_learns_on_real_digits(tmp_path):
   assert log[-1]["train/loss"] < 0.5 * log[0]["train/loss"]
   assert final["accuracy"] > 0.85  # chance is 0.10
   assert (tmp_path / "final_metrics.json").exists()
-  assert any(name.startswith("events") for name in os.listdir(tmp_path / "tensorboard"))
+  # TensorBoard (`tensorboard --logdir`) reads back every scalar of metrics.jsonl at its step.
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  board = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
+  board.Reload()
+  records = read_jsonl(tmp_path / "metrics.jsonl")
+  assert set(board.Tags()["scalars"]) == {k for r in records for k in r} - {"step"}
+  for record in records:
+    for tag, value in record.items():
+      if tag != "step":
+        [event] = [e for e in board.Scalars(tag) if e.step == record["step"]]
+        assert event.value == pytest.approx(value, rel=1e-6)
   assert json.loads((tmp_path / "config.json").read_text())["model"]["name"] == "lenet5"
   # Where the run's time went: one record at the last step, the phases it names all measured.
   [times] = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "time/steps_s" in r]
