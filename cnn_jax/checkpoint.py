@@ -10,9 +10,13 @@ uint32 data, which every Orbax version reads back.
 from __future__ import annotations
 
 import contextlib
+import gc
+import inspect
 import json
+import logging
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -83,6 +87,79 @@ def _mismatch(saved_metadata: Any, target: Any) -> str | None:
   return differences[0] + (f", and {more} more difference{'s' * (more > 1)}" if more else "")
 
 
+# Orbax raises many kinds on a step whose files cannot be read: tensorstore's OUT_OF_RANGE /
+# NOT_FOUND / DATA_LOSS as a ValueError, wrapped in a bare Exception when an array's read
+# fails; a corrupt _METADATA as a JSONDecodeError; a missing item directory as a KeyError.
+READ_ERRORS = (Exception,)
+
+
+class UnreadableCheckpoint(Exception):
+  """A checkpoint step whose files cannot be read; the message is the reader's first line."""
+
+
+def _first_line(error: BaseException) -> str:
+  """The first line of the innermost cause: the reader's own words, not its wrappers'."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  lines = str(error).strip().splitlines()
+  return (lines[0] if lines else type(error).__name__)[:300]
+
+
+@contextlib.contextmanager
+def _unretrieved_reads_quiet() -> Iterator[None]:
+  """When one array's read fails, Orbax's other reads end as coroutines and asyncio tasks whose
+  exceptions nobody retrieves, and Python and asyncio's logger print each (about 60 lines) as
+  they are collected; the one line that says the step cannot be read is enough."""
+  previous = sys.unraisablehook
+  asyncio_logger = logging.getLogger("asyncio")
+  level = asyncio_logger.level
+
+  def hook(unraisable: Any) -> None:
+    if not _is_failed_read_leftover(unraisable):
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+  asyncio_logger.setLevel(logging.CRITICAL)
+  failed = False
+  try:
+    yield
+  except UnreadableCheckpoint:
+    failed = True
+    raise
+  finally:
+    gc.collect()  # Collects them now, while they are quiet.
+    sys.unraisablehook = previous
+    asyncio_logger.setLevel(level)
+    if failed:
+      _drop_failed_read_leftovers()
+
+
+def _is_failed_read_leftover(unraisable: Any) -> bool:
+  """An Orbax read coroutine collected with its exception, or a callback into the event loop of
+  a read that failed, closed by now."""
+  if inspect.iscoroutine(unraisable.object):
+    return "orbax" in unraisable.object.cr_code.co_filename
+  return (unraisable.exc_type is RuntimeError
+          and str(unraisable.exc_value) == "Event loop is closed")
+
+
+def _drop_failed_read_leftovers() -> None:
+  """After a failed read, its other reads still finish in tensorstore's threads: each callback
+  into the read's event loop, closed by now, ends as an unraisable traceback, and so does each
+  read coroutine collected later. For the rest of the process those are dropped, anything
+  else is shown as before."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_failed_read_leftovers", False):
+    return
+
+  def hook(unraisable: Any) -> None:
+    if not _is_failed_read_leftover(unraisable):
+      previous(unraisable)
+
+  hook.drops_failed_read_leftovers = True
+  sys.unraisablehook = hook
+
+
 class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` for one TrainState item."""
 
@@ -104,22 +181,79 @@ class Checkpointer:
                              metrics=metrics, force=force)
 
   def restore(self, state_like: Any, step: int | None = None) -> Any:
-    """Restores into the structure, shapes and shardings of `state_like` (concrete or abstract)."""
+    """Restores into the structure, shapes and shardings of `state_like` (concrete or abstract).
+    UnreadableCheckpoint when the step's files cannot be read."""
     step = self.latest_step() if step is None else step
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state_like)
     target = _abstract_keys_to_data(abstract)
     try:
       restored = self.manager.restore(step, args=ocp.args.StandardRestore(target))
-    except ValueError:
-      mismatch = _mismatch(self.manager.item_metadata(step), target)
-      if mismatch is None:
-        raise
-      raise UserError(
-          f"the checkpoint at step {step} in {self.manager.directory} does not fit this run's "
-          f"state ({mismatch}); resume with the config it was saved with (config.json beside "
-          "it) or start a new --workdir") from None
-    return _data_to_keys(restored, abstract)
+    except READ_ERRORS as e:
+      reason = _first_line(e)
+      try:
+        mismatch = _mismatch(self.manager.item_metadata(step), target)
+      except READ_ERRORS:
+        mismatch = None
+    else:
+      return _data_to_keys(restored, abstract)
+    # Raised here, not in the except clause: the reader's error (and the reads it left pending)
+    # must not stay referenced as this one's context.
+    if mismatch is None:
+      raise UnreadableCheckpoint(reason)
+    raise UserError(
+        f"the checkpoint at step {step} in {self.manager.directory} does not fit this run's "
+        f"state ({mismatch}); resume with the config it was saved with (config.json beside it) "
+        "or start a new --workdir")
+
+  def restore_latest(self, state_like: Any) -> tuple[Any, int]:
+    """(state, step) from the newest checkpoint that can be read; (state_like, 0) when there is
+    none. Newer steps whose files cannot be read (truncated, missing, corrupt: a copy cut
+    short, a disk fault) are moved aside to WORKDIR/checkpoints_unreadable/, each with a warning,
+    so that a rerun or a requeued job resumes from the step before instead of failing at every
+    start, and the run's later save of that step is not refused. When none can be read, or with
+    several processes (which would all have to skip the same steps), one line names the step
+    and nothing is moved."""
+    unreadable = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        with _unretrieved_reads_quiet():
+          state = self.restore(state_like, step)
+      except UnreadableCheckpoint as e:
+        unreadable.append((step, str(e)))
+        if jax.process_count() == 1:
+          continue
+      else:
+        if unreadable:
+          self._move_aside(unreadable)
+        return state, step
+      break
+    if not unreadable:
+      return state_like, 0
+    step, reason = unreadable[0]
+    directory = self.manager.directory
+    if jax.process_count() == 1:
+      raise UserError(f"none of the {len(unreadable)} checkpoints in {directory} can be read "
+                      f"(step {step}: {reason}); restore them from a good copy or start a new "
+                      "--workdir")
+    raise UserError(
+        f"the checkpoint at step {step} in {directory} cannot be read ({reason}); move "
+        f"{directory}/{step} out of {directory} to resume from the one before, or start a new "
+        "--workdir")
+
+  def _move_aside(self, unreadable: list[tuple[int, str]]) -> None:
+    directory = str(self.manager.directory)
+    aside = os.path.join(os.path.dirname(directory), "checkpoints_unreadable")
+    os.makedirs(aside, exist_ok=True)
+    for step, reason in unreadable:
+      target, n = os.path.join(aside, str(step)), 1
+      while os.path.exists(target):
+        n += 1
+        target = os.path.join(aside, f"{step}-{n}")
+      os.rename(os.path.join(directory, str(step)), target)
+      print(f"warning: the checkpoint at step {step} cannot be read ({reason}); moved it to "
+            f"{target}", file=sys.stderr, flush=True)
+    self.manager.reload()
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

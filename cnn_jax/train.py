@@ -535,9 +535,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                            config.checkpoint.best_mode,
                                            config.checkpoint.use_async)
                if config.checkpoint.best_metric else None)
-  start_step = ckpt.latest_step() or 0
+  state, start_step = ckpt.restore_latest(state)
   if start_step:
-    state = ckpt.restore(state, start_step)
     print(f"resumed from {workdir} at step {start_step}", flush=True)
   _write_config(workdir, config, start_step)
 
