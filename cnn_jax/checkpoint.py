@@ -123,7 +123,7 @@ def _unretrieved_reads_quiet() -> Iterator[None]:
   failed = False
   try:
     yield
-  except UnreadableCheckpoint:
+  except BaseException:
     failed = True
     raise
   finally:
@@ -506,11 +506,19 @@ def read_run_weights(workdir: str, ema: bool = False, best: bool = True
       step = manager.latest_step()
       if step is None:
         continue
-      with ocp.StandardCheckpointer() as reader, _quiet_absl():
-        # Orbax warns that the step's item lacks a metadata file of its own; the tree's
-        # metadata, which is all this needs, is there.
-        saved = reader.metadata(os.path.join(directory, str(step), "default"))
+      try:
+        with ocp.StandardCheckpointer() as reader, _quiet_absl():
+          # Orbax warns that the step's item lacks a metadata file of its own; the tree's
+          # metadata, which is all this needs, is there.
+          saved = reader.metadata(os.path.join(directory, str(step), "default"))
+      except READ_ERRORS as e:
+        saved, reason = None, _first_line(e)
+      else:
+        reason = "its tree's metadata is missing"
       saved = getattr(saved, "item_metadata", saved)
+      if saved is None:
+        raise UserError(f"the checkpoint at step {step} in {directory} cannot be read "
+                        f"({reason})")
       if saved.get(params_key) is None:
         raise UserError(f"the run in {workdir} kept no EMA of its parameters (its config has "
                         "ema_decay = 0); use the trained parameters")
@@ -518,10 +526,18 @@ def read_run_weights(workdir: str, ema: bool = False, best: bool = True
       # Only the parameters and model state: the optimizer state is not needed to predict.
       wanted = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                             {k: saved[k] for k in (params_key, "model_state")})
-      with _quiet_absl():
-        tree = manager.restore(step, args=ocp.args.PyTreeRestore(
-            item=wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
-            partial_restore=True))
+      try:
+        with _quiet_absl(), _unretrieved_reads_quiet():
+          tree = manager.restore(step, args=ocp.args.PyTreeRestore(
+              item=wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
+              partial_restore=True))
+      except READ_ERRORS as e:
+        reason = _first_line(e)
+      else:
+        reason = ""
+      if reason:  # Raised here: the reader's error must not stay referenced as the context.
+        raise UserError(f"the checkpoint at step {step} in {directory} cannot be read "
+                        f"({reason})")
     finally:
       manager.close()
     tree = jax.tree.map(np.asarray, tree)

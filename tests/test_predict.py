@@ -22,7 +22,7 @@ from cnn_jax.data.sources.images import CorruptImage, decode_image
 from cnn_jax.data.transforms import EvalTransform
 from cnn_jax.errors import UserError
 from cnn_jax.models import create_model
-from helpers import (compiled_apply, load_config, numpy_random_model, run_cli,
+from helpers import (compiled_apply, cut_short, load_config, numpy_random_model, run_cli,
                      run_cli_in_process)
 from pretrained_fixtures import PRETRAINED, export_state_dict
 
@@ -232,6 +232,9 @@ def test_weights_workdir_of_a_training_run(tmp_path):
     predict.load("resnet56", workdir)
 
 
+# Its unreadable checkpoint's other reads finish in tensorstore's threads; those collected after
+# the read reach pytest's own hook, not the one predict leaves in place.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_weights_workdir_of_a_run_on_the_embedded_mnist(tmp_path):
   """A run on an embedded set saw float arrays, never files. Its test digits written as 28x28
   PNGs (the set's own pixels, before it padded them to 32) go through predict into the same
@@ -264,6 +267,9 @@ def test_weights_workdir_of_a_run_on_the_embedded_mnist(tmp_path):
   expect_one_error_line(
       run_cli_in_process("cnn_jax.predict", f"--weights={workdir}", "--image_size=40", paths[0]),
       "--image_size=40: the run trained on the embedded mnist_subset at 32 px")
+  cut_short(os.path.join(workdir, "checkpoints_best"))
+  expect_one_error_line(run_cli_in_process("cnn_jax.predict", f"--weights={workdir}", paths[0]),
+                        "checkpoints_best cannot be read (")
 
 
 def test_auto_params_follow_the_runs_best_metric(tmp_path):

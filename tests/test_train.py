@@ -11,8 +11,8 @@ import pytest
 
 from cnn_jax import checkpoint, metrics, train
 from cnn_jax.errors import UserError
-from helpers import (ONE_DEVICE, SHARED_8_DEVICE_RUN, final_params, learning_run_config, load_config,
-                     read_jsonl)
+from helpers import (ONE_DEVICE, SHARED_8_DEVICE_RUN, cut_short, final_params, learning_run_config,
+                     load_config, read_jsonl)
 
 
 def test_training_learns_on_real_digits(tmp_path):
@@ -106,14 +106,6 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path):
   assert final["loss"] == full_final["loss"]
 
 
-def _cut_short(step_dir) -> None:
-  """A checkpoint's array files cut to 10 bytes, as a copy cut off or a disk fault leaves them."""
-  for root, _, names in os.walk(step_dir):
-    for name in names:
-      if os.path.basename(root) == "d":
-        os.truncate(os.path.join(root, name), 10)
-
-
 # The failed reads' other reads finish in tensorstore's threads; those collected after the run
 # reach pytest's own hook, not the one the run leaves in place.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -125,7 +117,7 @@ def test_an_unreadable_checkpoint_is_moved_aside_and_the_run_resumes_from_the_on
   run = tmp_path / "run"
   train.train_and_evaluate(load_config("lenet5_digits", halt_after_steps=9, **overrides), str(run))
   assert sorted(os.listdir(run / "checkpoints")) == ["4", "8", "9"]
-  _cut_short(run / "checkpoints" / "9")
+  cut_short(run / "checkpoints" / "9")
   capsys.readouterr()
 
   final = train.train_and_evaluate(load_config("lenet5_digits", **overrides), str(run))
@@ -144,7 +136,7 @@ def test_an_unreadable_checkpoint_is_moved_aside_and_the_run_resumes_from_the_on
   # None readable: one line, and nothing moved.
   steps = sorted(os.listdir(run / "checkpoints"))
   for step in steps:
-    _cut_short(run / "checkpoints" / step)
+    cut_short(run / "checkpoints" / step)
   with pytest.raises(UserError, match=rf"none of the {len(steps)} checkpoints in .* can be read "
                                       r"\(step 12: "):
     train.train_and_evaluate(load_config("lenet5_digits", **overrides), str(run))
