@@ -87,14 +87,13 @@ def _mismatch(saved_metadata: Any, target: Any) -> str | None:
   return differences[0] + (f", and {more} more difference{'s' * (more > 1)}" if more else "")
 
 
-# Orbax raises many kinds on a step whose files cannot be read: tensorstore's OUT_OF_RANGE /
-# NOT_FOUND / DATA_LOSS as a ValueError, wrapped in a bare Exception when an array's read
-# fails; a corrupt _METADATA as a JSONDecodeError; a missing item directory as a KeyError.
-READ_ERRORS = (Exception,)
-
-
 class UnreadableCheckpoint(Exception):
-  """A checkpoint step whose files cannot be read; the message is the reader's first line."""
+  """A checkpoint step whose files cannot be read; the message is the reader's first line.
+
+  Orbax raises many kinds of error for one: tensorstore's OUT_OF_RANGE / NOT_FOUND / DATA_LOSS
+  as a ValueError, wrapped in a bare Exception when an array's read fails; a corrupt _METADATA
+  as a JSONDecodeError; a missing item directory as a KeyError. So a failed read is caught as
+  any Exception."""
 
 
 def _first_line(error: BaseException) -> str:
@@ -189,11 +188,11 @@ class Checkpointer:
     target = _abstract_keys_to_data(abstract)
     try:
       restored = self.manager.restore(step, args=ocp.args.StandardRestore(target))
-    except READ_ERRORS as e:
+    except Exception as e:
       reason = _first_line(e)
       try:
         mismatch = _mismatch(self.manager.item_metadata(step), target)
-      except READ_ERRORS:
+      except Exception:
         mismatch = None
     else:
       return _data_to_keys(restored, abstract)
@@ -511,7 +510,7 @@ def read_run_weights(workdir: str, ema: bool = False, best: bool = True
           # Orbax warns that the step's item lacks a metadata file of its own; the tree's
           # metadata, which is all this needs, is there.
           saved = reader.metadata(os.path.join(directory, str(step), "default"))
-      except READ_ERRORS as e:
+      except Exception as e:
         saved, reason = None, _first_line(e)
       else:
         reason = "its tree's metadata is missing"
@@ -531,7 +530,7 @@ def read_run_weights(workdir: str, ema: bool = False, best: bool = True
           tree = manager.restore(step, args=ocp.args.PyTreeRestore(
               item=wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
               partial_restore=True))
-      except READ_ERRORS as e:
+      except Exception as e:
         reason = _first_line(e)
       else:
         reason = ""
