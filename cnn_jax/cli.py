@@ -174,6 +174,12 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     return FLAGS(argv)
   except flags.Error as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if "Error whilst parsing config file" in str(e) and lines:
+      # config_flags puts the config's whole traceback into the flag's error (get_config raised,
+      # e.g. given a `:arg` it does not take); its last line says why.
+      spec = _config_arg_of(argv, "config")
+      fail(f"bad --config {spec}: {lines[-1]}" if spec else f"bad --config: {lines[-1]}")
     fail(one_line(e))
   except (KeyError, AttributeError) as e:
     # An override naming a field the config does not have: KeyError below the top level,

@@ -103,6 +103,14 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path, args, message):
   assert not workdir.exists() or os.listdir(workdir) == []
 
 
+def test_a_config_argument_the_config_does_not_take_is_one_line(tmp_path):
+  result = run_cli_in_process("cnn_jax.main", "--config", f"{DIGITS}:tanh", "--workdir",
+                              str(tmp_path / "run"))
+  assert result.returncode == 2
+  assert result.stderr.strip() == (f"error: bad --config {DIGITS}:tanh: TypeError: get_config() "
+                                   "takes 0 positional arguments but 1 was given")
+
+
 def test_a_batch_the_processes_cannot_split_stops_before_the_workdir_is_made(tmp_path,
                                                                               monkeypatch):
   # The data pipeline's rule, applied before the run takes its workdir (it was met only when
