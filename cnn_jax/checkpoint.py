@@ -187,7 +187,8 @@ class Checkpointer:
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state_like)
     target = _abstract_keys_to_data(abstract)
     try:
-      restored = self.manager.restore(step, args=ocp.args.StandardRestore(target))
+      with _unretrieved_reads_quiet():
+        restored = self.manager.restore(step, args=ocp.args.StandardRestore(target))
     except Exception as e:
       reason = _first_line(e)
       try:
@@ -216,8 +217,7 @@ class Checkpointer:
     unreadable = []
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
-        with _unretrieved_reads_quiet():
-          state = self.restore(state_like, step)
+        state = self.restore(state_like, step)
       except UnreadableCheckpoint as e:
         unreadable.append((step, str(e)))
         if jax.process_count() == 1:

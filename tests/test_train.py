@@ -106,8 +106,8 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path):
   assert final["loss"] == full_final["loss"]
 
 
-# The failed reads' other reads finish in tensorstore's threads; those collected after the run
-# reach pytest's own hook, not the one the run leaves in place.
+# The failed read's other reads finish in tensorstore's threads; those collected after the
+# restore reach pytest's own hook, not the one the restore leaves in place.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_an_unreadable_checkpoint_is_moved_aside_and_the_run_resumes_from_the_one_before(
     tmp_path, capsys):
@@ -152,6 +152,7 @@ def test_batch_not_divisible_by_devices_is_a_user_error(tmp_path):
   assert not workdir.exists()  # refused before the run takes its workdir
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # as above
 def test_a_checkpoint_that_does_not_fit_the_state_is_named_in_one_line(tmp_path):
   saved = {"params": {"conv": jnp.zeros((3, 3, 8)), "bias": jnp.zeros(8)}, "step": jnp.int32(1)}
   ckpt = checkpoint.Checkpointer(str(tmp_path), load_config("lenet5_digits"))
