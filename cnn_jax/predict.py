@@ -12,10 +12,9 @@ settings from configs/eval_imagenet.py (resize the shorter side to image_size / 
 centre crop, interpolation, mean / std), for a training run its own `config.data`; a run on an
 embedded set (`make train`'s MNIST, the 8x8 digits) takes each image whole into the set's frame
 (grayscale, resized to 28 or 8 px, padded or repeated as the set's own) with the set's
-statistics. Batches
-are split over all devices. Output: per image the top-k classes with probabilities, or with
---json one JSON object per line (keys in `RESULT_KEYS`, each prediction with
-`PREDICTION_KEYS`). --out DIR also writes DIR/predictions.jsonl; --cam writes a Grad-CAM
+statistics. Batches are split over all devices. Output: per image the top-k classes with
+probabilities, or with --json one JSON object per line (keys in `RESULT_KEYS`, each prediction
+with `PREDICTION_KEYS`). --out DIR also writes DIR/predictions.jsonl; --cam writes a Grad-CAM
 overlay per image to DIR/cam/<name>.png at the image's own size: the gradient of the top-1
 logit with respect to the last stage's feature map, averaged over space per channel, weights
 the channels of that map (Selvaraju et al. 2017); regions outside the centre crop the model
