@@ -45,9 +45,6 @@ from cnn_jax.models.registry import initialize
 _TRAIN_MASK_STREAM = 7001
 _EVAL_MASK_STREAM = 7002
 _NORM_PIX_EPS = 1e-6
-# Reading a workdir's checkpoint list needs a Checkpointer; these settings only matter for saves.
-_NO_SAVE_CONFIG = ml_collections.ConfigDict(
-    {"checkpoint": {"every_steps": 1, "keep": 1, "use_async": False}})
 
 
 def num_visible_patches(num_patches: int, mask_ratio: float) -> int:
@@ -378,26 +375,12 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
 def encoder_params(fcmae_workdir: str) -> dict[tuple[str, ...], np.ndarray]:
   """{path: array} of the encoder parameters in the latest checkpoint of an FCMAE workdir,
   paths as in the encoder model's own nnx state ('stages', '0', 'blocks', ...)."""
-  import orbax.checkpoint as ocp  # Only the export reads checkpoints directly.
-
-  ckpt = checkpoint.Checkpointer(fcmae_workdir, _NO_SAVE_CONFIG)
-  step = ckpt.latest_step()
-  ckpt.close()
-  if step is None:
-    raise UserError(f"{fcmae_workdir!r} holds no FCMAE checkpoint")
-  path = os.path.join(os.path.abspath(fcmae_workdir), "checkpoints", str(step), "default")
-  checkpointer = ocp.PyTreeCheckpointer()
-  try:
-    params = checkpointer.restore(path)["params"]
-  finally:
-    checkpointer.close()
-  if "encoder" not in params or "decoder" not in params:
+  _, params, _ = checkpoint.read_run_weights(fcmae_workdir, best=False)
+  encoder = {tuple(name.split(".")[1:]): np.asarray(value, np.float32)
+             for name, value in params.items() if name.startswith("encoder.")}
+  if not encoder or not any(name.startswith("decoder.") for name in params):
     raise UserError(f"{fcmae_workdir!r} is not an FCMAE workdir (no encoder/decoder params)")
-  flat = {}
-  for keys, value in jax.tree_util.tree_flatten_with_path(params["encoder"])[0]:
-    names = tuple(str(k.key) for k in keys if isinstance(k, jax.tree_util.DictKey))
-    flat[names[:-1] if names[-1] == "value" else names] = np.asarray(value, np.float32)
-  return flat
+  return encoder
 
 
 def export_encoder(fcmae_workdir: str, out_dir: str, *, model_name: str) -> None:
