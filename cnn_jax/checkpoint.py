@@ -220,13 +220,12 @@ class Checkpointer:
         state = self.restore(state_like, step)
       except UnreadableCheckpoint as e:
         unreadable.append((step, str(e)))
-        if jax.process_count() == 1:
-          continue
-      else:
-        if unreadable:
-          self._move_aside(unreadable)
-        return state, step
-      break
+        if jax.process_count() > 1:
+          break
+        continue
+      if unreadable:
+        self._move_aside(unreadable)
+      return state, step
     if not unreadable:
       return state_like, 0
     step, reason = unreadable[0]
