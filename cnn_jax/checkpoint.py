@@ -472,11 +472,15 @@ def apply_pretrained(params: Any, model_state: Any, meta: dict[str, Any],
     return tree
 
   params = fill(params, saved_params, None)
-  stat_names = {".".join(str(p) for p in path)
-                for path, variable in model_state.flat_state()
-                if isinstance(variable, nnx.BatchStat)}
-  model_state = fill(model_state, saved_stats, stat_names)
+  model_state = fill(model_state, saved_stats, batch_stat_names(model_state))
   return params, model_state
+
+
+def batch_stat_names(model_state: Any) -> set[str]:
+  """The dotted names of the BatchNorm statistics in a model's state (nnx.State), the only
+  part of it that is weights: the rest is RNG stream counters."""
+  return {".".join(str(p) for p in path) for path, variable in model_state.flat_state()
+          if isinstance(variable, nnx.BatchStat)}
 
 
 @contextlib.contextmanager

@@ -71,10 +71,7 @@ def load_run(workdir: str, *, ema: bool = False, best: bool = True
   model.eval()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   _, saved_params, saved_state = checkpoint.read_run_weights(workdir, ema, best)
-  # The run's model state also holds RNG stream counters; only BatchNorm statistics are
-  # weights.
-  stats = {".".join(str(p) for p in path) for path, v in rest.flat_state()
-           if isinstance(v, nnx.BatchStat)}
+  stats = checkpoint.batch_stat_names(rest)
   saved_stats = {k: v for k, v in saved_state.items() if k in stats}
   name = config.model.name
   params, rest = checkpoint.apply_pretrained(params, rest, {"model": name}, saved_params,
