@@ -553,6 +553,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           f"{info.num_eval} eval images of {info.image_shape}; {total_steps} steps "
           f"({steps_per_epoch}/epoch) on {mesh.size} {jax.devices()[0].platform} device(s)",
           flush=True)
+    if config.init_from:  # load_pretrained refused any weight left out but the classifier's
+      print(f"weights from {config.init_from}: " + (
+          "all but the classifier, which starts fresh (init_head=drop)"
+          if config.init_head == "drop" else "all, the classifier included (init_head=keep)"),
+          flush=True)
 
   halt_at = start_step + config.halt_after_steps if config.halt_after_steps else total_steps
   halt_at = min(halt_at, total_steps)

@@ -238,7 +238,7 @@ def test_load_pretrained_refuses_a_non_checkpoint_dir(tmp_path):
                                str(tmp_path), "keep")
 
 
-def test_eval_config_evaluates_converted_weights(tmp_path):
+def test_eval_config_evaluates_converted_weights(tmp_path, capsys):
   """configs/eval_imagenet.py: 0 training steps, init_from restores, top-1 and top-5 reported.
 
   A CIFAR ResNet-20 (same ResNet class, torchvision names) stands in for an ImageNet model and
@@ -262,11 +262,13 @@ def test_eval_config_evaluates_converted_weights(tmp_path):
     return train.train_and_evaluate(config, str(tmp_path / workdir))
 
   loaded = run(weights, "eval")
+  assert f"weights from {weights}: all, the classifier included" in capsys.readouterr().out
   assert set(loaded) >= {"loss", "accuracy", "top5_accuracy"}
   assert 0 <= loaded["accuracy"] <= loaded["top5_accuracy"] <= 1
   assert not os.path.exists(tmp_path / "eval" / "checkpoints" / "0")
   # The seed-0 random init of the same model scores differently: the weights were used.
   assert run("", "random")["loss"] != pytest.approx(loaded["loss"], rel=1e-6)
+  assert "weights from" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name", ["bicubic_0875", "bilinear_0900"])
