@@ -17,9 +17,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import sys
 import time
 
-from cnn_jax import hostenv
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from cnn_jax import hostenv  # noqa: E402
 
 hostenv.set_xla_flags()
 

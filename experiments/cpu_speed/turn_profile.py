@@ -14,12 +14,15 @@ leave them out (`_TURN_WARM_S`); a training loop never pauses between steps.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
 from collections.abc import Callable
 
-from cnn_jax import hostenv
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from cnn_jax import hostenv  # noqa: E402
 
 
 def profile(run_steps: Callable[[int], list[float]], pause: float, steps: int,

@@ -11,18 +11,23 @@ alternating rounds, medians per stage.
 
 import glob
 import math
+import os
 import sys
 import time
 
 import numpy as np
 from PIL import Image
 
-from cnn_jax import cli
-from cnn_jax.data import transforms
-from cnn_jax.data.sources.images import EncodedImage
-from cnn_jax.data_bench import VARIANTS  # the same decode-path settings as --variants
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO_ROOT)
 
-BENCH_CONFIG = "configs/data_examples/imagenet_bench.py"
+from cnn_jax import cli  # noqa: E402
+from cnn_jax.data import transforms  # noqa: E402
+from cnn_jax.data.sources.images import EncodedImage  # noqa: E402
+# The same decode-path settings as --variants.
+from cnn_jax.data_bench import VARIANTS  # noqa: E402
+
+BENCH_CONFIG = os.path.join(REPO_ROOT, "configs", "data_examples", "imagenet_bench.py")
 
 
 def stages(path: str, index: int, t: transforms.TrainTransform, decoder: str, times: dict):

@@ -8,10 +8,13 @@ of the two alternate, so a change in the machine's load hits both alike. Prints 
 the per-pair ratios and both medians.
 """
 
+import os
 import statistics
 import sys
 
-from cnn_jax import bench
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from cnn_jax import bench  # noqa: E402
 
 
 def main() -> None:

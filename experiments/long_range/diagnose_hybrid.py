@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import sys
 import time
 
 import jax
@@ -21,11 +22,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from cnn_jax.data.sources.long_range import long_range_dataset
-from cnn_jax.models import create_model
-from cnn_jax.models.layers import count_params
-
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+from cnn_jax.data.sources.long_range import long_range_dataset  # noqa: E402
+from cnn_jax.models import create_model  # noqa: E402
+from cnn_jax.models.layers import count_params  # noqa: E402
 
 VARIANTS = {
     "convnext": dict(name="convnextv2_atto", dims=(16, 32, 64, 128), depths=(2, 2, 6, 2)),
