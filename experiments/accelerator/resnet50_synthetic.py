@@ -9,8 +9,6 @@ import os
 
 import ml_collections
 
-from cnn_jax import config as base
-
 _RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs",
                        "resnet50_imagenet.py")
 

@@ -10,7 +10,6 @@ held-out accuracy at the end.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import time
