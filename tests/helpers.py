@@ -234,21 +234,27 @@ def cut_short(checkpoint_dir) -> None:
         os.truncate(os.path.join(root, name), 10)
 
 
-def final_params(workdir):
-  """(step, {path: array}) of the newest checkpoint's parameters, read as NumPy arrays: a run
-  of another process or device layout than the test's wrote it."""
+def saved_tree(path) -> dict:
+  """The whole tree of a saved checkpoint item (CHECKPOINTS/STEP/default) as NumPy arrays: a
+  run of another process or device layout than the test's may have written it, so nothing is
+  placed on a device."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  step = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
-  path = os.path.join(ckpt_dir, str(step), "default")
   checkpointer = ocp.PyTreeCheckpointer()
   as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                          checkpointer.metadata(path).item_metadata.tree)
+                          checkpointer.metadata(str(path)).item_metadata.tree)
+  return checkpointer.restore(str(path), restore_args=as_numpy)
+
+
+def final_params(workdir):
+  """(step, {path: array}) of the newest checkpoint's parameters, as NumPy arrays."""
+  import jax  # pylint: disable=import-outside-toplevel
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  step = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
   flat = jax.tree_util.tree_flatten_with_path(
-      checkpointer.restore(path, restore_args=as_numpy)["params"])[0]
-  return step, {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
+      saved_tree(os.path.join(ckpt_dir, str(step), "default"))["params"])[0]
+  return step, {jax.tree_util.keystr(k): v for k, v in flat}
 
 
 def free_port() -> int:

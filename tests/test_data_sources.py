@@ -19,7 +19,7 @@ from cnn_jax.data.sources import images
 from cnn_jax.errors import UserError
 from data_sets import (NUM_CLASSES, TFDS_NAME, labels_from_images, make_config,
                        prepare_tfds_test_set, solid_value)
-from helpers import run_cli
+from helpers import run_cli, saved_tree
 
 # ------------------------------------------------------------------------------------ TFDS
 
@@ -285,7 +285,6 @@ def test_training_on_an_image_folder_resumes_to_the_same_parameters(image_folder
   device -> train step; halting at step 3 and resuming equals an uninterrupted run, bit for
   bit."""
   import jax
-  import orbax.checkpoint as ocp
 
   from cnn_jax import train
 
@@ -307,7 +306,7 @@ def test_training_on_an_image_folder_resumes_to_the_same_parameters(image_folder
     return train.train_and_evaluate(config, str(workdir))
 
   def params(workdir):
-    restored = ocp.PyTreeCheckpointer().restore(str(workdir / "checkpoints" / "6" / "default"))
+    restored = saved_tree(workdir / "checkpoints" / "6" / "default")
     return jax.tree.leaves(restored["params"])
 
   full = run(tmp_path / "full")

@@ -13,7 +13,7 @@ from flax import nnx
 
 from cnn_jax import erf
 from cnn_jax.errors import UserError
-from helpers import run_cli
+from helpers import run_cli, saved_tree
 
 
 class ConvStack(nnx.Module):
@@ -115,8 +115,7 @@ def test_load_run_restores_the_latest_checkpoints_weights(tmp_path):
   changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(initial),
                                                    jax.tree.leaves(restored))]
   assert all(changed)  # every parameter moved in 3 steps at lr 0.05, and the load kept that
-  import orbax.checkpoint as ocp
-  saved = ocp.PyTreeCheckpointer().restore(str(tmp_path / "checkpoints" / "3" / "default"))
+  saved = saved_tree(tmp_path / "checkpoints" / "3" / "default")
   saved_leaves = jax.tree.leaves(saved["params"])
   assert len(saved_leaves) == len(jax.tree.leaves(restored))
   for leaf in jax.tree.leaves(restored):  # each restored array is one of the saved ones

@@ -6,13 +6,12 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from cnn_jax import checkpoint, metrics, train
 from cnn_jax.errors import UserError
 from helpers import (ONE_DEVICE, SHARED_8_DEVICE_RUN, cut_short, final_params, learning_run_config,
-                     load_config, read_jsonl)
+                     load_config, read_jsonl, saved_tree)
 
 
 def test_training_learns_on_real_digits(tmp_path):
@@ -182,7 +181,7 @@ def test_batchnorm_model_trains_and_updates_its_statistics(tmp_path):
   final = train.train_and_evaluate(config, str(tmp_path))
   assert np.isfinite(final["loss"])
   ckpt = os.path.join(str(tmp_path), "checkpoints", "2", "default")
-  model_state = ocp.PyTreeCheckpointer().restore(ckpt)["model_state"]
+  model_state = saved_tree(ckpt)["model_state"]
   flat = jax.tree_util.tree_flatten_with_path(model_state)[0]
   stem_means = [np.asarray(v) for k, v in flat
                 if "stem" in jax.tree_util.keystr(k) and "mean" in jax.tree_util.keystr(k)]

@@ -12,12 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import pytest
 
 from cnn_jax import checkpoint, optim, parallel, train
 from helpers import (DIGITS, HANG_TIMEOUT, ONE_DEVICE, REPO_ROOT, SHARED_8_DEVICE_RUN, final_params,
-                     free_port, load_config, losses, read_jsonl, run_cli)
+                     free_port, load_config, losses, read_jsonl, run_cli, saved_tree)
 
 # The runs that check stopping, resuming, EMA, bfloat16 and the best checkpoint, on one device
 # as `make train` on a CPU: the 8 fake devices conftest sets cost each step several times its
@@ -272,9 +271,8 @@ def test_best_checkpoint_is_the_best_eval_and_survives_a_resume(tmp_path):
   reopened = checkpoint.BestCheckpointer(str(tmp_path), "accuracy", "max")
   assert (reopened.best_step, reopened.best_value) == (best_step, pytest.approx(best_accuracy))
   reopened.close()
-  best = ocp.PyTreeCheckpointer().restore(str(best_dir / str(best_step) / "default"))
-  regular = ocp.PyTreeCheckpointer().restore(
-      str(tmp_path / "checkpoints" / str(best_step) / "default"))
+  best = saved_tree(best_dir / str(best_step) / "default")
+  regular = saved_tree(tmp_path / "checkpoints" / str(best_step) / "default")
   jax.tree.map(np.testing.assert_array_equal, best["params"], regular["params"])
 
 
