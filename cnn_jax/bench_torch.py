@@ -44,7 +44,7 @@ else:  # run as a script, maybe by a Python without cnn_jax: its directory is sy
 
 # ----------------------------------------------------------------------------- worker side
 
-def small_models():
+def small_models() -> dict[str, Callable[[int, int, int], Any]]:
   """{name: constructor(num_classes, in_channels, image_size)}: PyTorch definitions of the small
   cnn_jax models that timm and torchvision lack, layer for layer and with the same parameter
   count (tests/test_bench_torch_models.py): LeNet-5 (ReLU, max pooling, as cnn_jax's default),
@@ -233,7 +233,7 @@ def small_models():
 
 
 def create_model(name: str, num_classes: int, in_channels: int, image_size: int,
-                 options: dict[str, Any] | None = None):
+                 options: dict[str, Any] | None = None) -> tuple[Any, str]:
   """(model, source): this file's definition for the small models (`small_models`), else
   timm's model of this name, else torchvision's. `options`: further keyword arguments of
   timm's `create_model` (e.g. patch_size for ConvNeXt)."""

@@ -26,6 +26,7 @@ import shutil
 import tempfile
 import time
 
+import ml_collections
 from absl import flags
 
 from cnn_jax import cli
@@ -133,7 +134,7 @@ def _format_config(config, fmt: str, root: str):
   return config
 
 
-def compare(config, root: str, formats: list[str], variants: list[str], rounds: int,
+def compare(config: ml_collections.ConfigDict, root: str, formats: list[str], variants: list[str], rounds: int,
             steps: int, warmup_steps: int) -> dict[tuple[str, str], float]:
   """Median CPU-ms per image of every (format, variant), in alternating turns; prints ratios."""
   import statistics
@@ -225,7 +226,7 @@ def _cpu_seconds() -> float:
   return total
 
 
-def bench(config, steps: int, warmup_steps: int) -> tuple[float, float]:
+def bench(config: ml_collections.ConfigDict, steps: int, warmup_steps: int) -> tuple[float, float]:
   """(images/s, CPU-ms per image over all processes) of `steps` training batches."""
   from cnn_jax import data
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 
 def step_time_stats(times: Sequence[float]) -> dict[str, float]:
@@ -43,7 +43,7 @@ class PhaseClock:
     return time.perf_counter(), time.process_time()
 
   @contextlib.contextmanager
-  def phase(self, name: str):
+  def phase(self, name: str) -> Iterator[None]:
     start = self._now()
     try:
       yield

@@ -187,7 +187,7 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
   return out
 
 
-def evaluate(eval_fn, state: TrainState, eval_batches: data.EvalBatches,
+def evaluate(eval_fn: Callable[..., Any], state: TrainState, eval_batches: data.EvalBatches,
              mesh: jax.sharding.Mesh,
              summarize: Callable[[dict[str, Any]], dict[str, float]] | None = None
              ) -> dict[str, float]:

@@ -13,6 +13,8 @@ timm's `mixup_target(..., smoothing)` exactly (smoothing is affine, so the order
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -22,7 +24,8 @@ def is_active(mixup_config: ml_collections.ConfigDict) -> bool:
   return mixup_config.mixup_alpha > 0 or mixup_config.cutmix_alpha > 0
 
 
-def cutmix_box(rng: jax.Array, lam: jax.Array, height: int, width: int):
+def cutmix_box(rng: jax.Array, lam: jax.Array, height: int, width: int
+               ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
   """(top, bottom, left, right) of timm's rand_bbox: side sqrt(1 - lam), clipped centre box."""
   cut_rat = jnp.sqrt(1.0 - lam)
   cut_h = (height * cut_rat).astype(jnp.int32)
@@ -74,7 +77,7 @@ def mix(images: jax.Array, labels_onehot: jax.Array, rng: jax.Array,
 
 
 def normalise_on_device(images: jax.Array, erase_box: jax.Array | None, rng: jax.Array,
-                        mean, std) -> jax.Array:
+                        mean: Sequence[float], std: Sequence[float]) -> jax.Array:
   """uint8 NHWC training images -> (x / 255 - mean) / std in float32, then timm's pixel-mode
   random erasing inside each image's `erase_box` (top, left, h, w; h = 0: none) with N(0, 1)
   noise: what `transforms.TrainTransform` does on the host, done where the batch lands."""

@@ -27,6 +27,7 @@ decoding for the image sources.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import grain
 import numpy as np
@@ -176,7 +177,7 @@ class TrainBatches:
   rows at once (`transforms.ArrayTrainTransform`).
   """
 
-  def __init__(self, records: Records, transform, *, global_batch_size: int, seed: int,
+  def __init__(self, records: Records, transform: Any, *, global_batch_size: int, seed: int,
                process_index: int = 0, process_count: int = 1, num_workers: int = 0,
                num_threads: int = 1, prefetch_batches: int = 2):
     self.local_batch_size = check_global_batch("data.batch_size", global_batch_size,
@@ -205,7 +206,7 @@ class EvalBatches:
   """The whole eval split in fixed-size batches; the last is padded (zeros) and masked out.
   `transform(image)` -> normalised float32 array of `image_shape`."""
 
-  def __init__(self, records: Records, transform, image_shape: tuple[int, ...], *,
+  def __init__(self, records: Records, transform: Any, image_shape: tuple[int, ...], *,
                global_batch_size: int, process_index: int = 0, process_count: int = 1,
                num_workers: int = 0, num_threads: int = 1, prefetch_batches: int = 2):
     self.local_batch_size = check_global_batch("data.eval_batch_size", global_batch_size,
@@ -224,7 +225,8 @@ class EvalBatches:
                     prefetch_batches=self.prefetch_batches)
 
 
-def prefetch_to_device(batches: Iterator[Batch], put, size: int = 2) -> Iterator:
+def prefetch_to_device(batches: Iterator[Batch], put: Callable[[Batch], Any], size: int = 2
+                       ) -> Iterator[Any]:
   """Yields `put(batch)` (e.g. `lambda b: parallel.shard_batch(b, mesh)`) `size` batches ahead.
 
   Host-to-device copies are asynchronous in JAX, so issuing them early overlaps the transfer

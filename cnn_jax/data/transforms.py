@@ -22,11 +22,18 @@ from __future__ import annotations
 import functools
 import math
 import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
+import ml_collections
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 from cnn_jax.errors import UserError
+
+if TYPE_CHECKING:  # Annotations only: importing the sources package loads every source.
+  from cnn_jax.data.sources.arrays import ArrayDataset
+  from cnn_jax.data.sources.embedded import FileLayout
 
 INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
@@ -59,7 +66,7 @@ def _hwc(image: np.ndarray) -> np.ndarray:
   return image if image.ndim == 3 else image[..., None]
 
 
-def opencv_resize(image: np.ndarray, size: int, resample) -> np.ndarray:
+def opencv_resize(image: np.ndarray, size: int, resample: Image.Resampling) -> np.ndarray:
   """`image` (uint8 HWC) to size x size with the interpolation's cubic / linear kernel; a side
   that shrinks by f is first blurred by a Gaussian of sigma 0.5 sqrt(f^2 - 1) px, the
   antialiasing that PIL gets from widening its kernel (nearly as close to PIL's pixels as
@@ -82,7 +89,8 @@ def opencv_flip(image: np.ndarray) -> np.ndarray:
   return _hwc(out)
 
 
-def opencv_affine(image: np.ndarray, matrix, resample, fill) -> np.ndarray:
+def opencv_affine(image: np.ndarray, matrix: Sequence[float], resample: Image.Resampling,
+                  fill: int | Sequence[int]) -> np.ndarray:
   """PIL's `transform(size, AFFINE, matrix, resample, fillcolor)` of a uint8 HWC array.
 
   PIL maps output pixel centres (x + 0.5, y + 0.5) through `matrix` to input coordinates whose
@@ -136,13 +144,14 @@ def random_resized_crop_box(height: int, width: int, scale: tuple[float, float],
   return (height - h) // 2, (width - w) // 2, h, w
 
 
-def random_resized_crop(img: Image.Image, size: int, scale, ratio, resample,
+def random_resized_crop(img: Image.Image, size: int, scale: tuple[float, float],
+                        ratio: tuple[float, float], resample: Image.Resampling,
                         rng: np.random.Generator) -> Image.Image:
   top, left, h, w = random_resized_crop_box(img.height, img.width, scale, ratio, rng)
   return img.resize((size, size), resample, box=(left, top, left + w, top + h))
 
 
-def resize_shorter(img: Image.Image, size: int, resample) -> Image.Image:
+def resize_shorter(img: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
   """torchvision Resize(int): the shorter side becomes `size`, the longer is truncated."""
   w, h = img.size
   if w <= h:
@@ -165,7 +174,8 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
   return img.crop((left, top, left + size, top + size))
 
 
-def resize_center_crop(img: Image.Image, size: int, crop_pct: float, resample) -> Image.Image:
+def resize_center_crop(img: Image.Image, size: int, crop_pct: float,
+                       resample: Image.Resampling) -> Image.Image:
   """timm eval: resize the shorter side to floor(size / crop_pct), centre-crop size x size."""
   return center_crop(resize_shorter(img, math.floor(size / crop_pct), resample), size)
 
@@ -280,7 +290,8 @@ RAND_OPS = (
 class RandAugment:
   """timm's RandAugment from a spec like "rand-m9-mstd0.5-inc1" (keys m, n, mstd, mmax, inc)."""
 
-  def __init__(self, spec: str, *, fill: tuple[int, ...], resample, resampling: str = "pil"):
+  def __init__(self, spec: str, *, fill: tuple[int, ...], resample: Image.Resampling,
+               resampling: str = "pil"):
     parts = spec.split("-")
     if parts[0] != "rand":
       raise UserError(f"data.randaugment={spec!r} must start with 'rand-'")
@@ -379,7 +390,7 @@ class TrainTransform:
   """Image + generator -> normalised float32 HWC array (or uint8 + erasing box), per
   `config.data`."""
 
-  def __init__(self, data_config):
+  def __init__(self, data_config: ml_collections.ConfigDict):
     self.kind = data_config.augment
     if self.kind not in ("imagenet", "cifar", "none"):
       raise UserError(f"data.augment={self.kind!r}; known: imagenet, cifar, none")
@@ -468,7 +479,7 @@ class TrainTransform:
 
 
 class EvalTransform:
-  def __init__(self, data_config):
+  def __init__(self, data_config: ml_collections.ConfigDict):
     self.size = data_config.image_size
     self.crop_pct = data_config.crop_pct
     if not 0 < self.crop_pct <= 1:
@@ -508,7 +519,7 @@ class ArrayTrainTransform:
     self.mean = np.asarray(mean, np.float32)
     self.std = np.asarray(std, np.float32)
 
-  def train_batch(self, records, indices: np.ndarray, *, seed: int, step: int, first_row: int,
+  def train_batch(self, records: ArrayDataset, indices: np.ndarray, *, seed: int, step: int, first_row: int,
                   global_batch_size: int) -> dict[str, np.ndarray]:
     images = records.images[indices]
     if self.max_shift:
@@ -537,7 +548,7 @@ class ArrayFileTransform:
   its pixels repeated and padded into the set's frame as the set placed its own, normalised
   with the set's statistics. An image of the set's side, as the set's own, is not resampled."""
 
-  def __init__(self, layout, resample: Image.Resampling, mean: tuple[float, ...],
+  def __init__(self, layout: FileLayout, resample: Image.Resampling, mean: tuple[float, ...],
                std: tuple[float, ...]):
     self.layout = layout
     self.resample = resample
@@ -567,7 +578,7 @@ def to_array(img: Image.Image) -> np.ndarray:
   return image[..., None] if image.ndim == 2 else image
 
 
-def normalisation(data_config) -> tuple[np.ndarray, np.ndarray]:
+def normalisation(data_config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
   mean = np.asarray(data_config.mean, np.float32)
   std = np.asarray(data_config.std, np.float32)
   if mean.shape != (data_config.channels,) or std.shape != (data_config.channels,):

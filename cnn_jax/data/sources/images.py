@@ -12,10 +12,13 @@ import io
 import logging
 import os
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from cnn_jax.data.sources.base import Records
 from cnn_jax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -28,7 +31,7 @@ class CorruptImage(Exception):
 DECODERS = ("simplejpeg", "pil")
 
 
-def decode_image(payload, channels: int) -> Image.Image:
+def decode_image(payload: bytes | str | np.ndarray, channels: int) -> Image.Image:
   """Decodes bytes / a path / an array into a loaded PIL image in RGB (3) or L (1) mode.
 
   Grayscale, palette, CMYK, RGBA, 16-bit images are converted (alpha dropped, as timm's
@@ -45,7 +48,8 @@ class EncodedImage:
   CMYK JPEGs through PIL); "pil" uses PIL alone (with `Image.draft` for the reduced size).
   """
 
-  def __init__(self, payload, channels: int, decoder: str = "simplejpeg"):
+  def __init__(self, payload: bytes | str | np.ndarray, channels: int,
+               decoder: str = "simplejpeg"):
     self.channels = channels
     self.mode = "RGB" if channels == 3 else "L"
     self._array = self._pil = self._jpeg = None
@@ -151,7 +155,7 @@ _MAX_CORRUPT_IN_A_ROW = 100
 class RecordLoader:
   """Reads record `index`, decodes it; on a corrupt image, skips to the next record or fails."""
 
-  def __init__(self, source, channels: int, on_corrupt: str, decoder: str = "pil"):
+  def __init__(self, source: Records, channels: int, on_corrupt: str, decoder: str = "pil"):
     if on_corrupt not in ("skip", "fail"):
       raise UserError(f"data.on_corrupt={on_corrupt!r}; known: skip, fail")
     if channels not in (1, 3):
@@ -169,7 +173,8 @@ class RecordLoader:
   def __getitem__(self, index: int) -> tuple[Image.Image, int]:
     return self.load(index)
 
-  def load(self, index: int, use=None) -> tuple[Image.Image, int]:
+  def load(self, index: int, use: Callable[[EncodedImage], Any] | None = None
+           ) -> tuple[Any, int]:
     """(decoded image, label), or (use(EncodedImage), label) when `use` decodes the image
     itself (a training transform choosing a reduced-size decode): a corrupt image found then
     is skipped the same way."""
