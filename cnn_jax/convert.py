@@ -428,7 +428,9 @@ def load_model(model_name: str, pretrained: str, *, rngs: Any,
     options["num_classes"] = saved_classes
   keeps_head = bool(meta.get("has_head", True)) and saved_classes is not None and \
       options.get("num_classes", saved_classes) == saved_classes
-  model = registry.build(model_name, registry.get_constructor(model_name), rngs, options)
+  # Kept head: every weight comes from the checkpoint, so none is drawn first.
+  model = registry.build(model_name, registry.get_constructor(model_name), rngs, options,
+                         weights_to_load=keeps_head)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   source = f"{pretrained} ({meta.get('source') or meta.get('model', '?')})"
   try:

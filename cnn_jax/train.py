@@ -31,7 +31,7 @@ from jax.experimental import multihost_utils
 from cnn_jax import (checkpoint, data, hostenv, metrics, optim, parallel, timing,
                      workdir_lock)
 from cnn_jax.errors import UserError
-from cnn_jax.models import create_model, layers, registry
+from cnn_jax.models import layers, registry
 
 
 @flax.struct.dataclass
@@ -43,13 +43,17 @@ class TrainState:
   ema_params: nnx.State | None = None  # Present when config.ema_decay > 0.
 
 
-def build_model(config: ml_collections.ConfigDict) -> nnx.Module:
+def build_model(config: ml_collections.ConfigDict, *, weights_to_load: bool = False
+                ) -> nnx.Module:
   """The model named by `config.model.name`; every other field of `config.model` is a kwarg
-  (lists, as a run's config.json gives them back, as tuples)."""
+  (lists, as a run's config.json gives them back, as tuples). weights_to_load: its Params and
+  BatchStats are placeholders for a checkpoint's (`registry.build`)."""
   kwargs = {k: tuple(v) if isinstance(v, list) else v
             for k, v in config.model.to_dict().items() if k != "name"}
   rngs = nnx.Rngs(config.seed, params=config.seed, dropout=config.seed + 1)
-  return create_model(config.model.name, rngs=rngs, **kwargs)
+  name = config.model.name
+  return registry.build(name, registry.get_constructor(name), rngs, kwargs,
+                        weights_to_load=weights_to_load)
 
 
 def read_run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -67,7 +71,7 @@ def load_run(workdir: str, *, ema: bool = False, best: bool = True
   checkpoint's parameters (`ema`: their EMA) and BatchNorm statistics: the best checkpoint when
   `best` and the run kept one, else the latest (`checkpoint.read_run_weights`)."""
   config = read_run_config(workdir)
-  model = build_model(config)
+  model = build_model(config, weights_to_load=True)
   model.eval()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   _, saved_params, saved_state = checkpoint.read_run_weights(workdir, ema, best)

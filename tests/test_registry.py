@@ -149,3 +149,44 @@ def test_initialize_compiles_the_same_draw_as_the_eager_initialisers(monkeypatch
     # The same random bits; the transforms of them may round differently once compiled.
     np.testing.assert_allclose(c, e, rtol=1e-5, atol=1e-6)
   assert max(float(np.std(w)) for w in _weights(compiled)) > 0.01
+
+
+def test_a_build_for_loaded_weights_draws_only_the_rest_as_a_full_build_does():
+  """registry.build(weights_to_load=True), what loading a checkpoint builds: every Param and
+  BatchStat a placeholder of its shape and dtype, and the rest of the state (the drop path and
+  dropout streams) and the caller's Rngs afterwards bit-equal to a full build's."""
+  import jax
+  import numpy as np
+  from flax import nnx
+
+  from cnn_jax.models import registry
+
+  def as_arrays(tree):
+    return [np.asarray(jax.random.key_data(leaf) if jax.dtypes.issubdtype(
+        leaf.dtype, jax.dtypes.prng_key) else leaf) for leaf in jax.tree.leaves(tree)]
+
+  # BatchNorm statistics and a drop-path stream in each block (resnet20), LayerScale and GRN
+  # weights with the streams (convnextv2_atto, narrowed).
+  for name, options in [("resnet20", {"drop_path_rate": 0.1}),
+                        ("convnextv2_atto", {"drop_path_rate": 0.1, "depths": (1, 1, 1, 1),
+                                             "dims": (8, 8, 16, 16)})]:
+    full_rngs, rngs = nnx.Rngs(3, params=3, dropout=4), nnx.Rngs(3, params=3, dropout=4)
+    full = registry.build(name, registry.get_constructor(name), full_rngs, options)
+    built = registry.build(name, registry.get_constructor(name), rngs, options,
+                           weights_to_load=True)
+    assert nnx.graphdef(built) == nnx.graphdef(full)
+    placeholders = nnx.state(built, registry.WEIGHTS)
+    expected = nnx.state(full, registry.WEIGHTS)
+    assert jax.tree.structure(placeholders) == jax.tree.structure(expected)
+    for placeholder, weight in zip(jax.tree.leaves(placeholders), jax.tree.leaves(expected),
+                                   strict=True):
+      assert isinstance(placeholder, jax.ShapeDtypeStruct)
+      assert (placeholder.shape, placeholder.dtype) == (weight.shape, weight.dtype)
+    kinds = {type(v) for _, v in placeholders.flat_state()}
+    assert kinds == ({nnx.Param, nnx.BatchStat} if name == "resnet20" else {nnx.Param})
+    rest, full_rest = (as_arrays(nnx.state(m, nnx.Not(registry.WEIGHTS))) for m in (built, full))
+    assert len(rest) == len(full_rest) > 0
+    for a, b in zip(rest, full_rest, strict=True):
+      np.testing.assert_array_equal(a, b)
+    for a, b in zip(as_arrays(nnx.state(rngs)), as_arrays(nnx.state(full_rngs)), strict=True):
+      np.testing.assert_array_equal(a, b)
