@@ -307,16 +307,19 @@ class Predictor:
       raise UserError(f"--cam needs a spatial last-stage feature map (N, H, W, C); "
                       f"{self.loaded.name}'s is {tuple(shape)} (a token sequence)")
 
-  def padded(self, images: list[np.ndarray]) -> np.ndarray:
-    """The batch padded to a multiple of the device count (the padding rows are dropped)."""
+  def padded(self, images: list[np.ndarray], rows: int = 1) -> np.ndarray:
+    """The batch padded to at least `rows` rows and to a multiple of the device count (the
+    padding rows are dropped)."""
     n = len(images)
-    rows = -(-n // self.mesh.size) * self.mesh.size
+    rows = -(-max(n, rows) // self.mesh.size) * self.mesh.size
     x = np.stack(images)
     return np.concatenate([x, np.zeros((rows - n, *x.shape[1:]), x.dtype)]) if rows > n else x
 
-  def __call__(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(top-k probabilities, top-k indices, Grad-CAM maps of the top-1 class or None)."""
-    x = self.padded(images)
+  def __call__(self, images: list[np.ndarray], rows: int = 1
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(top-k probabilities, top-k indices, Grad-CAM maps of the top-1 class or None).
+    `rows`: the batch the programs are compiled for; a smaller one is padded to it."""
+    x = self.padded(images, rows)
     probabilities, indices = (np.asarray(a) for a in self._top(self.state, x))
     cams = None
     if self.cam:
@@ -370,6 +373,9 @@ def predict(loaded: Loaded, paths: Sequence[str], *, top_k: int = 5, batch_size:
   transform, channels = predictor.input.transform, predictor.input.channels
   batch_size = -(-max(batch_size, 1) // predictor.mesh.size) * predictor.mesh.size
   batches = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
+  # Every batch is padded to the first one's size: a short last batch, or one with unreadable
+  # images, would otherwise compile the model's programs again (seconds each).
+  rows = len(batches[0]) if batches else 1
   bar = metrics.Progress(len(batches), 0, stream=sys.stderr,
                          enabled=progress and len(batches) > 1)
   report_every = max(1, len(batches) // 20)
@@ -396,7 +402,7 @@ def predict(loaded: Loaded, paths: Sequence[str], *, top_k: int = 5, batch_size:
                   "far)", file=sys.stderr, flush=True)
       good = [item for item in decoded if item.image is not None]
       if good:
-        probabilities, indices, cams = predictor([item.image for item in good])
+        probabilities, indices, cams = predictor([item.image for item in good], rows)
         for i, item in enumerate(good):
           cam_file = None
           if cams is not None:
