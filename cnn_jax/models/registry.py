@@ -176,7 +176,9 @@ def initialize_without_weights(construct: Callable[[nnx.Rngs], nnx.Module], rngs
            tuple((leaf.shape, str(leaf.dtype)) for leaf in rng_leaves))
   compiled = _compiled_inits.get(key) if key is not None else None
   if compiled is None:
-    compiled = nnx.jit(lambda r: nnx.state(construct(r), nnx.Not(WEIGHTS))).lower(rngs).compile()
+    options = _CPU_INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
+    compiled = nnx.jit(lambda r: nnx.state(construct(r), nnx.Not(WEIGHTS))).lower(
+        rngs).compile(options)
     if key is not None:
       if len(_compiled_inits) >= _MAX_CACHED_INITS:
         _compiled_inits.pop(next(iter(_compiled_inits)))
