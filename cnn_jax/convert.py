@@ -428,9 +428,10 @@ def load_model(model_name: str, pretrained: str, *, rngs: Any,
     options["num_classes"] = saved_classes
   keeps_head = bool(meta.get("has_head", True)) and saved_classes is not None and \
       options.get("num_classes", saved_classes) == saved_classes
-  # Kept head: every weight comes from the checkpoint, so none is drawn first.
+  # Every weight comes from the checkpoint but a new classifier's: only that one is drawn.
+  fresh = () if keeps_head else tuple(meta.get("head", ()))
   model = registry.build(model_name, registry.get_constructor(model_name), rngs, options,
-                         weights_to_load=keeps_head)
+                         weights_to_load=keeps_head or bool(fresh), fresh=fresh)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   source = f"{pretrained} ({meta.get('source') or meta.get('model', '?')})"
   try:

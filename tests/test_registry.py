@@ -154,7 +154,8 @@ def test_initialize_compiles_the_same_draw_as_the_eager_initialisers(monkeypatch
 def test_a_build_for_loaded_weights_draws_only_the_rest_as_a_full_build_does():
   """registry.build(weights_to_load=True), what loading a checkpoint builds: every Param and
   BatchStat a placeholder of its shape and dtype, and the rest of the state (the drop path and
-  dropout streams) and the caller's Rngs afterwards bit-equal to a full build's."""
+  dropout streams) and the caller's Rngs afterwards bit-equal to a full build's; with `fresh`
+  (a new classifier), its weights drawn too, bit-equal to the full build's."""
   import jax
   import numpy as np
   from flax import nnx
@@ -167,9 +168,10 @@ def test_a_build_for_loaded_weights_draws_only_the_rest_as_a_full_build_does():
 
   # BatchNorm statistics and a drop-path stream in each block (resnet20), LayerScale and GRN
   # weights with the streams (convnextv2_atto, narrowed).
-  for name, options in [("resnet20", {"drop_path_rate": 0.1}),
-                        ("convnextv2_atto", {"drop_path_rate": 0.1, "depths": (1, 1, 1, 1),
-                                             "dims": (8, 8, 16, 16)})]:
+  for name, head, options in [
+      ("resnet20", "fc", {"drop_path_rate": 0.1}),
+      ("convnextv2_atto", "head.fc", {"drop_path_rate": 0.1, "depths": (1, 1, 1, 1),
+                                      "dims": (8, 8, 16, 16)})]:
     full_rngs, rngs = nnx.Rngs(3, params=3, dropout=4), nnx.Rngs(3, params=3, dropout=4)
     full = registry.build(name, registry.get_constructor(name), full_rngs, options)
     built = registry.build(name, registry.get_constructor(name), rngs, options,
@@ -190,3 +192,14 @@ def test_a_build_for_loaded_weights_draws_only_the_rest_as_a_full_build_does():
       np.testing.assert_array_equal(a, b)
     for a, b in zip(as_arrays(nnx.state(rngs)), as_arrays(nnx.state(full_rngs)), strict=True):
       np.testing.assert_array_equal(a, b)
+
+    with_head = registry.build(name, registry.get_constructor(name),
+                               nnx.Rngs(3, params=3, dropout=4), options, weights_to_load=True,
+                               fresh=(head,))
+    drawn = {".".join(map(str, p)): v.get_value()
+             for p, v in nnx.state(with_head, registry.WEIGHTS).flat_state()
+             if not isinstance(v.get_value(), jax.ShapeDtypeStruct)}
+    assert sorted(drawn) == [f"{head}.bias", f"{head}.kernel"]
+    full_weights = {".".join(map(str, p)): v[...] for p, v in expected.flat_state()}
+    for path, value in drawn.items():
+      np.testing.assert_array_equal(value, full_weights[path])

@@ -6,7 +6,7 @@ import difflib
 import functools
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -65,17 +65,21 @@ def create_model(name: str, pretrained: str | os.PathLike | None = None, *,
 
 
 def build(name: str, constructor: Callable[..., nnx.Module], rngs: nnx.Rngs,
-          options: dict[str, Any], *, weights_to_load: bool = False) -> nnx.Module:
+          options: dict[str, Any], *, weights_to_load: bool = False,
+          fresh: Sequence[str] = ()) -> nnx.Module:
   """The constructor's model, with its option errors as the user's (one line).
 
   weights_to_load: every Param and BatchStat is left a placeholder (a jax.ShapeDtypeStruct of
-  its shape) for the caller to fill with loaded weights, and only the rest of the state (the
-  RNG streams) is drawn, as a full build draws it; nothing random is computed for weights that
-  loading replaces (`initialize_without_weights`)."""
-  init = initialize_without_weights if weights_to_load else initialize
+  its shape) for the caller to fill with loaded weights, but those under the dotted paths in
+  `fresh` (a new classifier: "head.fc"); those and the rest of the state (the RNG streams) are
+  drawn, as a full build draws them. Nothing random is computed for weights that loading
+  replaces (`initialize_without_weights`)."""
+  construct = functools.partial(_construct, constructor, options)
+  cache_key = _hashable((constructor, options))
   try:
-    return init(functools.partial(_construct, constructor, options), rngs,
-                cache_key=_hashable((constructor, options)))
+    if weights_to_load:
+      return initialize_without_weights(construct, rngs, cache_key=cache_key, fresh=fresh)
+    return initialize(construct, rngs, cache_key=cache_key)
   except TypeError as e:
     # An unexpected keyword from a config override is the user's mistake, not ours.
     if "unexpected keyword argument" in str(e):
@@ -157,30 +161,37 @@ WEIGHTS = nnx.Any(nnx.Param, nnx.BatchStat)
 
 
 def initialize_without_weights(construct: Callable[[nnx.Rngs], nnx.Module], rngs: nnx.Rngs, *,
-                               cache_key: Any = None) -> nnx.Module:
+                               cache_key: Any = None, fresh: Sequence[str] = ()) -> nnx.Module:
   """`construct(rngs)` with its Params and BatchStats as placeholders (jax.ShapeDtypeStruct)
-  for weights the caller loads, and the rest of its state (RNG stream keys and counts) the
-  values `initialize` gives, with `rngs` advanced as it advances them.
+  for weights the caller loads, but those under the dotted paths in `fresh`; those and the rest
+  of its state (RNG stream keys and counts) hold the values `initialize` gives, and `rngs`
+  advances as it advances them.
 
-  The rest is computed by the same traced construct with only it as output, so XLA drops every
-  initialiser of a weight from the program: a checkpoint's model is built without compiling
+  What is drawn is computed by the same traced construct with only it as output, so XLA drops
+  every other initialiser from the program: a checkpoint's model is built without compiling
   and running draws that the checkpoint overwrites (ResNet-50: about 10 s of compile on a CPU).
   """
-  graphdef, weights, _ = nnx.split(nnx.eval_shape(construct, rngs), WEIGHTS, ...)
+  fresh = tuple(fresh)
+
+  def is_fresh(path: tuple[Any, ...], _) -> bool:
+    name = ".".join(str(p) for p in path)
+    return any(name == f or name.startswith(f + ".") for f in fresh)
+
+  drawn = nnx.Any(nnx.Not(WEIGHTS), is_fresh)
+  graphdef, placeholders, _ = nnx.split(nnx.eval_shape(construct, rngs), nnx.Not(drawn), ...)
   rng_leaves = jax.tree.leaves(nnx.state(rngs))
   if any(isinstance(leaf, jax.core.Tracer) for leaf in rng_leaves):
-    return nnx.merge(graphdef, weights, nnx.state(construct(rngs), nnx.Not(WEIGHTS)))
+    return nnx.merge(graphdef, placeholders, nnx.state(construct(rngs), drawn))
   key = None
   if cache_key is not None:
-    key = ("without weights", cache_key, nnx.graphdef(rngs), jax.default_backend(),
+    key = ("without weights", fresh, cache_key, nnx.graphdef(rngs), jax.default_backend(),
            tuple((leaf.shape, str(leaf.dtype)) for leaf in rng_leaves))
   compiled = _compiled_inits.get(key) if key is not None else None
   if compiled is None:
     options = _CPU_INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
-    compiled = nnx.jit(lambda r: nnx.state(construct(r), nnx.Not(WEIGHTS))).lower(
-        rngs).compile(options)
+    compiled = nnx.jit(lambda r: nnx.state(construct(r), drawn)).lower(rngs).compile(options)
     if key is not None:
       if len(_compiled_inits) >= _MAX_CACHED_INITS:
         _compiled_inits.pop(next(iter(_compiled_inits)))
       _compiled_inits[key] = compiled
-  return nnx.merge(graphdef, weights, compiled(rngs))
+  return nnx.merge(graphdef, placeholders, compiled(rngs))
