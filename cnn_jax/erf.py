@@ -39,13 +39,15 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   flags.DEFINE_string("model", None, "Registered model name (ignored with --checkpoint, which "
                       "names its own).")
-  flags.DEFINE_integer("image_size", 224, "Input side in pixels.")
+  flags.DEFINE_integer("image_size", None, "Input side in pixels (default: the run's "
+                       "data.image_size with --checkpoint, else 224).")
   flags.DEFINE_integer("num_images", 8, "Images to average the ERF over.")
   flags.DEFINE_integer("batch_size", 4, "Images per gradient computation.")
   flags.DEFINE_string("checkpoint", None, "A training workdir: use its config's model and its "
                       "latest checkpoint's weights (default: random init).")
   flags.DEFINE_enum("inputs", "noise", ["noise", "data"], "What the images are.")
-  flags.DEFINE_integer("in_channels", None, "Model input channels (default: the model's own).")
+  flags.DEFINE_integer("in_channels", None, "Model input channels (default: the model's own; "
+                       "the run's with --checkpoint).")
   flags.DEFINE_integer("seed", 0, "Seed of the initialisation and of the noise images.")
   flags.DEFINE_string("out", None, "Output directory (default: runs/erf/MODEL_SIZE).")
 
@@ -172,7 +174,8 @@ def _images(num: int, size: int, channels: int, seed: int, config: Any | None) -
 
 def main(argv: Sequence[str]) -> None:
   cli.no_extra_args(argv)
-  if FLAGS.num_images < 1 or FLAGS.batch_size < 1 or FLAGS.image_size < 1:
+  if FLAGS.num_images < 1 or FLAGS.batch_size < 1 or (FLAGS.image_size is not None and
+                                                       FLAGS.image_size < 1):
     raise UserError("--num_images, --batch_size and --image_size must be >= 1")
   if FLAGS.inputs == "data" and not FLAGS.checkpoint:
     raise UserError("--inputs=data needs --checkpoint (the data comes from its config)")
@@ -187,18 +190,20 @@ def main(argv: Sequence[str]) -> None:
 
     model, config = train.load_run(FLAGS.checkpoint, best=False)
     name = config.model.name
+    # The run's input: a model trained at 32 px on one channel takes no 224 px RGB image.
+    image_size = FLAGS.image_size or config.data.image_size
+    channels = FLAGS.in_channels or config.model.get("in_channels") or config.data.channels
   else:
-    config, name = None, FLAGS.model
+    config, name, image_size = None, FLAGS.model, FLAGS.image_size or 224
     kwargs = {} if FLAGS.in_channels is None else {"in_channels": FLAGS.in_channels}
     try:
-      model = create_model(name, rngs=nnx.Rngs(FLAGS.seed), image_size=FLAGS.image_size,
-                           **kwargs)
+      model = create_model(name, rngs=nnx.Rngs(FLAGS.seed), image_size=image_size, **kwargs)
     except UserError as e:
       if "image_size" not in str(e):
         raise
       model = create_model(name, rngs=nnx.Rngs(FLAGS.seed), **kwargs)
-  channels = FLAGS.in_channels or getattr(model, "in_channels", None) or 3
-  images = _images(FLAGS.num_images, FLAGS.image_size, channels, FLAGS.seed,
+    channels = FLAGS.in_channels or getattr(model, "in_channels", None) or 3
+  images = _images(FLAGS.num_images, image_size, channels, FLAGS.seed,
                    config if FLAGS.inputs == "data" else None)
   try:
     erf = erf_map(model, images, FLAGS.batch_size)
@@ -207,17 +212,17 @@ def main(argv: Sequence[str]) -> None:
                     f"{images.shape[3]} inputs: {str(e).splitlines()[0]}") from None
   log_map = normalised_log_map(erf)
   ratios = area_ratios(log_map)
-  out = FLAGS.out or os.path.join("runs", "erf", f"{name}_{FLAGS.image_size}")
+  out = FLAGS.out or os.path.join("runs", "erf", f"{name}_{image_size}")
   try:
     os.makedirs(out, exist_ok=True)
   except OSError as e:
     raise UserError(f"cannot create {out}: {e.strerror or e}") from None
   weights = f"checkpoint {FLAGS.checkpoint}" if FLAGS.checkpoint else "random init"
-  title = (f"ERF {name} @{FLAGS.image_size}, {weights}, "
+  title = (f"ERF {name} @{image_size}, {weights}, "
            f"{FLAGS.num_images} {FLAGS.inputs} images")
   plot_erf(log_map, os.path.join(out, "erf.png"), title, ratios)
   np.save(os.path.join(out, "erf.npy"), erf)
-  result = {"model": name, "image_size": FLAGS.image_size, "num_images": FLAGS.num_images,
+  result = {"model": name, "image_size": image_size, "num_images": FLAGS.num_images,
             "inputs": FLAGS.inputs, "weights": weights, "area_ratios": ratios,
             "support_side": support_side(erf)}
   with open(os.path.join(out, "erf.json"), "w") as f:

@@ -134,3 +134,24 @@ def test_the_command_line_tools_import_together():
   import importlib
   for name in ("cnn_jax.summary", "cnn_jax.main", "cnn_jax.sweep", "cnn_jax.erf"):
     importlib.import_module(name)
+
+
+def test_cli_checkpoint_measures_at_the_runs_input(tmp_path):
+  """erf --checkpoint of a run on one-channel 32 px digits, without --image_size: the ERF is
+  measured on the run's input (a 224 px RGB image would not fit its stem)."""
+  from cnn_jax import train
+  from helpers import learning_run_config, run_cli_in_process
+
+  # test_train's BatchNorm check runs the same steps: compiled once for the session.
+  config = learning_run_config("resnet20", halt_after_steps=2, log_every_steps=1,
+                               eval_every_steps=2, **{"checkpoint.every_steps": 2})
+  assert (config.data.image_size, config.model.in_channels) == (32, 1)
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  out = tmp_path / "erf"
+  result = run_cli_in_process("cnn_jax.erf", f"--checkpoint={tmp_path / 'run'}",
+                              "--num_images=2", "--batch_size=2", f"--out={out}")
+  assert result.returncode == 0, result.stderr
+  with open(out / "erf.json") as f:
+    assert json.load(f)["image_size"] == 32
+  erf_map = np.load(out / "erf.npy")
+  assert erf_map.shape == (32, 32) and erf_map.max() > 0
