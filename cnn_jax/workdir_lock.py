@@ -130,10 +130,13 @@ def release(workdir: str, me: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def hold(workdir: str, enabled: bool = True) -> Iterator[None]:
-  """Holds the workdir's lock (when `enabled`: the run's process 0) while the body runs."""
+  """Holds the workdir's lock (when `enabled`: the run's process 0) while the body runs. A
+  workdir this created and the body left empty (a run refused before it wrote anything, such
+  as weights that do not fit) is removed with the lock."""
   if not enabled:
     yield
     return
+  created = not os.path.exists(workdir)
   me = acquire(workdir)
   stop = threading.Event()
 
@@ -151,3 +154,6 @@ def hold(workdir: str, enabled: bool = True) -> Iterator[None]:
     stop.set()
     thread.join(timeout=5)
     release(workdir, me)
+    if created:
+      with contextlib.suppress(OSError):  # Not empty (or another run's lock since): kept.
+        os.rmdir(workdir)

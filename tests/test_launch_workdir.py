@@ -113,6 +113,24 @@ def test_the_lock_is_held_during_training_and_released_after(tmp_path, monkeypat
   assert not os.path.exists(tmp_path / workdir_lock.LOCK_NAME)
 
 
+def test_a_run_refused_under_the_lock_leaves_no_workdir(tmp_path):
+  """Weights that cannot be loaded stop a run after it took the lock and before it wrote
+  anything: the workdir it created goes with the lock; one that existed before stays."""
+  not_weights = tmp_path / "not_weights"
+  not_weights.mkdir()
+  config = load_config("lenet5_digits", init_from=str(not_weights),
+                       **{"mesh.num_devices": 1})
+  fresh = tmp_path / "runs" / "fresh"
+  with pytest.raises(UserError, match="not a converted checkpoint"):
+    train.train_and_evaluate(config, str(fresh))
+  assert not fresh.exists() and (tmp_path / "runs").is_dir()
+  existing = tmp_path / "existing"
+  existing.mkdir()
+  with pytest.raises(UserError, match="not a converted checkpoint"):
+    train.train_and_evaluate(config, str(existing))
+  assert existing.is_dir() and os.listdir(existing) == []
+
+
 @pytest.mark.slow
 def test_one_failing_process_stops_the_others_naming_it(tmp_path):
   # Measured before: the healthy process sat in its next collective until jax.distributed's
