@@ -413,19 +413,20 @@ def read_pretrained(directory: str) -> tuple[dict[str, Any], dict[str, np.ndarra
   return meta, _flatten(tree.get("params", {})), _flatten(tree.get("batch_stats", {}))
 
 
-def load_pretrained(params: Any, model_state: Any, directory: str, init_head: str = "keep"
-                    ) -> tuple[Any, Any]:
+def load_pretrained(params: Any, model_state: Any, directory: str, init_head: str = "keep",
+                    read: tuple[dict[str, Any], dict[str, np.ndarray],
+                                dict[str, np.ndarray]] | None = None) -> tuple[Any, Any]:
   """`params` and `model_state` (nnx.State) with the weights of a converted checkpoint.
 
   init_head "keep": every parameter, the classifier included, comes from the checkpoint, so
   the shapes (number of classes) must agree. "drop": the classifier (the paths listed under
   "head" in pretrained.json) keeps its fresh initialisation, for another number of classes or
   an encoder-only (FCMAE) checkpoint. Any other missing, unused or misshapen weight is a
-  UserError naming it.
+  UserError naming it. `read`: what `read_pretrained(directory)` gave, if the caller read it.
   """
   if init_head not in INIT_HEAD_CHOICES:
     raise UserError(f"init_head={init_head!r}; choose from {', '.join(INIT_HEAD_CHOICES)}")
-  meta, saved_params, saved_stats = read_pretrained(directory)
+  meta, saved_params, saved_stats = read or read_pretrained(directory)
   return apply_pretrained(params, model_state, meta, saved_params, saved_stats, init_head,
                           f"{directory} ({meta.get('model', '?')})")
 

@@ -43,17 +43,17 @@ class TrainState:
   ema_params: nnx.State | None = None  # Present when config.ema_decay > 0.
 
 
-def build_model(config: ml_collections.ConfigDict, *, weights_to_load: bool = False
-                ) -> nnx.Module:
+def build_model(config: ml_collections.ConfigDict, *, weights_to_load: bool = False,
+                fresh: tuple[str, ...] = ()) -> nnx.Module:
   """The model named by `config.model.name`; every other field of `config.model` is a kwarg
   (lists, as a run's config.json gives them back, as tuples). weights_to_load: its Params and
-  BatchStats are placeholders for a checkpoint's (`registry.build`)."""
+  BatchStats are placeholders for a checkpoint's, but those under `fresh` (`registry.build`)."""
   kwargs = {k: tuple(v) if isinstance(v, list) else v
             for k, v in config.model.to_dict().items() if k != "name"}
   rngs = nnx.Rngs(config.seed, params=config.seed, dropout=config.seed + 1)
   name = config.model.name
   return registry.build(name, registry.get_constructor(name), rngs, kwargs,
-                        weights_to_load=weights_to_load)
+                        weights_to_load=weights_to_load, fresh=fresh)
 
 
 def read_run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -253,14 +253,31 @@ class Task:
   eval_step: Callable[..., dict[str, jax.Array]]
   summarize_eval: Callable[[dict[str, Any]], dict[str, float]]
   make_step_hook: Callable[..., Callable[[int, TrainState, bool], None]] | None = None
+  # build_model with placeholders for the weights `init_from` loads, all but those under the
+  # given paths (build_model's weights_to_load); None: the task builds every weight first.
+  build_model_for_weights: Callable[[ml_collections.ConfigDict, tuple[str, ...]],
+                                    nnx.Module] | None = None
   # Names summarize_eval returns without the "ema_" twins (checked against the config's
   # checkpoint.best_metric before anything runs).
   eval_metric_names: tuple[str, ...] = ("loss", "accuracy", "top5_accuracy")
 
 
-CLASSIFICATION = Task(build_model=build_model, train_step=train_step,
-                      step_options=classification_step_options, eval_step=eval_step,
-                      summarize_eval=classification_metrics)
+CLASSIFICATION = Task(
+    build_model=build_model, train_step=train_step, step_options=classification_step_options,
+    eval_step=eval_step, summarize_eval=classification_metrics,
+    build_model_for_weights=lambda config, fresh: build_model(config, weights_to_load=True,
+                                                              fresh=fresh))
+
+
+def _build_for_init_from(task: Task, config: ml_collections.ConfigDict,
+                         pretrained: tuple[dict[str, Any], Any, Any] | None) -> nnx.Module:
+  """task.build_model(config), drawing no weight that `pretrained` (read_pretrained's) replaces:
+  with init_head=drop only the classifier is drawn."""
+  if pretrained is not None and task.build_model_for_weights is not None:
+    head = tuple(pretrained[0].get("head", ()))
+    if config.init_head == "keep" or (config.init_head == "drop" and head):
+      return task.build_model_for_weights(config, head if config.init_head == "drop" else ())
+  return task.build_model(config)
 
 
 def build_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule,
@@ -519,12 +536,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   steps_per_epoch = train_batches.steps_per_epoch
   total_steps, schedule = run_schedule(config, steps_per_epoch)
 
-  model = task.build_model(config)
+  # Pretrained weights (python -m cnn_jax.convert, an FCMAE encoder); a resume overrides them.
+  pretrained = checkpoint.read_pretrained(config.init_from) if config.init_from else None
+  model = _build_for_init_from(task, config, pretrained)
   check_input_shape(model, config.data.batch_size // jax.process_count(), info.image_shape)
   train_graphdef, eval_graphdef, params, model_state = split_model(model)
-  if config.init_from:  # Pretrained weights (python -m cnn_jax.convert); a resume overrides them.
+  if pretrained is not None:
     params, model_state = checkpoint.load_pretrained(params, model_state, config.init_from,
-                                                     config.init_head)
+                                                     config.init_head, read=pretrained)
   tx = build_optimizer(config, schedule, model, params)
   state = create_train_state(config, params, model_state, tx)
   state_shardings = parallel.state_sharding(state, mesh, config.mesh.strategy,

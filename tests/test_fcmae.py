@@ -338,6 +338,29 @@ def test_finetune_config_loads_the_pretrained_encoder(pretrained_workdir):
   assert float(jnp.abs(loaded[("head", "fc", "kernel")]).max()) < 0.01
 
 
+def test_finetune_starts_from_the_same_state_without_drawing_the_encoder(pretrained_workdir):
+  """The loop builds an init_from model with placeholders for the encoder's weights and draws
+  only the new head (train._build_for_init_from): the state it starts from is bit-equal to a
+  fully drawn model's with the encoder loaded into it."""
+  workdir, _ = pretrained_workdir
+  config = finetune_config(os.path.join(workdir, fcmae.ENCODER_DIR))
+  read = checkpoint.read_pretrained(config.init_from)
+  states = []
+  for model in (train.build_model(config),
+                train._build_for_init_from(train.CLASSIFICATION, config, read)):
+    _, _, params, model_state = train.split_model(model)
+    states.append(checkpoint.load_pretrained(params, model_state, config.init_from,
+                                             config.init_head, read=read))
+  (full_params, full_rest), (params, rest) = states
+  assert jax.tree.structure(params) == jax.tree.structure(full_params)
+  assert jax.tree.structure(rest) == jax.tree.structure(full_rest)
+  for a, b in zip(jax.tree.leaves((params, rest)), jax.tree.leaves((full_params, full_rest)),
+                  strict=True):
+    if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+      a, b = jax.random.key_data(a), jax.random.key_data(b)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 @pytest.mark.slow
 def test_finetune_from_fcmae_runs_end_to_end(pretrained_workdir, tmp_path):
   workdir, _ = pretrained_workdir
