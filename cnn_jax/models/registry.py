@@ -134,27 +134,42 @@ def initialize(construct: Callable[[nnx.Rngs], nnx.Module], rngs: nnx.Rngs, *,
   tracing costs nothing. `cache_key` (hashable; it must determine what construct builds) keeps
   the compiled program for the next build in this process.
   """
-  rng_leaves = jax.tree.leaves(nnx.state(rngs))
-  if any(isinstance(leaf, jax.core.Tracer) for leaf in rng_leaves):
+  if _under_a_trace(rngs):
     return construct(rngs)
-  key = None
-  if cache_key is not None:
-    key = (cache_key, nnx.graphdef(rngs), jax.default_backend(),
-           tuple((leaf.shape, str(leaf.dtype)) for leaf in rng_leaves))
-  compiled = _compiled_inits.get(key) if key is not None else None
-  if compiled is None:
+
+  def compile_init() -> Any:
     lowered = nnx.jit(construct).lower(rngs)
     size = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(lowered.lowered.out_info))
-    if size > _MAX_COMPILED_INIT_SIZE:
-      compiled = _EAGER
-    else:
-      options = _CPU_INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
-      compiled = lowered.compile(options)
+    return _EAGER if size > _MAX_COMPILED_INIT_SIZE else lowered.compile(_init_options())
+
+  compiled = _cached_compile("all weights", cache_key, rngs, compile_init)
+  return construct(rngs) if compiled is _EAGER else compiled(rngs)
+
+
+def _under_a_trace(rngs: nnx.Rngs) -> bool:
+  return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(nnx.state(rngs)))
+
+
+def _init_options() -> dict[str, Any] | None:
+  return _CPU_INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
+
+
+def _cached_compile(kind: Any, cache_key: Any, rngs: nnx.Rngs,
+                    compile_fn: Callable[[], Any]) -> Any:
+  """compile_fn(), kept in `_compiled_inits` for the next build of the same kind of program and
+  `cache_key` with Rngs of the same streams and shapes (a None cache_key: not kept)."""
+  key = None
+  if cache_key is not None:
+    key = (kind, cache_key, nnx.graphdef(rngs), jax.default_backend(),
+           tuple((leaf.shape, str(leaf.dtype)) for leaf in jax.tree.leaves(nnx.state(rngs))))
+  compiled = _compiled_inits.get(key) if key is not None else None
+  if compiled is None:
+    compiled = compile_fn()
     if key is not None:
       if len(_compiled_inits) >= _MAX_CACHED_INITS:
         _compiled_inits.pop(next(iter(_compiled_inits)))
       _compiled_inits[key] = compiled
-  return construct(rngs) if compiled is _EAGER else compiled(rngs)
+  return compiled
 
 
 WEIGHTS = nnx.Any(nnx.Param, nnx.BatchStat)
@@ -179,19 +194,10 @@ def initialize_without_weights(construct: Callable[[nnx.Rngs], nnx.Module], rngs
 
   drawn = nnx.Any(nnx.Not(WEIGHTS), is_fresh)
   graphdef, placeholders, _ = nnx.split(nnx.eval_shape(construct, rngs), nnx.Not(drawn), ...)
-  rng_leaves = jax.tree.leaves(nnx.state(rngs))
-  if any(isinstance(leaf, jax.core.Tracer) for leaf in rng_leaves):
+  if _under_a_trace(rngs):
     return nnx.merge(graphdef, placeholders, nnx.state(construct(rngs), drawn))
-  key = None
-  if cache_key is not None:
-    key = ("without weights", fresh, cache_key, nnx.graphdef(rngs), jax.default_backend(),
-           tuple((leaf.shape, str(leaf.dtype)) for leaf in rng_leaves))
-  compiled = _compiled_inits.get(key) if key is not None else None
-  if compiled is None:
-    options = _CPU_INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
-    compiled = nnx.jit(lambda r: nnx.state(construct(r), drawn)).lower(rngs).compile(options)
-    if key is not None:
-      if len(_compiled_inits) >= _MAX_CACHED_INITS:
-        _compiled_inits.pop(next(iter(_compiled_inits)))
-      _compiled_inits[key] = compiled
+  compiled = _cached_compile(
+      ("without weights", fresh), cache_key, rngs,
+      lambda: nnx.jit(lambda r: nnx.state(construct(r), drawn)).lower(rngs).compile(
+          _init_options()))
   return nnx.merge(graphdef, placeholders, compiled(rngs))
