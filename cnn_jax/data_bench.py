@@ -134,8 +134,9 @@ def _format_config(config, fmt: str, root: str):
   return config
 
 
-def compare(config: ml_collections.ConfigDict, root: str, formats: list[str], variants: list[str], rounds: int,
-            steps: int, warmup_steps: int) -> dict[tuple[str, str], float]:
+def compare(config: ml_collections.ConfigDict, root: str, formats: list[str],
+            variants: list[str], rounds: int, steps: int, warmup_steps: int
+            ) -> dict[tuple[str, str], float]:
   """Median CPU-ms per image of every (format, variant), in alternating turns; prints ratios."""
   import statistics
 

@@ -274,9 +274,9 @@ def _build_for_init_from(task: Task, config: ml_collections.ConfigDict,
   """task.build_model(config), drawing no weight that `pretrained` (read_pretrained's) replaces:
   with init_head=drop only the classifier is drawn."""
   if pretrained is not None and task.build_model_for_weights is not None:
-    head = tuple(pretrained[0].get("head", ()))
-    if config.init_head == "keep" or (config.init_head == "drop" and head):
-      return task.build_model_for_weights(config, head if config.init_head == "drop" else ())
+    fresh = tuple(pretrained[0].get("head", ())) if config.init_head == "drop" else ()
+    if config.init_head == "keep" or fresh:
+      return task.build_model_for_weights(config, fresh)
   return task.build_model(config)
 
 

@@ -51,8 +51,13 @@ def test_top1_is_the_models_argmax_and_schema_is_stable(tmp_path, monkeypatch):
   loaded = fixture_loaded()
   shapes = []
   padded = predict.Predictor.padded
-  monkeypatch.setattr(predict.Predictor, "padded", lambda self, images, rows=1: shapes.append(
-      padded(self, images, rows).shape) or padded(self, images, rows))
+
+  def recorded(self, images, rows=1):
+    batch = padded(self, images, rows)
+    shapes.append(batch.shape)
+    return batch
+
+  monkeypatch.setattr(predict.Predictor, "padded", recorded)
   # 18 images in batches of 16 (a multiple of conftest's 8 devices): the short last batch runs
   # at the first one's shape, so nothing compiles twice, and gives the same predictions.
   results = list(predict.predict(loaded, FIXTURE_IMAGES * 6, top_k=3, batch_size=16,

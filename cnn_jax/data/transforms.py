@@ -519,8 +519,8 @@ class ArrayTrainTransform:
     self.mean = np.asarray(mean, np.float32)
     self.std = np.asarray(std, np.float32)
 
-  def train_batch(self, records: ArrayDataset, indices: np.ndarray, *, seed: int, step: int, first_row: int,
-                  global_batch_size: int) -> dict[str, np.ndarray]:
+  def train_batch(self, records: ArrayDataset, indices: np.ndarray, *, seed: int, step: int,
+                  first_row: int, global_batch_size: int) -> dict[str, np.ndarray]:
     images = records.images[indices]
     if self.max_shift:
       rng = np.random.default_rng([seed, step, 1])
