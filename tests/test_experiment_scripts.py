@@ -32,7 +32,7 @@ _LOAD_EACH = textwrap.dedent("""
 def _experiment_scripts() -> list[str]:
   scripts = []
   for folder, _, files in os.walk(os.path.join(REPO_ROOT, "experiments")):
-    for name in sorted(files):
+    for name in files:
       path = os.path.join(folder, name)
       if name.endswith(".py"):
         with open(path) as f:
