@@ -49,10 +49,18 @@ def _abstract_keys_to_data(tree: Any) -> Any:
   return jax.tree.map(convert, tree)
 
 
+def _key_impl(key: jax.Array | jax.ShapeDtypeStruct) -> Any:
+  """jax.random.key_impl of a key or of an abstract one, which key_impl itself refuses: read
+  under a trace, where the key is a tracer of its dtype."""
+  impls = []
+  jax.eval_shape(lambda k: impls.append(jax.random.key_impl(k)), key)
+  return impls[0]
+
+
 def _data_to_keys(restored: Any, like: Any) -> Any:
   def convert(x, ref):
     if _is_typed_key(ref):
-      return jax.random.wrap_key_data(x, impl=jax.random.key_impl(ref))
+      return jax.random.wrap_key_data(x, impl=_key_impl(ref))
     return x
   return jax.tree.map(convert, restored, like)
 

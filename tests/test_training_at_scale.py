@@ -51,6 +51,33 @@ def test_fsdp_state_is_really_sharded():
   assert placed["b"].addressable_shards[0].data.shape == (120,)
 
 
+def test_a_checkpoint_restores_into_an_abstract_sharded_state(tmp_path):
+  # What a resume hands the checkpointer: shapes, dtypes and fsdp shardings, no arrays; the
+  # RNG streams' typed keys among them.
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
+  rng = np.random.default_rng(0)
+  state = {"w": jnp.asarray(rng.standard_normal((400, 120)), jnp.float32),
+           "b": jnp.asarray(rng.standard_normal(120), jnp.float32),
+           "dropout_key": jax.random.split(jax.random.key(3), 1)[0]}
+  ckpt = checkpoint.Checkpointer(str(tmp_path), load_config("lenet5_digits"))
+  ckpt.save(5, state, force=True)
+  ckpt.wait()
+  try:
+    shardings = parallel.state_sharding(state, mesh, "fsdp", 1000)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            state, shardings)
+    restored, step = ckpt.restore_latest(abstract)
+  finally:
+    ckpt.close()
+  assert step == 5
+  assert restored["w"].addressable_shards[0].data.shape == (50, 120)
+  assert restored["dropout_key"].dtype == state["dropout_key"].dtype
+  np.testing.assert_array_equal(jax.random.key_data(restored["dropout_key"]),
+                                jax.random.key_data(state["dropout_key"]))
+  for name in ("w", "b"):
+    np.testing.assert_array_equal(restored[name], state[name])
+
+
 def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
   args = ["--config", DIGITS, "--config.total_steps=6", "--config.log_every_steps=1",
           "--config.eval_every_steps=6", "--config.schedule.warmup_epochs=0.1"]
