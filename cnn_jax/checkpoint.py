@@ -167,6 +167,16 @@ def _drop_failed_read_leftovers() -> None:
   sys.unraisablehook = hook
 
 
+def _checkpoints_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def saved_steps(workdir: str) -> list[int]:
+  """The steps of the run's (`Checkpointer`'s) finished checkpoints; creates nothing."""
+  directory = _checkpoints_dir(workdir)
+  return ocp.path.step.checkpoint_steps(directory) if os.path.isdir(directory) else []
+
+
 class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` for one TrainState item."""
 
@@ -176,8 +186,7 @@ class Checkpointer:
         max_to_keep=config.checkpoint.keep,
         enable_async_checkpointing=config.checkpoint.use_async,
         create=True)
-    self.manager = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+    self.manager = ocp.CheckpointManager(_checkpoints_dir(workdir), options=options)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()

@@ -536,19 +536,29 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   steps_per_epoch = train_batches.steps_per_epoch
   total_steps, schedule = run_schedule(config, steps_per_epoch)
 
-  # Pretrained weights (python -m cnn_jax.convert, an FCMAE encoder); a resume overrides them.
-  pretrained = checkpoint.read_pretrained(config.init_from) if config.init_from else None
-  model = _build_for_init_from(task, config, pretrained)
+  # A resume restores every leaf of the state, so the state is only traced for its structure:
+  # nothing is drawn or compiled for it, and the checkpoint is read straight into the state's
+  # shardings, never beside a first copy on the devices.
+  resuming = bool(checkpoint.saved_steps(workdir))
+  # Pretrained weights (python -m cnn_jax.convert, an FCMAE encoder) start a run, not a resume.
+  pretrained = (checkpoint.read_pretrained(config.init_from)
+                if config.init_from and not resuming else None)
+  model = (nnx.eval_shape(lambda: task.build_model(config)) if resuming
+           else _build_for_init_from(task, config, pretrained))
   check_input_shape(model, config.data.batch_size // jax.process_count(), info.image_shape)
   train_graphdef, eval_graphdef, params, model_state = split_model(model)
   if pretrained is not None:
     params, model_state = checkpoint.load_pretrained(params, model_state, config.init_from,
                                                      config.init_head, read=pretrained)
   tx = build_optimizer(config, schedule, model, params)
-  state = create_train_state(config, params, model_state, tx)
+  initial_state = functools.partial(create_train_state, config, tx=tx)
+  state = (jax.eval_shape(initial_state, params, model_state) if resuming
+           else initial_state(params, model_state))
   state_shardings = parallel.state_sharding(state, mesh, config.mesh.strategy,
                                             config.mesh.fsdp_min_size)
-  state = jax.device_put(state, state_shardings)
+  state = (jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(
+               leaf.shape, leaf.dtype, sharding=sharding), state, state_shardings)
+           if resuming else jax.device_put(state, state_shardings))
 
   ckpt = checkpoint.Checkpointer(workdir, config)
   best_ckpt = (checkpoint.BestCheckpointer(workdir, config.checkpoint.best_metric,

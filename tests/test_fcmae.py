@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -309,6 +310,15 @@ def test_fcmae_run_on_digits_learns_and_writes_reconstructions(pretrained_workdi
   assert image.shape == (4 * (32 + g) + g, 4 * (32 + g) + g, 3)
   assert os.listdir(os.path.join(workdir, "tensorboard"))
   assert os.path.isfile(os.path.join(workdir, fcmae.ENCODER_DIR, "pretrained.json"))
+
+
+def test_a_finished_fcmae_run_resumes_to_the_same_eval_loss(pretrained_workdir, tmp_path):
+  # The rerun of a finished run restores its last checkpoint into a model that was only traced
+  # (encoder and decoder) and evaluates it: the same loss, bit for bit.
+  workdir, final = pretrained_workdir
+  rerun = str(tmp_path / "rerun")
+  shutil.copytree(workdir, rerun)
+  assert fcmae.pretrain(small_pretrain_config(), rerun) == final
 
 
 def finetune_config(encoder_dir: str):

@@ -10,6 +10,7 @@ import pytest
 
 from cnn_jax import checkpoint, metrics, train
 from cnn_jax.errors import UserError
+from cnn_jax.models import registry
 from helpers import (ONE_DEVICE, SHARED_8_DEVICE_RUN, cut_short, final_params, learning_run_config,
                      load_config, read_jsonl, saved_tree)
 
@@ -103,6 +104,39 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path):
     np.testing.assert_array_equal(value, params_resumed[key], err_msg=key)
   full_final = json.loads((tmp_path / "full" / "final_metrics.json").read_text())
   assert final["loss"] == full_final["loss"]
+
+
+def test_a_resume_draws_no_weight_and_restores_every_leaf(tmp_path, monkeypatch):
+  # A resume only traces the model and the state for their structure and reads the checkpoint
+  # into them. test_zoo_training's resnet20 learning run (its compiled steps, from the
+  # session's cache): BatchNorm statistics and the optimizer's momentum come from the checkpoint.
+  # (Typed RNG keys and sharded targets: test_training_at_scale.)
+  def run(workdir, halt_after_steps):
+    config = learning_run_config("resnet20", halt_after_steps=halt_after_steps,
+                                 log_every_steps=2, eval_every_steps=40,
+                                 **{"checkpoint.every_steps": 2})
+    train.train_and_evaluate(config, str(workdir))
+
+  run(tmp_path / "full", 4)
+  run(tmp_path / "resumed", 2)
+
+  def no_initialiser(*args, **kwargs):
+    raise AssertionError("a resume compiled the model's initialisers")
+
+  targets = []
+  restore_latest = checkpoint.Checkpointer.restore_latest
+
+  def recording(self, state_like):
+    targets.append(state_like)
+    return restore_latest(self, state_like)
+
+  monkeypatch.setattr(registry, "_cached_compile", no_initialiser)
+  monkeypatch.setattr(checkpoint.Checkpointer, "restore_latest", recording)
+  run(tmp_path / "resumed", 2)
+  [target] = targets
+  assert all(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(target))
+  jax.tree.map(np.testing.assert_array_equal, saved_tree(tmp_path / "full/checkpoints/4/default"),
+               saved_tree(tmp_path / "resumed/checkpoints/4/default"))
 
 
 # The failed read's other reads finish in tensorstore's threads; those collected after the
