@@ -74,12 +74,12 @@ class PhaseClock:
 
 def loop_time_summary(times: dict[str, float], steps: int) -> str:
   """One line saying where a training run's time went, from the loop's `time/*` record
-  (cnn_jax/train.py)."""
-  per_step = times["time/steps_s"] / steps if steps else float("nan")
-  per_step_cpu = times["time/steps_cpu_s"] / steps if steps else float("nan")
+  (cnn_jax/train.py); `steps`: the steps after the first."""
+  rates = (f" ({1e3 * times['time/steps_s'] / steps:.1f} ms/step, "
+           f"{1e3 * times['time/steps_cpu_s'] / steps:.1f} ms CPU, with data, metrics and "
+           "checkpoints)") if steps else ""
   return (f"time: setup {times['time/setup_s']:.1f} s, compile + first step "
           f"{times.get('time/first_step_s', 0.0):.1f} s, {steps} more steps "
-          f"{times['time/steps_s']:.1f} s ({1e3 * per_step:.1f} ms/step, {1e3 * per_step_cpu:.1f} "
-          f"ms CPU, with data, metrics and checkpoints), eval "
+          f"{times['time/steps_s']:.1f} s{rates}, eval "
           f"{times.get('time/eval_s', 0.0):.1f} s, final checkpoint wait "
           f"{times['time/checkpoint_wait_s']:.1f} s")

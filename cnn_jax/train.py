@@ -334,12 +334,19 @@ def _prepare_workdir(workdir: str) -> None:
     raise UserError(f"cannot write to workdir {workdir!r}: {e.strerror or e}") from None
 
 
+# Fields that steer one invocation, not what the run trains: a resume that changes only them
+# has not changed the run's config.
+INVOCATION_FIELDS = ("halt_after_steps",)
+
+
 def config_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-  """The fields two configs (as written to config.json) differ in, as "field: old -> new"."""
+  """The fields two configs (as written to config.json) differ in, as "field: old -> new",
+  leaving out INVOCATION_FIELDS."""
   old = flax.traverse_util.flatten_dict(before, sep=".")
   new = flax.traverse_util.flatten_dict(after, sep=".")
   return [f"{k}: {old.get(k, '(none)')!r} -> {new.get(k, '(none)')!r}"
-          for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+          for k in sorted(old.keys() | new.keys())
+          if old.get(k) != new.get(k) and k not in INVOCATION_FIELDS]
 
 
 def _write_config(workdir: str, config: ml_collections.ConfigDict, start_step: int) -> None:

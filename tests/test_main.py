@@ -52,11 +52,12 @@ def test_cli_trains_and_prints_final_accuracy(tmp_path):
   assert len(lines) == 1 and lines[0].startswith("error: the checkpoint at step 30 "), lines
   assert "does not fit this run's state (opt_state/" in lines[0]
   assert (tmp_path / "config.json").read_text() == saved_config
-  # A resume with other overrides says what changed and keeps the config it replaces.
+  # A resume with other overrides says what changed and keeps the config it replaces; a stop
+  # for this invocation (halt_after_steps, not reached here) changes nothing the run trains.
   longer = run_cli_in_process("cnn_jax.main", "--config", DIGITS, "--workdir", str(tmp_path),
                               "--config.total_steps=32", "--config.optimizer.learning_rate=0.004",
                               "--config.schedule.warmup_epochs=0.2", "--config.ema_decay=0.9",
-                              ONE_DEVICE)
+                              "--config.halt_after_steps=5", ONE_DEVICE)
   assert longer.returncode == 0, longer.stderr
   kept = tmp_path / "config.before_step_30.json"
   assert (f"resumed with a changed config (total_steps: 30 -> 32); the one it replaces is kept "

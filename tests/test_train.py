@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnn_jax import checkpoint, metrics, train
+from cnn_jax import checkpoint, metrics, timing, train
 from cnn_jax.errors import UserError
 from cnn_jax.models import registry
 from helpers import (ONE_DEVICE, SHARED_8_DEVICE_RUN, cut_short, final_params, learning_run_config,
@@ -66,6 +66,19 @@ def test_window_means_are_the_on_device_running_sums():
   expected = {k: float(v) / len(window) for k, v in jax.device_get(running).items()}
   assert metrics.window_means(window) == expected
   assert metrics.window_means(window[:1]) == {k: float(v) for k, v in window[0].items()}
+
+
+def test_the_time_line_gives_per_step_figures_only_when_steps_followed_the_first():
+  times = {"time/setup_s": 2.0, "time/first_step_s": 5.0, "time/steps_s": 3.0,
+           "time/steps_cpu_s": 4.5, "time/eval_s": 1.0, "time/checkpoint_wait_s": 0.5}
+  assert timing.loop_time_summary(times, 10) == (
+      "time: setup 2.0 s, compile + first step 5.0 s, 10 more steps 3.0 s (300.0 ms/step, "
+      "450.0 ms CPU, with data, metrics and checkpoints), eval 1.0 s, final checkpoint wait "
+      "0.5 s")
+  # A run halted after its first step: no rate of nothing.
+  assert timing.loop_time_summary({**times, "time/steps_s": 0.0}, 0) == (
+      "time: setup 2.0 s, compile + first step 5.0 s, 0 more steps 0.0 s, eval 1.0 s, final "
+      "checkpoint wait 0.5 s")
 
 
 def test_one_device_and_eight_devices_give_the_same_losses(tmp_path):
