@@ -177,7 +177,6 @@ def prepare_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
   config: a training config whose model, optimizer, schedule and data (source, batch size,
   image size, devices) replace `model_name`, the sizes, `dtype` and the synthetic source, so
   that the step timed is the one `python -m cnn_jax.main` runs with it."""
-  import jax
   import jax.numpy as jnp
   import numpy as np
   import optax
@@ -236,7 +235,7 @@ def prepare_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
   state = train.create_train_state(config, params, model_state, tx)
   state_shardings = parallel.state_sharding(state, mesh, config.mesh.strategy,
                                             config.mesh.fsdp_min_size)
-  state = jax.device_put(state, state_shardings)
+  state = parallel.put_state(state, state_shardings)
   if mode == "infer":
     step_fn = train.jit_eval_step(task, mesh, eval_graphdef, state_shardings,
                                   hostenv.forward_compiler_options(model))

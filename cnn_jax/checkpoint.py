@@ -28,41 +28,17 @@ import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 from flax import nnx
 
+from cnn_jax import parallel
 from cnn_jax.errors import UserError
-
-
-def _is_typed_key(x: Any) -> bool:
-  return isinstance(x, jax.Array | jax.ShapeDtypeStruct) and jax.dtypes.issubdtype(
-      x.dtype, jax.dtypes.prng_key)
-
-
-def _keys_to_data(tree: Any) -> Any:
-  return jax.tree.map(lambda x: jax.random.key_data(x) if _is_typed_key(x) else x, tree)
 
 
 def _abstract_keys_to_data(tree: Any) -> Any:
   def convert(x):
-    if _is_typed_key(x):
+    if parallel.is_typed_key(x):
       return jax.ShapeDtypeStruct(
           jax.eval_shape(jax.random.key_data, x).shape, jax.numpy.uint32, sharding=x.sharding)
     return x
   return jax.tree.map(convert, tree)
-
-
-def _key_impl(key: jax.Array | jax.ShapeDtypeStruct) -> Any:
-  """jax.random.key_impl of a key or of an abstract one, which key_impl itself refuses: read
-  under a trace, where the key is a tracer of its dtype."""
-  impls = []
-  jax.eval_shape(lambda k: impls.append(jax.random.key_impl(k)), key)
-  return impls[0]
-
-
-def _data_to_keys(restored: Any, like: Any) -> Any:
-  def convert(x, ref):
-    if _is_typed_key(ref):
-      return jax.random.wrap_key_data(x, impl=_key_impl(ref))
-    return x
-  return jax.tree.map(convert, restored, like)
 
 
 def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
@@ -193,7 +169,7 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, *, force: bool = False,
            metrics: dict[str, float] | None = None) -> bool:
-    return self.manager.save(step, args=ocp.args.StandardSave(_keys_to_data(state)),
+    return self.manager.save(step, args=ocp.args.StandardSave(parallel.keys_to_data(state)),
                              metrics=metrics, force=force)
 
   def restore(self, state_like: Any, step: int | None = None) -> Any:
@@ -213,7 +189,7 @@ class Checkpointer:
       except Exception:
         mismatch = None
     else:
-      return _data_to_keys(restored, abstract)
+      return parallel.data_to_keys(restored, abstract)
     # Raised here, not in the except clause: the reader's error (and the reads it left pending)
     # must not stay referenced as this one's context.
     if mismatch is None:

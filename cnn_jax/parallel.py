@@ -80,6 +80,45 @@ def state_sharding(state: Any, mesh: Mesh, strategy: str = "data_parallel",
   raise UserError(f"unknown mesh.strategy {strategy!r}; choose data_parallel or fsdp")
 
 
+def is_typed_key(x: Any) -> bool:
+  """A typed PRNG key array (nnx's RNG streams), or an abstract one."""
+  return isinstance(x, jax.Array | jax.ShapeDtypeStruct) and jax.dtypes.issubdtype(
+      x.dtype, jax.dtypes.prng_key)
+
+
+def key_impl(key: jax.Array | jax.ShapeDtypeStruct) -> Any:
+  """jax.random.key_impl of a key or of an abstract one, which key_impl itself refuses: read
+  under a trace, where the key is a tracer of its dtype."""
+  impls = []
+  jax.eval_shape(lambda k: impls.append(jax.random.key_impl(k)), key)
+  return impls[0]
+
+
+def keys_to_data(tree: Any) -> Any:
+  """`tree` with every typed key as its uint32 key data (what Orbax stores and device_put
+  places across processes)."""
+  return jax.tree.map(lambda x: jax.random.key_data(x) if is_typed_key(x) else x, tree)
+
+
+def data_to_keys(tree: Any, like: Any) -> Any:
+  """keys_to_data undone: the leaves that are typed keys in `like` (concrete or abstract)
+  wrapped back into keys of their implementation."""
+  return jax.tree.map(
+      lambda x, ref: jax.random.wrap_key_data(x, impl=key_impl(ref)) if is_typed_key(ref) else x,
+      tree, like)
+
+
+def put_state(state: Any, shardings: Any) -> Any:
+  """jax.device_put(state, shardings) of a state that every process holds in full. With several
+  processes the shardings span other processes' devices, and device_put refuses typed keys
+  there and makes replicated arrays without readable shards (which Orbax reads) of device
+  arrays: the leaves go from host copies, the keys as their key data."""
+  if jax.process_count() == 1:
+    return jax.device_put(state, shardings)
+  host = jax.tree.map(np.asarray, keys_to_data(state))
+  return data_to_keys(jax.device_put(host, shardings), state)
+
+
 def initialize_distributed(coordinator_address: str | None, num_processes: int | None,
                            process_id: int | None, auto: bool = False) -> None:
   """Joins a multi-process run (GPU cluster, TPU pod, or several CPU processes).

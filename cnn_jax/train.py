@@ -565,7 +565,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                             config.mesh.fsdp_min_size)
   state = (jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(
                leaf.shape, leaf.dtype, sharding=sharding), state, state_shardings)
-           if resuming else jax.device_put(state, state_shardings))
+           if resuming else parallel.put_state(state, state_shardings))
 
   ckpt = checkpoint.Checkpointer(workdir, config)
   best_ckpt = (checkpoint.BestCheckpointer(workdir, config.checkpoint.best_metric,

@@ -101,6 +101,52 @@ def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
   assert len(losses(tmp_path / "one")) == 6
 
 
+# Run by each of two processes (one CPU device each): a state with a typed PRNG key (a drop
+# path's RNG stream) placed on a mesh over both, saved, and restored into an abstract target.
+# device_put refuses typed keys for devices of other processes: every ConvNeXt and ViT run of
+# several processes once stopped there.
+TWO_PROCESS_STATE = """
+import sys
+import jax, jax.numpy as jnp, ml_collections, numpy as np
+from cnn_jax import checkpoint, parallel
+port, process_id, workdir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+parallel.initialize_distributed(f"localhost:{port}", 2, process_id)
+mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
+state = {"w": jnp.arange(64.0).reshape(8, 8), "key": jax.random.key(7)}
+shardings = parallel.state_sharding(state, mesh, "fsdp", 16)
+placed = parallel.put_state(state, shardings)
+assert placed["w"].addressable_shards[0].data.shape == (4, 8)
+config = ml_collections.ConfigDict(
+    {"checkpoint": {"every_steps": 1, "keep": 1, "use_async": False}})
+ckpt = checkpoint.Checkpointer(workdir, config)
+ckpt.save(1, placed, force=True)
+ckpt.wait()
+abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        state, shardings)
+restored, step = ckpt.restore_latest(abstract)
+ckpt.close()
+assert step == 1
+for tree in (placed, restored):
+  np.testing.assert_array_equal(tree["w"].addressable_shards[0].data,
+                                np.arange(64.0).reshape(8, 8)[4 * process_id:][:4])
+  np.testing.assert_array_equal(jax.random.key_data(tree["key"]).addressable_data(0),
+                                jax.random.key_data(jax.random.key(7)))
+print("ok", flush=True)
+"""
+
+
+def test_a_state_with_rng_keys_is_placed_and_restored_across_two_processes(tmp_path):
+  port = free_port()
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  procs = [subprocess.Popen(
+      [sys.executable, "-c", TWO_PROCESS_STATE, str(port), str(i), str(tmp_path)],
+      cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  outs = [p.communicate(timeout=HANG_TIMEOUT) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [err[-3000:] for _, err in outs]
+  assert [out.splitlines()[-1] for out, _ in outs] == ["ok", "ok"]
+
+
 def test_no_recompilation_after_the_first_step(tmp_path, caplog):
   config = load_config("lenet5_digits", halt_after_steps=8, eval_every_steps=4,
                        log_every_steps=1, **SHARED_8_DEVICE_RUN)
