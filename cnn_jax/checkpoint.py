@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -88,6 +89,11 @@ def _first_line(error: BaseException) -> str:
   return (lines[0] if lines else type(error).__name__)[:300]
 
 
+# The reads of a failed restore that never started are coroutines never awaited: Python warns
+# of each as it is collected.
+_NEVER_AWAITED_READ = r"coroutine '_read_array_index_and_device_put' was never awaited"
+
+
 @contextlib.contextmanager
 def _unretrieved_reads_quiet() -> Iterator[None]:
   """When one array's read fails, Orbax's other reads end as coroutines and asyncio tasks whose
@@ -110,7 +116,9 @@ def _unretrieved_reads_quiet() -> Iterator[None]:
     failed = True
     raise
   finally:
-    gc.collect()  # Collects them now, while they are quiet.
+    with warnings.catch_warnings():
+      warnings.filterwarnings("ignore", _NEVER_AWAITED_READ, RuntimeWarning)
+      gc.collect()  # Collects them now, while they are quiet.
     sys.unraisablehook = previous
     asyncio_logger.setLevel(level)
     if failed:
@@ -141,6 +149,7 @@ def _drop_failed_read_leftovers() -> None:
 
   hook.drops_failed_read_leftovers = True
   sys.unraisablehook = hook
+  warnings.filterwarnings("ignore", _NEVER_AWAITED_READ, RuntimeWarning)
 
 
 def _checkpoints_dir(workdir: str) -> str:
