@@ -371,13 +371,18 @@ def test_finetune_starts_from_the_same_state_without_drawing_the_encoder(pretrai
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.slow
-def test_finetune_from_fcmae_runs_end_to_end(pretrained_workdir, tmp_path):
+@pytest.mark.slow  # ~25 s on 2 cores; the key restore alone: test_training_at_scale
+def test_finetune_from_fcmae_runs_end_to_end_and_its_rerun_restores_it(pretrained_workdir,
+                                                                       tmp_path):
+  # The fine-tuning recipe has drop path: its RNG streams are typed keys in the checkpoint, and
+  # the rerun of the finished run restores them with the rest into a model only traced.
   workdir, _ = pretrained_workdir
   config = finetune_config(os.path.join(workdir, fcmae.ENCODER_DIR))
+  assert config.model.drop_path_rate > 0
   final = train.train_and_evaluate(config, str(tmp_path))
   assert np.isfinite(final["loss"]) and 0.0 <= final["accuracy"] <= 1.0
   assert np.isfinite(final["ema_loss"])
+  assert train.train_and_evaluate(config, str(tmp_path)) == final
 
 def test_convnext_layer_ids_follow_the_official_single_layer_decay():
   model = abstract_model("convnextv2_atto")
