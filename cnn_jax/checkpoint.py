@@ -33,15 +33,6 @@ from cnn_jax import parallel
 from cnn_jax.errors import UserError
 
 
-def _abstract_keys_to_data(tree: Any) -> Any:
-  def convert(x):
-    if parallel.is_typed_key(x):
-      return jax.ShapeDtypeStruct(
-          jax.eval_shape(jax.random.key_data, x).shape, jax.numpy.uint32, sharding=x.sharding)
-    return x
-  return jax.tree.map(convert, tree)
-
-
 def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
   """Leaf path ("opt_state/0/mu/conv/kernel") -> shape, the same for a state and for the
   metadata Orbax reads back (which has dicts and lists where the state has dataclasses and
@@ -187,7 +178,7 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state_like)
-    target = _abstract_keys_to_data(abstract)
+    target = parallel.keys_to_data(abstract)
     try:
       with _unretrieved_reads_quiet():
         restored = self.manager.restore(step, args=ocp.args.StandardRestore(target))

@@ -96,8 +96,16 @@ def key_impl(key: jax.Array | jax.ShapeDtypeStruct) -> Any:
 
 def keys_to_data(tree: Any) -> Any:
   """`tree` with every typed key as its uint32 key data (what Orbax stores and device_put
-  places across processes)."""
-  return jax.tree.map(lambda x: jax.random.key_data(x) if is_typed_key(x) else x, tree)
+  places across processes); an abstract key (a restore target) as the data's abstract array,
+  with the key's sharding."""
+  def convert(x):
+    if not is_typed_key(x):
+      return x
+    if isinstance(x, jax.ShapeDtypeStruct):
+      data = jax.eval_shape(jax.random.key_data, x)
+      return jax.ShapeDtypeStruct(data.shape, data.dtype, sharding=x.sharding)
+    return jax.random.key_data(x)
+  return jax.tree.map(convert, tree)
 
 
 def data_to_keys(tree: Any, like: Any) -> Any:
