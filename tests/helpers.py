@@ -265,11 +265,42 @@ def free_port() -> int:
 
 
 # Plain nets and ViTs start slower (no shortcuts / no convolutional prior): more steps.
-LEARNING_STEPS = {"plain20": 150, "vit_tiny_patch4_32": 200}
+# The roadmap step needs 100 (LEARNING_MODEL_OPTIONS says why), AlexNet's smaller steps 200.
+LEARNING_STEPS = {"plain20": 150, "vit_tiny_patch4_32": 300, "alexnet": 200,
+                  "convnext_roadmap": 100}
 # ConvNeXt V2 with one block per stage (every kind of layer, 1.4 M parameters instead of 3.4 M):
 # each block costs seconds of compile and step time on CPU. Atto at full depth learns digits in
 # test_models_convnext.
-LEARNING_MODEL_OPTIONS = {"convnextv2_atto": {"model.depths": (1, 1, 1, 1)}}
+# The roadmap step at the width of the roadmap's own small-scale runs
+# (configs/convnext_roadmap_digits.py), as at full width its steps cost seconds each, and it
+# needs 100 of them. Its LayerScale (1e-6) starts every block switched off, and ConvNeXt's
+# std-0.02 initialisation puts its BatchNorms' input variances far below the running variance's
+# initial 1, which loses only a tenth per step (momentum 0.9): evaluated sooner, it scales every
+# feature to about 0 and answers one class for all images.
+# ViT-Ti's width and heads with 3 of its 12 blocks: the number of steps, not the depth, is what
+# limits a short run (LEARNING_RECIPES), and 3 blocks make 300 steps affordable.
+# AlexNet without dropout: it drowns the little signal that reaches the head early on
+# (LEARNING_RECIPES) in noise, and a 200-step run has nothing to regularise.
+LEARNING_MODEL_OPTIONS = {
+    "convnextv2_atto": {"model.depths": (1, 1, 1, 1)},
+    "convnext_roadmap": {"model.width": 0.125},
+    "vit_tiny_patch4_32": {"model.depth": 3},
+    "alexnet": {"model.dropout": 0.0},
+}
+# Optimizer and data settings for the families the zoo's recipe does not fit in a short run.
+LEARNING_RECIPES = {
+    # No normalisation in 8 layers, and torchvision's initialisation shrinks the signal at each,
+    # so at first the logits hardly depend on the image: Adam steps a tenth of the zoo's size
+    # learn from that faint signal where larger ones stall, and batch 64 steadies its gradient.
+    "alexnet": {"optimizer.learning_rate": 2e-4, "data.batch_size": 64},
+    # Position embeddings start ~50x smaller than the patch embeddings, and Adam grows them by
+    # about lr a step, so a ViT begins close to a bag of patches and must learn where each lies:
+    # the +-2 px random shifts blur exactly that (a convolution's features just shift along),
+    # batch 64 steadies the steps, and a warm-up of ~45 steps keeps the first full-size ones
+    # from derailing the run.
+    "vit_tiny_patch4_32": {"data.max_shift": 0, "data.batch_size": 64,
+                           "schedule.warmup_epochs": 0.6},
+}
 
 
 def learning_run_config(model_name: str, **overrides) -> ml_collections.ConfigDict:
@@ -285,7 +316,8 @@ def learning_run_config(model_name: str, **overrides) -> ml_collections.ConfigDi
       "total_steps": steps, "log_every_steps": 10, "eval_every_steps": steps,
       "data.batch_size": 32, "data.num_test": 300, "data.eval_batch_size": 300,
       "schedule.warmup_epochs": 0.1, "mesh.num_devices": 1,
-      **LEARNING_MODEL_OPTIONS.get(model_name, {}), **overrides})
+      **LEARNING_MODEL_OPTIONS.get(model_name, {}), **LEARNING_RECIPES.get(model_name, {}),
+      **overrides})
   if model_name == "convnext_roadmap":
     config.model.step = 4  # ResNeXt-ified inverted bottleneck, BatchNorm: a mid-roadmap model
   return config
