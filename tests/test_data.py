@@ -7,6 +7,7 @@ from PIL import Image
 from cnn_jax import data
 from cnn_jax.data import transforms
 from cnn_jax.data.sources import digits, embedded
+from cnn_jax.data.sources.arrays import ArraySplit
 from cnn_jax.errors import UserError
 from helpers import load_config
 
@@ -118,6 +119,29 @@ def test_embedded_batches_are_the_same_from_grain_worker_processes(mnist):
     got, want = next(it), reference.batch(step)
     np.testing.assert_array_equal(got["image"], want["image"])
     np.testing.assert_array_equal(got["label"], want["label"])
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_array_batches_are_each_rows_padded_crop_normalised(channels):
+  # The one-gather batch is, value for value, the pad and crop of each row with the offsets
+  # that (seed, step) draw for the global batch, then (x - mean) / std.
+  rng = np.random.default_rng(0)
+  split = ArraySplit(rng.random((40, 12, 10, channels), dtype=np.float32),
+                     rng.integers(0, 3, 40).astype(np.int32))
+  before = split.images.copy()
+  mean, std = tuple(rng.random(channels)), tuple(0.5 + rng.random(channels))
+  transform = transforms.ArrayTrainTransform(3, mean, std)
+  indices = rng.permutation(40)[:16]
+  offsets = np.random.default_rng([5, 7, 1]).integers(0, 7, size=(24, 2))[8:]
+  want = ((transforms.pad_crop_batch(split.images[indices], 3, offsets)
+           - np.asarray(mean, np.float32)) / np.asarray(std, np.float32))
+  for _ in range(2):  # The second batch reuses the padded set.
+    got = transform.train_batch(split, indices, seed=5, step=7, first_row=8,
+                                global_batch_size=24)
+    np.testing.assert_array_equal(got["image"], want)
+    np.testing.assert_array_equal(got["label"], split.labels[indices])
+  assert got["image"].flags.c_contiguous and got["image"].dtype == np.float32
+  np.testing.assert_array_equal(split.images, before)  # Normalised in place, but a copy.
 
 
 def test_random_shift_moves_images_by_at_most_the_max(mnist):
