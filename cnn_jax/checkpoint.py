@@ -14,6 +14,7 @@ import gc
 import inspect
 import json
 import logging
+import operator
 import os
 import shutil
 import sys
@@ -153,24 +154,85 @@ def saved_steps(workdir: str) -> list[int]:
   return ocp.path.step.checkpoint_steps(directory) if os.path.isdir(directory) else []
 
 
+BEST_MODES = ("max", "min")
+
+
+def _drop_missing_metrics_warning(record: logging.LogRecord) -> bool:
+  # Orbax warns at every save without metrics once a best metric is tracked; the regular saves
+  # between evals have none, by design.
+  return "did not provide metrics" not in record.getMessage()
+
+
 class Checkpointer:
-  """Thin wrapper over `ocp.CheckpointManager` for one TrainState item."""
+  """Orbax's CheckpointManager for the run's TrainState, in WORKDIR/checkpoints: a save every
+  `checkpoint.every_steps` steps and at the end, keeping the last `checkpoint.keep`; with
+  `checkpoint.best_metric`, also a save at every eval that beats the best value so far, and the
+  best one is kept past the rotation. An eval's metrics are recorded with its step's
+  checkpoint, so a resumed run knows the value to beat.
+
+  One manager keeps both: a step that is a regular save and a new best is written once.
+  Orbax's fixed cost is ~60 ms of CPU a save however small the state, and evals and saves
+  fall on the same steps by default (experiments/cpu_speed/)."""
 
   def __init__(self, workdir: str, config: ml_collections.ConfigDict):
+    settings = config.checkpoint
+    self.metric: str | None = settings.best_metric or None
+    self.mode: str = settings.best_mode
+    keep: list[Any] = [ocp.checkpoint_managers.LatestN(n=settings.keep)]
+    best_fn = None
+    if self.metric:
+      best_fn = operator.itemgetter(self.metric)
+      keep.append(ocp.checkpoint_managers.BestN(
+          get_metric_fn=best_fn, reverse=self.mode == "min", n=1,
+          keep_checkpoints_without_metrics=False))
+      logging.getLogger("absl").addFilter(_drop_missing_metrics_warning)
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=config.checkpoint.every_steps,
-        max_to_keep=config.checkpoint.keep,
-        enable_async_checkpointing=config.checkpoint.use_async,
+        save_interval_steps=settings.every_steps,
+        preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(keep),
+        best_fn=best_fn, best_mode=self.mode,
+        enable_async_checkpointing=settings.use_async,
         create=True)
     self.manager = ocp.CheckpointManager(_checkpoints_dir(workdir), options=options)
+    self.best_step = self.manager.best_step() if self.metric else None
+    self.best_value = (None if self.best_step is None
+                       else float(self.manager.metrics(self.best_step)[self.metric]))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
+  def improves(self, value: float) -> bool:
+    if self.best_value is None:
+      return bool(np.isfinite(value))
+    return value > self.best_value if self.mode == "max" else value < self.best_value
+
+  def _new_best(self, step: int, eval_metrics: dict[str, float] | None) -> float | None:
+    """The tracked metric's value in `eval_metrics` when it beats the best so far."""
+    if self.metric is None or eval_metrics is None:
+      return None
+    if self.metric not in eval_metrics:
+      raise UserError(f"checkpoint.best_metric {self.metric!r} is not an eval metric; "
+                      f"this run's are {', '.join(sorted(eval_metrics))}")
+    value = float(eval_metrics[self.metric])
+    return value if self.improves(value) and step != self.best_step else None
+
+  def is_due(self, step: int, *, force: bool = False,
+             eval_metrics: dict[str, float] | None = None) -> bool:
+    """Whether `save` writes `step`: forced, a regular save step, or an eval's new best."""
+    return (force or self.manager.should_save(step)
+            or self._new_best(step, eval_metrics) is not None)
+
   def save(self, step: int, state: Any, *, force: bool = False,
-           metrics: dict[str, float] | None = None) -> bool:
-    return self.manager.save(step, args=ocp.args.StandardSave(parallel.keys_to_data(state)),
-                             metrics=metrics, force=force)
+           eval_metrics: dict[str, float] | None = None) -> bool:
+    """Saves `step` when `is_due`, with the eval's tracked metric when `eval_metrics` (the
+    eval at this step) is given; returns whether it saved."""
+    best = self._new_best(step, eval_metrics)
+    metrics = ({self.metric: float(eval_metrics[self.metric])}
+               if self.metric and eval_metrics is not None else None)
+    saved = self.manager.save(step, args=ocp.args.StandardSave(parallel.keys_to_data(state)),
+                              metrics=metrics, force=force or best is not None)
+    if saved and best is not None:
+      self.best_step, self.best_value = step, best
+    return saved
 
   def restore(self, state_like: Any, step: int | None = None) -> Any:
     """Restores into the structure, shapes and shardings of `state_like` (concrete or abstract).
@@ -251,56 +313,6 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.close()
-
-
-BEST_MODES = ("max", "min")
-
-
-class BestCheckpointer(Checkpointer):
-  """Keeps the one checkpoint with the best eval `metric` so far, in WORKDIR/checkpoints_best,
-  beside the last K of `Checkpointer` (which may have rotated the best one out).
-
-  Orbax records the metric with the checkpoint, so a resumed run knows the value to beat."""
-
-  def __init__(self, workdir: str, metric: str, mode: str, use_async: bool = True):
-    if mode not in BEST_MODES:
-      raise UserError(f"checkpoint.best_mode must be one of {BEST_MODES} (got {mode!r})")
-    self.metric = metric
-    self.mode = mode
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=1, best_fn=lambda metrics: metrics[metric], best_mode=mode,
-        keep_checkpoints_without_metrics=False, enable_async_checkpointing=use_async,
-        create=True,
-        # An eval step can also be a regular save (the last step always is): with several
-        # processes, the two managers' barriers, named after the step, would collide.
-        multiprocessing_options=ocp.options.MultiprocessingOptions(
-            barrier_sync_key_prefix="best"))
-    self.manager = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "checkpoints_best"), options=options)
-    step = self.manager.best_step()
-    self.best_step = step
-    self.best_value = None if step is None else float(self.manager.metrics(step)[metric])
-
-  def improves(self, value: float) -> bool:
-    if self.best_value is None:
-      return bool(np.isfinite(value))
-    return value > self.best_value if self.mode == "max" else value < self.best_value
-
-  def maybe_save(self, step: int, state: Any, eval_metrics: dict[str, float]) -> bool:
-    """Saves `state` if eval_metrics[metric] beats the best so far; returns whether it did."""
-    if self.metric not in eval_metrics:
-      raise UserError(f"checkpoint.best_metric {self.metric!r} is not an eval metric; "
-                      f"this run's are {', '.join(sorted(eval_metrics))}")
-    value = float(eval_metrics[self.metric])
-    if not self.improves(value) or step == self.best_step:
-      return False
-    self.save(step, state, force=True, metrics={self.metric: value})
-    self.best_step, self.best_value = step, value
-    return True
-
-  def restore(self, state_like: Any, step: int | None = None) -> Any:
-    """The best checkpoint (or `step`), into the structure of `state_like`."""
-    return super().restore(state_like, self.best_step if step is None else step)
 
 
 # ----------------------------------------------------------------------------------------
@@ -487,19 +499,25 @@ def _quiet_absl() -> Iterator[None]:
     absl_logging.set_verbosity(level)
 
 
-def read_run_weights(workdir: str, ema: bool = False, best: bool = True
+def read_run_weights(workdir: str, ema: bool = False, best: tuple[str, str] | None = None
                      ) -> tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]:
   """(step, flat params, flat model state) of a training run's checkpoint: with `best`, the
-  best one (WORKDIR/checkpoints_best) when the run kept one, else the latest. With `ema`, the
-  params are the run's exponential moving average of them (UserError if it kept none)."""
+  run's (checkpoint.best_metric, checkpoint.best_mode), the checkpoint with the best eval value
+  recorded, else the latest. With `ema`, the params are the run's exponential moving average of
+  them (UserError if it kept none). Runs saved before the best checkpoint joined the others
+  kept it apart, in WORKDIR/checkpoints_best: read first when it is there."""
   params_key = "ema_params" if ema else "params"
   for sub in ("checkpoints_best", "checkpoints") if best else ("checkpoints",):
     directory = os.path.join(os.path.abspath(workdir), sub)
     if not os.path.isdir(directory):
       continue
-    manager = ocp.CheckpointManager(directory)
+    by_metric = best is not None and sub == "checkpoints"
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+        best_fn=operator.itemgetter(best[0]), best_mode=best[1], read_only=True)
+        if by_metric else None)
     try:
-      step = manager.latest_step()
+      step = manager.best_step() if by_metric else None
+      step = manager.latest_step() if step is None else step
       if step is None:
         continue
       try:
@@ -543,5 +561,4 @@ def read_run_weights(workdir: str, ema: bool = False, best: bool = True
       return {k.removesuffix(".value"): v for k, v in flat.items()}
 
     return step, names(_flatten(tree[params_key])), names(_flatten(tree["model_state"]))
-  raise UserError(f"{workdir} holds no checkpoint (checkpoints/ or checkpoints_best/); did the "
-                  "run save one?")
+  raise UserError(f"{workdir} holds no checkpoint (in checkpoints/); did the run save one?")

@@ -149,9 +149,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint.every_steps = 500
   config.checkpoint.keep = 3
   config.checkpoint.use_async = True
-  # Besides the last `keep`, keep the checkpoint with the best eval metric (in
-  # WORKDIR/checkpoints_best); "" = off. Classification: loss | accuracy | top5_accuracy, and
-  # ema_* with an EMA; FCMAE: loss.
+  # Besides the last `keep`, keep the checkpoint with the best eval metric (an eval that beats
+  # it is saved too); "" = off. Classification: loss | accuracy | top5_accuracy, and ema_* with
+  # an EMA; FCMAE: loss.
   config.checkpoint.best_metric = "accuracy"
   config.checkpoint.best_mode = "max"   # max | min
 

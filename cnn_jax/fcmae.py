@@ -375,7 +375,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
 def encoder_params(fcmae_workdir: str) -> dict[tuple[str, ...], np.ndarray]:
   """{path: array} of the encoder parameters in the latest checkpoint of an FCMAE workdir,
   paths as in the encoder model's own nnx state ('stages', '0', 'blocks', ...)."""
-  _, params, _ = checkpoint.read_run_weights(fcmae_workdir, best=False)
+  _, params, _ = checkpoint.read_run_weights(fcmae_workdir)
   encoder = {tuple(name.split(".")[1:]): np.asarray(value, np.float32)
              for name, value in params.items() if name.startswith("encoder.")}
   if not encoder or not any(name.startswith("decoder.") for name in params):

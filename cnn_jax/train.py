@@ -74,7 +74,9 @@ def load_run(workdir: str, *, ema: bool = False, best: bool = True
   model = build_model(config, weights_to_load=True)
   model.eval()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  _, saved_params, saved_state = checkpoint.read_run_weights(workdir, ema, best)
+  best_by = ((config.checkpoint.best_metric, config.checkpoint.best_mode)
+             if best and config.checkpoint.get("best_metric") else None)
+  _, saved_params, saved_state = checkpoint.read_run_weights(workdir, ema, best_by)
   stats = checkpoint.batch_stat_names(rest)
   saved_stats = {k: v for k, v in saved_state.items() if k in stats}
   name = config.model.name
@@ -568,10 +570,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
            if resuming else parallel.put_state(state, state_shardings))
 
   ckpt = checkpoint.Checkpointer(workdir, config)
-  best_ckpt = (checkpoint.BestCheckpointer(workdir, config.checkpoint.best_metric,
-                                           config.checkpoint.best_mode,
-                                           config.checkpoint.use_async)
-               if config.checkpoint.best_metric else None)
   state, start_step = ckpt.restore_latest(state)
   if start_step:
     print(f"resumed from {workdir} at step {start_step}", flush=True)
@@ -647,25 +645,25 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           progress.report(step, {k.split("/")[1]: v for k, v in scalars.items()})
           window_metrics = []
 
+        evaluated = None  # This step's eval: its metric goes with the step's checkpoint.
         if step % config.eval_every_steps == 0 or is_last:
           jax.block_until_ready(state)  # The steps queued so far are not eval's time.
           with clock.phase("eval"):
-            eval_metrics = evaluate(eval_fn, state, eval_batches, mesh, task.summarize_eval)
+            eval_metrics = evaluated = evaluate(eval_fn, state, eval_batches, mesh,
+                                                task.summarize_eval)
             writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
             progress.report(step, {f"eval_{k}": v for k, v in eval_metrics.items()})
-            if best_ckpt is not None:
-              best_ckpt.maybe_save(step, state, eval_metrics)
 
         force = is_last or stop_now
         if step_hook is not None:
           step_hook(step, state, force)
-        if force or ckpt.manager.should_save(step):
+        if ckpt.is_due(step, force=force, eval_metrics=evaluated):
           # Never checkpoint a diverged state: the last good checkpoint must survive.
           if not np.isfinite(float(step_metrics["loss"])):
             raise FloatingPointError(
                 f"non-finite training loss at step {step}; stopped, the last good "
                 f"checkpoint (step {ckpt.latest_step()}) is kept in {workdir}/checkpoints")
-          ckpt.save(step, state, force=force)
+          ckpt.save(step, state, force=force, eval_metrics=evaluated)
         if stop_reason is not None:
           print(f"{stop_reason}: checkpoint saved at step {step}; "
                 "rerun the same command to resume", flush=True)
@@ -673,10 +671,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       finished = True
     finally:
       with clock.phase("checkpoint_wait"):
-        for manager in (ckpt, best_ckpt):
-          if manager is not None:
-            manager.wait()
-            manager.close()
+        ckpt.wait()
+        ckpt.close()
       if finished and step > start_step:
         times = clock.record("steps")
         writer.write_scalars(step, times)

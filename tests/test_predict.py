@@ -285,9 +285,9 @@ def test_weights_workdir_of_a_run_on_the_embedded_mnist(tmp_path):
   expect_one_error_line(
       run_cli_in_process("cnn_jax.predict", f"--weights={workdir}", "--image_size=40", paths[0]),
       "--image_size=40: the run trained on the embedded mnist_subset at 32 px")
-  cut_short(os.path.join(workdir, "checkpoints_best"))
+  cut_short(os.path.join(workdir, "checkpoints"))
   expect_one_error_line(run_cli_in_process("cnn_jax.predict", f"--weights={workdir}", paths[0]),
-                        "checkpoints_best cannot be read (")
+                        "/checkpoints cannot be read (")
 
 
 def test_auto_params_follow_the_runs_best_metric(tmp_path):

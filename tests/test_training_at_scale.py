@@ -16,7 +16,7 @@ import pytest
 
 from cnn_jax import checkpoint, optim, parallel, train
 from helpers import (DIGITS, HANG_TIMEOUT, ONE_DEVICE, REPO_ROOT, SHARED_8_DEVICE_RUN, final_params,
-                     free_port, load_config, losses, read_jsonl, run_cli, saved_tree)
+                     free_port, load_config, losses, read_jsonl, run_cli)
 
 # The runs that check stopping, resuming, EMA, bfloat16 and the best checkpoint, on one device
 # as `make train` on a CPU: the 8 fake devices conftest sets cost each step several times its
@@ -117,7 +117,8 @@ shardings = parallel.state_sharding(state, mesh, "fsdp", 16)
 placed = parallel.put_state(state, shardings)
 assert placed["w"].addressable_shards[0].data.shape == (4, 8)
 config = ml_collections.ConfigDict(
-    {"checkpoint": {"every_steps": 1, "keep": 1, "use_async": False}})
+    {"checkpoint": {"every_steps": 1, "keep": 1, "use_async": False, "best_metric": "",
+                    "best_mode": "max"}})
 ckpt = checkpoint.Checkpointer(workdir, config)
 ckpt.save(1, placed, force=True)
 ckpt.wait()
@@ -326,10 +327,11 @@ def test_bfloat16_compute_keeps_float32_parameters(tmp_path):
   assert log[-1] < 0.8 * log[0] and final["accuracy"] > 0.3
 
 
-def test_best_checkpoint_is_the_best_eval_and_survives_a_resume(tmp_path):
-  # Checkpoints at every eval, so the best one can be compared with the regular one of its step.
+def test_best_checkpoint_is_the_best_eval_kept_past_the_rotation_and_survives_a_resume(tmp_path):
+  # Evals every 3 steps, regular saves every 6 keeping 2: the best eval's step is saved (once,
+  # with the regular ones) and kept however old; the halted run's rerun knows the value to beat.
   config = load_config("lenet5_digits", total_steps=18, eval_every_steps=3, halt_after_steps=9,
-                       **{"checkpoint.every_steps": 3, "checkpoint.keep": 10,
+                       **{"checkpoint.every_steps": 6, "checkpoint.keep": 2,
                           "optimizer.learning_rate": 0.02}, **SHORT, **ONE_DEVICE)
   train.train_and_evaluate(config, str(tmp_path))  # Halts at step 9; the rerun resumes.
   config.halt_after_steps = 0
@@ -338,15 +340,17 @@ def test_best_checkpoint_is_the_best_eval_and_survives_a_resume(tmp_path):
            if "eval/accuracy" in r]
   assert [s for s, _ in evals] == [3, 6, 9, 12, 15, 18]
   best_step, best_accuracy = max(evals, key=lambda e: (e[1], -e[0]))  # First of the best.
-  best_dir = tmp_path / "checkpoints_best"
-  assert sorted(int(d) for d in os.listdir(best_dir) if d.isdigit()) == [best_step]
-  # What a resumed run reads back as the value to beat.
-  reopened = checkpoint.BestCheckpointer(str(tmp_path), "accuracy", "max")
+  new_bests = [s for i, (s, a) in enumerate(evals) if all(a > b for _, b in evals[:i])]
+  saved = sorted({6, 9, 12, 18, *new_bests})  # Regular, the halt, and each new best.
+  kept = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+  assert kept == sorted({*saved[-2:], best_step})
+  assert not os.path.exists(tmp_path / "checkpoints_best")
+  # What a resumed run reads back as the value to beat, and what `predict` loads.
+  reopened = checkpoint.Checkpointer(str(tmp_path), config)
   assert (reopened.best_step, reopened.best_value) == (best_step, pytest.approx(best_accuracy))
   reopened.close()
-  best = saved_tree(best_dir / str(best_step) / "default")
-  regular = saved_tree(tmp_path / "checkpoints" / str(best_step) / "default")
-  jax.tree.map(np.testing.assert_array_equal, best["params"], regular["params"])
+  assert checkpoint.read_run_weights(str(tmp_path), best=("accuracy", "max"))[0] == best_step
+  assert checkpoint.read_run_weights(str(tmp_path))[0] == 18
 
 
 def test_unknown_best_metric_fails_before_training(tmp_path):
