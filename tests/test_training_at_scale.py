@@ -3,6 +3,7 @@ no recompilation, preemption (SIGTERM), kill -9 resume, non-finite loss."""
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -351,6 +352,10 @@ def test_best_checkpoint_is_the_best_eval_kept_past_the_rotation_and_survives_a_
   reopened.close()
   assert checkpoint.read_run_weights(str(tmp_path), best=("accuracy", "max"))[0] == best_step
   assert checkpoint.read_run_weights(str(tmp_path))[0] == 18
+  # A run saved before the best checkpoint joined the others kept it apart: read there first.
+  other = next(s for s in kept if s != best_step)
+  shutil.copytree(tmp_path / "checkpoints" / str(other), tmp_path / "checkpoints_best" / str(other))
+  assert checkpoint.read_run_weights(str(tmp_path), best=("accuracy", "max"))[0] == other
 
 
 def test_unknown_best_metric_fails_before_training(tmp_path):
