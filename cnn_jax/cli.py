@@ -145,6 +145,87 @@ def unknown_field_message(argv: Sequence[str], flag_name: str, error: BaseExcept
   return f"unknown config field {field!r} in --{flag_name}.{field}{hint}"
 
 
+def model_option_value(model: str, field: str, value: Any, default: Any) -> Any:
+  """`value` for the model's option `field` as the type of its default (an int for a float,
+  a list for a tuple); UserError when it is another type."""
+  if isinstance(default, bool) and isinstance(value, str) and value.lower() in ("true", "false"):
+    value = value.lower() == "true"
+  elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+    value = float(value)
+  elif isinstance(default, tuple) and isinstance(value, list):
+    value = tuple(value)
+  if (isinstance(default, (bool, int, float, str, tuple))
+      and not isinstance(value, type(default))
+      or isinstance(default, int) and isinstance(value, bool) != isinstance(default, bool)):
+    kind = {bool: "true or false", int: "an int", float: "a number", str: "a string",
+            tuple: "a tuple"}.get(type(default), type(default).__name__)
+    raise UserError(f"model {model!r}: {field} takes {kind} (default {default!r}), "
+                    f"got {value!r}")
+  return value
+
+
+def add_model_option(config: ml_collections.ConfigDict, field: str, value: Any) -> None:
+  """config.model.<field> = value for an option of the config's model (its constructor's
+  keyword: drop_path_rate, stem_width, ...) that config.model does not list: config_flags and
+  sweeps override only the fields a config file lists, and a config lists what it changes.
+  UserError, with the closest options, when the model takes no such option."""
+  # Imported here: the zoo (JAX, Flax) only when an override needs it.
+  from cnn_jax.models import registry  # pylint: disable=import-outside-toplevel
+
+  name = config.model.name
+  defaults = registry.option_defaults(name)
+  if field not in defaults:
+    known = [f"model.{k}" for k in (*config.model.keys(), *defaults)]
+    close = difflib.get_close_matches(f"model.{field}", known, n=3, cutoff=0.75)
+    hint = f"; did you mean {' or '.join(dict.fromkeys(close))}?" if close else ""
+    raise UserError(f"unknown config field 'model.{field}': model {name!r} takes no option "
+                    f"{field!r}{hint}")
+  value = model_option_value(name, field, value, defaults[field])
+  with config.model.unlocked():
+    config.model[field] = value
+
+
+def _take_model_options(argv: Sequence[str], flag_name: str
+                        ) -> tuple[list[str], list[tuple[str, str]]]:
+  """argv without the `--FLAG.model.X=V` (or `--FLAG.model.X V`) overrides whose X the config
+  file's model does not list, and those (X, V): `add_model_option` sets them once the config
+  is parsed (and its model name overridden, if it is)."""
+  prefix = f"--{flag_name}.model."
+  spec = _config_arg_of(argv, flag_name)
+  if not spec or not any(arg.startswith(prefix) for arg in argv):
+    return list(argv), []
+  path, _, arg = spec.partition(":")
+  try:
+    model = load_config_file(path, arg).get("model")
+  except UserError:
+    return list(argv), []  # The parse says what is wrong with the file.
+  if not isinstance(model, ml_collections.ConfigDict) or "name" not in model:
+    return list(argv), []
+  kept, taken, i = [], [], 0
+  while i < len(argv):
+    field, has_value, value = argv[i][len(prefix):].partition("=")
+    if argv[i].startswith(prefix) and "." not in field and field not in model:
+      if has_value:
+        taken.append((field, value))
+        i += 1
+        continue
+      if i + 1 < len(argv):
+        taken.append((field, argv[i + 1]))
+        i += 2
+        continue
+    kept.append(argv[i])
+    i += 1
+  return kept, taken
+
+
+def _literal(text: str) -> Any:
+  """A command-line value as Python: a number, bool, tuple or list, None, else the string."""
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
 # ------------------------------------------------------------------------------- flags
 
 def define_config_flag(name: str = "config", help_text: str | None = None) -> Any:
@@ -170,9 +251,19 @@ def config_value(name: str = "config", example: str = "configs/lenet5_mnist.py"
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parse, with every error the user can make as one line and exit 2."""
+  """absl's parse, with every error the user can make as one line and exit 2. An override of a
+  model option that the config file does not list is added (`add_model_option`)."""
+  kept, model_options = _take_model_options(argv, "config")
+  if model_options and list(sys.argv) == list(argv):
+    sys.argv = kept  # config_flags reads its overrides from sys.argv, not from argv.
+  argv = kept
   try:
-    return FLAGS(argv)
+    remaining = FLAGS(argv)
+    for field, text in model_options:
+      add_model_option(FLAGS["config"].value, field, _literal(text))
+    return remaining
+  except UserError as e:
+    fail(str(e))
   except flags.Error as e:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     if "Error whilst parsing config file" in str(e) and lines:

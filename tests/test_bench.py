@@ -52,6 +52,27 @@ def test_cli_json_train_has_every_field():
   assert "images/s" in bench.format_report(report)
 
 
+def test_a_config_override_sets_a_model_option_its_file_does_not_list():
+  # configs/lenet5_digits.py lists no activation; LeNet5 takes one. A misspelt option is still
+  # refused, with the option meant.
+  result = run_cli_in_process("cnn_jax.bench", "--config=configs/lenet5_digits.py",
+                              "--config.model.activation=tanh", "--config.mesh.num_devices=1",
+                              "--steps=1", "--warmup=0", "--json")
+  assert result.returncode == 0, result.stderr
+  [r] = json.loads(result.stdout)["jax"]
+  assert r["model_options"]["activation"] == "tanh"
+  typo = run_cli_in_process("cnn_jax.bench", "--config=configs/lenet5_digits.py",
+                            "--config.model.activaton=tanh", "--steps=1", "--json")
+  assert (typo.returncode, typo.stderr) == (2, (
+      "error: unknown config field 'model.activaton': model 'lenet5' takes no option "
+      "'activaton'; did you mean model.activation?\n"))
+  wrong_type = run_cli_in_process("cnn_jax.bench", "--config=configs/lenet5_digits.py",
+                                  "--config.model.name=resnet20", "--config.model.stem_width=8.5",
+                                  "--steps=1", "--json")
+  assert (wrong_type.returncode, wrong_type.stderr) == (2, (
+      "error: model 'resnet20': stem_width takes an int (default 64), got 8.5\n"))
+
+
 def test_config_times_the_runs_step_and_its_feed():
   # The config's model, batch and channels replace the flags' (--model is not needed).
   # In this process, as the other CLI cases below: test_cli_json_train_has_every_field is the

@@ -33,6 +33,17 @@ def test_build_points_applies_shared_and_point_overrides_and_names_dirs():
   assert points[0].config.model.name == "lenet5"  # untouched base field
 
 
+def test_a_sweep_varies_a_model_option_its_base_config_does_not_list():
+  # The option is checked against the point's model, after the point's model.name.
+  points = sweep.build_points(make_sweep(
+      points=[{}, {"model.name": "resnet20"}], grid=[("model.activation", ("relu", "tanh"))]))
+  assert [(p.config.model.name, p.config.model.activation) for p in points] == [
+      ("lenet5", "relu"), ("lenet5", "tanh"), ("resnet20", "relu"), ("resnet20", "tanh")]
+  assert "--config.model.activation=tanh" in sweep.point_command(make_sweep(), points[1], "w")
+  with pytest.raises(UserError, match="model 'lenet5' takes no option 'drop_path_rate'"):
+    sweep.build_points(make_sweep(grid=[("model.drop_path_rate", (0.1,))]))
+
+
 def test_a_point_can_pick_the_base_config_argument(tmp_path):
   # configs/zoo_digits.py:NAME gives each model its own options (ViT: image_size), which a
   # model.name override alone could not.

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import difflib
 import functools
+import inspect
 import math
 import os
+import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,6 +42,18 @@ def get_constructor(name: str) -> Callable[..., nnx.Module]:
     raise UserError(
         f"unknown model {name!r}; {hint_text}known models: {', '.join(list_models())}")
   return _MODELS[name]
+
+
+def option_defaults(name: str) -> dict[str, Any]:
+  """The options (keyword arguments with a default) of the module class that the model's
+  constructor returns, by its return annotation, with their defaults; `rngs` is not one. A
+  variant fixes some of them (a ResNet's depths): passing one of those is refused at build."""
+  cls = typing.get_type_hints(get_constructor(name)).get("return")
+  if not isinstance(cls, type):
+    return {}
+  return {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values()
+          if p.name != "rngs" and p.default is not inspect.Parameter.empty
+          and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
 
 
 def create_model(name: str, pretrained: str | os.PathLike | None = None, *,
@@ -82,7 +96,7 @@ def build(name: str, constructor: Callable[..., nnx.Module], rngs: nnx.Rngs,
     return initialize(construct, rngs, cache_key=cache_key)
   except TypeError as e:
     # An unexpected keyword from a config override is the user's mistake, not ours.
-    if "unexpected keyword argument" in str(e):
+    if "unexpected keyword argument" in str(e) or "multiple values for keyword" in str(e):
       raise UserError(f"model {name!r}: {e}") from None
     raise
   except ValueError as e:
