@@ -254,11 +254,17 @@ def parse_flags(argv: list[str]) -> list[str]:
   """absl's parse, with every error the user can make as one line and exit 2. An override of a
   model option that the config file does not list is added (`add_model_option`)."""
   kept, model_options = _take_model_options(argv, "config")
+  command = sys.argv
   if model_options and list(sys.argv) == list(argv):
-    sys.argv = kept  # config_flags reads its overrides from sys.argv, not from argv.
+    # config_flags reads the overrides from sys.argv, not from argv; the command the user
+    # typed is back in sys.argv once the flags are parsed (a tool may record it).
+    sys.argv = kept
   argv = kept
   try:
-    remaining = FLAGS(argv)
+    try:
+      remaining = FLAGS(argv)
+    finally:
+      sys.argv = command
     for field, text in model_options:
       add_model_option(FLAGS["config"].value, field, _literal(text))
     return remaining

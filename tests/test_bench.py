@@ -53,19 +53,19 @@ def test_cli_json_train_has_every_field():
 
 
 def test_a_config_override_sets_a_model_option_its_file_does_not_list():
-  # configs/lenet5_digits.py lists no activation; LeNet5 takes one. A misspelt option is still
-  # refused, with the option meant.
+  # configs/lenet5_digits.py lists no pooling; LeNet5 takes one. A misspelt option is still
+  # refused, with the option meant, and a value of another type than the option's default.
   result = run_cli_in_process("cnn_jax.bench", "--config=configs/lenet5_digits.py",
-                              "--config.model.activation=tanh", "--config.mesh.num_devices=1",
+                              "--config.model.pool=avg", "--config.mesh.num_devices=1",
                               "--steps=1", "--warmup=0", "--json")
   assert result.returncode == 0, result.stderr
   [r] = json.loads(result.stdout)["jax"]
-  assert r["model_options"]["activation"] == "tanh"
+  assert r["model_options"]["pool"] == "avg"
   typo = run_cli_in_process("cnn_jax.bench", "--config=configs/lenet5_digits.py",
-                            "--config.model.activaton=tanh", "--steps=1", "--json")
+                            "--config.model.pol=avg", "--steps=1", "--json")
   assert (typo.returncode, typo.stderr) == (2, (
-      "error: unknown config field 'model.activaton': model 'lenet5' takes no option "
-      "'activaton'; did you mean model.activation?\n"))
+      "error: unknown config field 'model.pol': model 'lenet5' takes no option 'pol'; "
+      "did you mean model.pool?\n"))
   wrong_type = run_cli_in_process("cnn_jax.bench", "--config=configs/lenet5_digits.py",
                                   "--config.model.name=resnet20", "--config.model.stem_width=8.5",
                                   "--steps=1", "--json")

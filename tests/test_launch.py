@@ -175,7 +175,8 @@ def test_no_sbatch_on_the_path_is_one_line_and_nothing_is_written(tmp_path):
 def test_launch_generates_one_multi_node_job_and_records_it(tmp_path, fake_slurm):
   workdir = tmp_path / "run"
   result = run_cli("cnn_jax.launch", "--config=configs/lenet5_digits.py",
-                   "--config.data.batch_size=128", f"--workdir={workdir}", "--nodes=2",
+                   "--config.data.batch_size=128", "--config.model.pool=avg",
+                   f"--workdir={workdir}", "--nodes=2",
                    "--gpus_per_node=8", "--slurm.partition=gpu", "--slurm.time=2-00:00:00")
   assert result.returncode == 0, result.stderr
   assert "submitted job 42: 2 node(s) x 8 process(es)" in result.stdout
@@ -189,10 +190,14 @@ def test_launch_generates_one_multi_node_job_and_records_it(tmp_path, fake_slurm
   record = json.load(open(workdir / "submission.json"))
   assert record["job_id"] == "42" and record["config"]["data"]["batch_size"] == 128
   assert record["slurm"]["nodes"] == 2 and "--nodes=2" in record["command"]
+  # A model option that the config does not list reaches the job and the record's command.
+  assert record["config"]["model"]["pool"] == "avg"
+  assert "--config.model.pool=avg" in record["command"]
   assert open(record["sbatch_script"]).read() == script
   with open(workdir / "slurm" / "42_submitted.pkl", "rb") as f:
     job = pickle.load(f).function
   assert isinstance(job, launch.TrainJob) and job.workdir == str(workdir)
+  assert job.config.model.pool == "avg"
 
   # Submitted again while that job is queued: refused, nothing submitted.
   (fake_slurm / "squeue.txt").write_text("42 PENDING\n")

@@ -34,12 +34,14 @@ def test_build_points_applies_shared_and_point_overrides_and_names_dirs():
 
 
 def test_a_sweep_varies_a_model_option_its_base_config_does_not_list():
-  # The option is checked against the point's model, after the point's model.name.
+  # The base config (LeNet-5) lists neither option; each is checked against the point's model,
+  # after the point's model.name.
   points = sweep.build_points(make_sweep(
-      points=[{}, {"model.name": "resnet20"}], grid=[("model.activation", ("relu", "tanh"))]))
-  assert [(p.config.model.name, p.config.model.activation) for p in points] == [
-      ("lenet5", "relu"), ("lenet5", "tanh"), ("resnet20", "relu"), ("resnet20", "tanh")]
-  assert "--config.model.activation=tanh" in sweep.point_command(make_sweep(), points[1], "w")
+      points=[{"model.pool": "avg"}, {"model.name": "resnet20", "model.drop_path_rate": 0.1}],
+      grid=[("seed", (0, 1))]))
+  assert [p.config.model.get("pool") for p in points] == ["avg", "avg", None, None]
+  assert [p.config.model.get("drop_path_rate") for p in points] == [None, None, 0.1, 0.1]
+  assert "--config.model.pool=avg" in sweep.point_command(make_sweep(), points[0], "w")
   with pytest.raises(UserError, match="model 'lenet5' takes no option 'drop_path_rate'"):
     sweep.build_points(make_sweep(grid=[("model.drop_path_rate", (0.1,))]))
 
