@@ -69,7 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.normalise_on_device = False
   config.data.on_corrupt = "skip"       # skip (counted warning, next image instead) | fail
   config.data.num_workers = 0           # grain worker processes decoding (0 = threads only)
-  config.data.num_threads = 8           # grain read threads per process
+  config.data.num_threads = 8           # grain read threads per process (0 = none: in the loop)
   config.data.prefetch_batches = 2      # batches buffered per worker process
   # Batches whose host-to-device copy is issued while earlier steps run (0 = copy each batch
   # when its step starts, which leaves the accelerator waiting for the transfer).

@@ -109,6 +109,17 @@ def test_train_batches_are_a_function_of_the_step(mnist):
   np.testing.assert_array_equal(np.bincount(labels), np.bincount(mnist.train.labels))
 
 
+def test_embedded_batches_are_the_same_without_read_threads(mnist):
+  # data.num_threads=0: grain makes each batch in the iterating thread, as it is asked for.
+  kw = dict(global_batch_size=64, seed=2, max_shift=2, mean=mnist.mean, std=mnist.std)
+  reference = train_batches(mnist.train, **kw)
+  it = train_batches(mnist.train, num_threads=0, **kw).iterate(60)
+  for step in range(60, 64):
+    got, want = next(it), reference.batch(step)
+    np.testing.assert_array_equal(got["image"], want["image"])
+    np.testing.assert_array_equal(got["label"], want["label"])
+
+
 def test_embedded_batches_are_the_same_from_grain_worker_processes(mnist):
   # The embedded sets go through the one grain pipeline: a resumed stream made in worker
   # processes gives the batches `batch(step)` gives, across an epoch boundary (62 steps/epoch).

@@ -129,7 +129,9 @@ class _EvalBatchFn:
 
 
 def _read_options(num_threads: int, prefetch: int) -> grain.ReadOptions:
-  return grain.ReadOptions(num_threads=max(1, num_threads), prefetch_buffer_size=max(1, prefetch))
+  # num_threads=0: no read threads; the batches are made in the iterating thread as it asks
+  # for them (grain's advice for data already in memory: no GIL contention).
+  return grain.ReadOptions(num_threads=max(0, num_threads), prefetch_buffer_size=max(1, prefetch))
 
 
 def _ensure_flags_parsed() -> None:
