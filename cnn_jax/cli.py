@@ -185,26 +185,37 @@ def add_model_option(config: ml_collections.ConfigDict, field: str, value: Any) 
     config.model[field] = value
 
 
+def unlisted_model_option(config: ml_collections.ConfigDict, key: str) -> str | None:
+  """X, when `key` is `model.X` and X is not a field of the config's model (an option
+  `add_model_option` adds), else None: the one rule of the command line and of sweeps."""
+  model = config.get("model")
+  head, _, field = key.partition(".")
+  if (head != "model" or not field or "." in field
+      or not isinstance(model, ml_collections.ConfigDict) or "name" not in model
+      or field in model):
+    return None
+  return field
+
+
 def _take_model_options(argv: Sequence[str], flag_name: str
                         ) -> tuple[list[str], list[tuple[str, str]]]:
   """argv without the `--FLAG.model.X=V` (or `--FLAG.model.X V`) overrides whose X the config
   file's model does not list, and those (X, V): `add_model_option` sets them once the config
   is parsed (and its model name overridden, if it is)."""
-  prefix = f"--{flag_name}.model."
+  prefix = f"--{flag_name}."
   spec = _config_arg_of(argv, flag_name)
-  if not spec or not any(arg.startswith(prefix) for arg in argv):
+  if not spec or not any(arg.startswith(prefix + "model.") for arg in argv):
     return list(argv), []
   path, _, arg = spec.partition(":")
   try:
-    model = load_config_file(path, arg).get("model")
+    config = load_config_file(path, arg)
   except UserError:
     return list(argv), []  # The parse says what is wrong with the file.
-  if not isinstance(model, ml_collections.ConfigDict) or "name" not in model:
-    return list(argv), []
   kept, taken, i = [], [], 0
   while i < len(argv):
-    field, has_value, value = argv[i][len(prefix):].partition("=")
-    if argv[i].startswith(prefix) and "." not in field and field not in model:
+    key, has_value, value = argv[i][len(prefix):].partition("=")
+    field = unlisted_model_option(config, key) if argv[i].startswith(prefix) else None
+    if field is not None:
       if has_value:
         taken.append((field, value))
         i += 1

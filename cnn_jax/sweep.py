@@ -112,14 +112,6 @@ def set_override(config: ml_collections.ConfigDict, key: str, value: Any) -> Non
                     f"(the field holds {type(current).__name__}): {cli.one_line(e)}") from None
 
 
-def _is_unlisted_model_option(config: ml_collections.ConfigDict, key: str) -> bool:
-  """A `model.X` key whose X the config's model does not list (`cli.add_model_option`)."""
-  parts = key.split(".")
-  return (len(parts) == 2 and parts[0] == "model"
-          and isinstance(config.get("model"), ml_collections.ConfigDict)
-          and parts[1] not in config.model)
-
-
 def _pairs(field: Any, what: str) -> list[tuple[str, Any]]:
   try:
     pairs = [(str(k), v) for k, v in field]
@@ -180,13 +172,13 @@ def build_points(sweep: ml_collections.ConfigDict) -> list[Point]:
     config.lock()
     # A model option the base config does not list is added last: after any model.name.
     items = [(k, v) for k, v in [*shared, *overrides.items()] if k != BASE_CONFIG_ARG]
-    unlisted = [_is_unlisted_model_option(config, key) for key, _ in items]
-    for (key, value), option in zip(items, unlisted):
-      if not option:
+    options = [cli.unlisted_model_option(config, key) for key, _ in items]
+    for (key, value), option in zip(items, options):
+      if option is None:
         set_override(config, key, value)
-    for (key, value), option in zip(items, unlisted):
-      if option:
-        cli.add_model_option(config, key.split(".", 1)[1], value)
+    for (_, value), option in zip(items, options):
+      if option is not None:
+        cli.add_model_option(config, option, value)
     name = point_name(overrides)
     try:
       train.check_config(config)  # the run's own checks, for every point before any runs
