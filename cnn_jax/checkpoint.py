@@ -30,7 +30,7 @@ import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 from flax import nnx
 
-from cnn_jax import parallel
+from cnn_jax import optim, parallel
 from cnn_jax.errors import UserError
 
 
@@ -335,17 +335,6 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
   return flat
 
 
-def _path_name(path: tuple[Any, ...]) -> str:
-  """'layer1.0.bn1.mean' for the key path of a Variable's value inside an nnx.State."""
-  parts = []
-  for entry in path:
-    if isinstance(entry, jax.tree_util.DictKey):
-      parts.append(str(entry.key))
-    elif isinstance(entry, jax.tree_util.SequenceKey):
-      parts.append(str(entry.idx))
-  return ".".join(parts)
-
-
 def _nested(flat: dict[tuple[Any, ...], np.ndarray]) -> dict[str, Any]:
   tree: dict[str, Any] = {}
   for path, value in flat.items():
@@ -450,7 +439,7 @@ def apply_pretrained(params: Any, model_state: Any, meta: dict[str, Any],
     used = set()
 
     def replace(path, value):
-      name = _path_name(path)
+      name = ".".join(optim.path_names(path))
       if only is not None and name not in only:
         return value
       if is_head(name) and init_head == "drop":

@@ -70,10 +70,13 @@ def resolve_path(path: str) -> str:
 
 
 def load_module(full_path: str) -> Any:
-  """The Python file at `full_path` as a fresh module (a config file, a sweep config)."""
+  """The Python file at `full_path` as a fresh module (a config file, a sweep config, an
+  experiment's script)."""
   spec = importlib.util.spec_from_file_location(f"cnn_jax_file_{abs(hash(full_path))}",
                                                 full_path)
   module = importlib.util.module_from_spec(spec)
+  # Registered under its name: dataclasses, and pickle, look a class's module up there.
+  sys.modules[spec.name] = module
   spec.loader.exec_module(module)
   return module
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
-import importlib.util
 import io
 import json
 import os
@@ -28,10 +27,8 @@ HANG_TIMEOUT = 900
 
 def load_config(name: str, arg: str | None = None, **overrides) -> ml_collections.ConfigDict:
   """configs/<name>.py's get_config(arg), with dotted-key overrides ("data.batch_size": 32)."""
-  path = os.path.join(REPO_ROOT, "configs", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"test_config_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  from cnn_jax import cli  # pylint: disable=import-outside-toplevel
+  module = cli.load_module(os.path.join(REPO_ROOT, "configs", f"{name}.py"))
   config = module.get_config(arg) if arg is not None else module.get_config()
   for key, value in overrides.items():
     node = config

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+from cnn_jax import cli
 from helpers import HANG_TIMEOUT, REPO_ROOT
 
 SCRIPT = "experiments/accelerator/run.py"
@@ -62,11 +63,7 @@ def test_without_an_accelerator_it_stops_before_any_row(tmp_path):
 
 
 def test_a_failed_row_is_reported_in_the_table():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("accelerator_run", f"{REPO_ROOT}/{SCRIPT}")
-  run = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = run  # its dataclasses look their module up
-  spec.loader.exec_module(run)
+  run = cli.load_module(f"{REPO_ROOT}/{SCRIPT}")
   results = {"dry_run": False, "host": {"device": "NVIDIA H200", "num_devices": 1,
                                         "jax_version": "0", "date": "today"},
              "rows": [{"label": "ConvNeXt-T train", "kind": "bench", "ok": False,

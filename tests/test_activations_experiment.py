@@ -4,25 +4,16 @@ on a synthetic sweep workdir; and the activations sweep configs validate."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 
 import pytest
 
-from cnn_jax import sweep
+from cnn_jax import cli, sweep
 from helpers import REPO_ROOT
 
 
-def _load_report():
-  path = os.path.join(REPO_ROOT, "experiments", "activations", "report.py")
-  spec = importlib.util.spec_from_file_location("activations_report", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-report = _load_report()
+report = cli.load_module(os.path.join(REPO_ROOT, "experiments", "activations", "report.py"))
 
 
 def test_smoothed_error_is_the_step_weighted_mean_over_one_window():

@@ -3,13 +3,12 @@ values are in the ranges the loop accepts: a typo in a rarely run full-scale rec
 here, not on the cluster."""
 
 import glob
-import importlib.util
 import os
 
 import ml_collections
 import pytest
 
-from cnn_jax import train
+from cnn_jax import cli, train
 from cnn_jax.models import registry
 from helpers import REPO_ROOT
 
@@ -20,10 +19,7 @@ CONFIG_FILES = sorted(
 
 @pytest.mark.parametrize("path", CONFIG_FILES)
 def test_config_file_loads(path):
-  spec = importlib.util.spec_from_file_location("config_under_test", os.path.join(REPO_ROOT, path))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = cli.load_module(os.path.join(REPO_ROOT, path)).get_config()
   assert isinstance(config, ml_collections.ConfigDict)
   assert len(config) > 0
   if "optimizer" in config:  # a training config (a sweep's names its runs' instead)

@@ -3,23 +3,15 @@ fake devices; FSDP must cut each device's parameter + optimizer-state bytes to a
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import pytest
 
+from cnn_jax import cli
 from helpers import REPO_ROOT, load_config
 
 
-def _load_measure():
-  path = os.path.join(REPO_ROOT, "experiments", "fsdp_memory", "measure.py")
-  spec = importlib.util.spec_from_file_location("fsdp_memory_measure", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-measure = _load_measure()
+measure = cli.load_module(os.path.join(REPO_ROOT, "experiments", "fsdp_memory", "measure.py"))
 
 
 def test_fsdp_holds_an_eighth_of_params_and_optimizer_state_per_device():

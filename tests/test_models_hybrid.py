@@ -1,8 +1,5 @@
 """Conv-attention hybrids: shapes, exact parameter counts, global mixing, and they learn."""
 
-import importlib.util
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,17 +10,14 @@ from cnn_jax import summary, train
 from cnn_jax.errors import UserError
 from cnn_jax.models import create_model, hybrid
 from cnn_jax.models.layers import count_params
-from helpers import REPO_ROOT, abstract_apply, abstract_model, compiled_apply, initialized
+from helpers import abstract_apply, abstract_model, compiled_apply, initialized
+from helpers import load_config
 from helpers import losses as run_losses
 
 
 def longrange_config(arg):
   """configs/longrange.py's get_config(arg): the model key and distance come in the arg."""
-  path = os.path.join(REPO_ROOT, "configs", "longrange.py")
-  spec = importlib.util.spec_from_file_location("test_config_longrange", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return load_config("longrange", arg)
 
 
 # Exact counts at 224 px, 3 channels, 1000 classes, and what each is matched against.

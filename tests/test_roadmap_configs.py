@@ -1,22 +1,15 @@
 """configs/convnext_roadmap_digits.py: one recipe for every roadmap step, small and full scale."""
 
-import importlib.util
-import os
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from cnn_jax.models import create_model
-from helpers import REPO_ROOT
+from helpers import load_config
 
 
 def _get_config(file_name: str, arg: str):
-  spec = importlib.util.spec_from_file_location(file_name[:-3],
-                                                os.path.join(REPO_ROOT, "configs", file_name))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return load_config(file_name[:-3], arg)
 
 
 def test_full_scale_variant_is_the_convnext_t_recipe_with_a_roadmap_model():

@@ -9,16 +9,14 @@ import os
 
 import ml_collections
 
+from cnn_jax import cli
+
 _RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs",
                        "resnet50_imagenet.py")
 
 
 def _recipe() -> ml_collections.ConfigDict:
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("resnet50_imagenet_recipe", _RECIPE)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return cli.load_module(_RECIPE).get_config()
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -15,7 +15,7 @@ import numpy as np
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO_ROOT)
 
-from cnn_jax import data  # noqa: E402
+from cnn_jax import cli, data  # noqa: E402
 
 
 def best_rate(make, n: int, repeats: int = 3) -> float:
@@ -34,11 +34,7 @@ def main() -> None:
   parser.add_argument("--config", default="configs/lenet5_mnist.py")
   parser.add_argument("--batches", type=int, default=400)
   args = parser.parse_args()
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("experiment_config", args.config)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = cli.load_config_file(args.config)
   train, _, info = data.create_datasets(config)
   n = args.batches
   print(f"{args.config}: {info.num_train} records, batch {config.data.batch_size}")
