@@ -177,6 +177,7 @@ def prepare_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
   config: a training config whose model, optimizer, schedule and data (source, batch size,
   image size, devices) replace `model_name`, the sizes, `dtype` and the synthetic source, so
   that the step timed is the one `python -m cnn_jax.main` runs with it."""
+  import jax
   import jax.numpy as jnp
   import numpy as np
   import optax
@@ -257,13 +258,15 @@ def prepare_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
     next_batch = lambda: fixed  # noqa: E731
 
   example = fixed
+  # The train step takes the state's leaves, as the loop calls it (train.jit_train_step).
+  step_state = state if mode == "infer" else jax.tree.leaves(state)
   start = time.perf_counter()
-  lowered = step_fn.lower(state, example)
+  lowered = step_fn.lower(step_state, example)
   lower_s, start = time.perf_counter() - start, time.perf_counter()
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
 
-  holder = {"state": state}
+  holder = {"state": step_state}
 
   def step_on(batch: Any) -> Any:
     if mode == "infer":

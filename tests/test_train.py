@@ -298,3 +298,35 @@ def test_the_eval_step_of_a_convnext_and_only_of_one_compiles_with_the_forward_o
                       model_kwargs={"depths": (1, 1, 1, 1), "dims": (8, 16, 32, 64)})
   # ViT's forward is faster with XLA's defaults: it keeps them.
   bench.prepare_jax("vit_tiny_patch4_32", **sizes, model_kwargs={"depth": 1})
+
+
+def test_the_loops_step_on_the_states_leaves_is_the_train_step_on_the_state():
+  # jit_train_step takes and returns the state's leaves (a TrainState flattens in Python at
+  # every call); the leaves must come back in the state's order, each the step's own.
+  import functools
+
+  from cnn_jax import data, parallel
+  config = load_config("lenet5_digits", **ONE_DEVICE)
+  task = train.CLASSIFICATION
+  mesh = parallel.create_mesh(config)
+  batches, _, info = data.create_datasets(config)
+  _, schedule = train.run_schedule(config, batches.steps_per_epoch)
+  model = task.build_model(config)
+  graphdef, _, params, model_state = train.split_model(model)
+  tx = train.build_optimizer(config, schedule, model, params)
+  state = train.create_train_state(config, params, model_state, tx)
+  shardings = parallel.state_sharding(state, mesh)
+  on_leaves = train.jit_train_step(task, config, info, mesh, graphdef, tx, schedule, shardings)
+  on_state = jax.jit(functools.partial(task.train_step, graphdef=graphdef, tx=tx,
+                                       schedule=schedule, **task.step_options(config, info)))
+  leaves = jax.tree.leaves(jax.tree.map(jnp.copy, state))
+  for step in range(2):
+    batch = parallel.shard_batch(batches.batch(step), mesh)
+    leaves, leaf_metrics = on_leaves(leaves, batch)
+    state, state_metrics = on_state(state, batch)
+    assert float(leaf_metrics["loss"]) == float(state_metrics["loss"])
+  expected = jax.tree.leaves(state)
+  assert len(leaves) == len(expected)
+  for got, want in zip(leaves, expected):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  assert int(jax.tree.unflatten(jax.tree.structure(state), leaves).step) == 2
