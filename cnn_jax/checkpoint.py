@@ -148,6 +148,35 @@ def _checkpoints_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
+def _legacy_best_dir(workdir: str) -> str:
+  # Runs saved before the best checkpoint joined the others kept it apart, here.
+  return os.path.join(os.path.abspath(workdir), "checkpoints_best")
+
+
+def _best_recorded(directory: str, metric: str, mode: str) -> tuple[int, float] | None:
+  """(step, value) of the checkpoint in `directory` with the best recorded `metric`, if any
+  recorded one; creates nothing."""
+  if not os.path.isdir(directory):
+    return None
+  with _quiet_absl():  # Orbax warns of each option that read_only overrides.
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+        best_fn=operator.itemgetter(metric), best_mode=mode, read_only=True))
+  try:
+    with _quiet_absl():
+      step = manager.best_step()
+    return None if step is None else (step, float(manager.metrics(step)[metric]))
+  finally:
+    manager.close()
+
+
+def _better(a: tuple[int, float] | None, b: tuple[int, float] | None,
+            mode: str) -> tuple[int, float] | None:
+  """The better (step, value) of two, `a` on a tie."""
+  if a is None or b is None:
+    return a or b
+  return b if (b[1] > a[1] if mode == "max" else b[1] < a[1]) else a
+
+
 def saved_steps(workdir: str) -> list[int]:
   """The steps of the run's (`Checkpointer`'s) finished checkpoints; creates nothing."""
   directory = _checkpoints_dir(workdir)
@@ -193,9 +222,16 @@ class Checkpointer:
         enable_async_checkpointing=settings.use_async,
         create=True)
     self.manager = ocp.CheckpointManager(_checkpoints_dir(workdir), options=options)
-    self.best_step = self.manager.best_step() if self.metric else None
-    self.best_value = (None if self.best_step is None
-                       else float(self.manager.metrics(self.best_step)[self.metric]))
+    self.best_step: int | None = None
+    self.best_value: float | None = None
+    if self.metric:
+      # A run resumed from before the join: the value to beat may be its old best's.
+      best = self.manager.best_step()
+      recorded = _better(
+          None if best is None else (best, float(self.manager.metrics(best)[self.metric])),
+          _best_recorded(_legacy_best_dir(workdir), self.metric, self.mode), self.mode)
+      if recorded is not None:
+        self.best_step, self.best_value = recorded
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -494,60 +530,66 @@ def read_run_weights(workdir: str, ema: bool = False, best: tuple[str, str] | No
   run's (checkpoint.best_metric, checkpoint.best_mode), the checkpoint with the best eval value
   recorded, else the latest. With `ema`, the params are the run's exponential moving average of
   them (UserError if it kept none). Runs saved before the best checkpoint joined the others
-  kept it apart, in WORKDIR/checkpoints_best: read first when it is there."""
+  kept it apart, in WORKDIR/checkpoints_best: the better recorded value of the two is read."""
   params_key = "ema_params" if ema else "params"
-  for sub in ("checkpoints_best", "checkpoints") if best else ("checkpoints",):
-    directory = os.path.join(os.path.abspath(workdir), sub)
-    if not os.path.isdir(directory):
-      continue
-    by_metric = best is not None and sub == "checkpoints"
-    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-        best_fn=operator.itemgetter(best[0]), best_mode=best[1], read_only=True)
-        if by_metric else None)
+  directory, step = _checkpoints_dir(workdir), None
+  if best is not None:
+    metric, mode = best
+    in_run = _best_recorded(directory, metric, mode)
+    legacy = _best_recorded(_legacy_best_dir(workdir), metric, mode)
+    chosen = _better(in_run, legacy, mode)
+    if chosen is not None:
+      step = chosen[0]
+      if chosen is not in_run:
+        directory = _legacy_best_dir(workdir)
+  no_checkpoint = f"{workdir} holds no checkpoint (in checkpoints/); did the run save one?"
+  if not os.path.isdir(directory):
+    raise UserError(no_checkpoint)
+  with _quiet_absl():
+    manager = ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(read_only=True))
+  try:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise UserError(no_checkpoint)
     try:
-      step = manager.best_step() if by_metric else None
-      step = manager.latest_step() if step is None else step
-      if step is None:
-        continue
-      try:
-        with ocp.StandardCheckpointer() as reader, _quiet_absl():
-          # Orbax warns that the step's item lacks a metadata file of its own; the tree's
-          # metadata, which is all this needs, is there.
-          saved = reader.metadata(os.path.join(directory, str(step), "default"))
-      except Exception as e:
-        saved, reason = None, _first_line(e)
-      else:
-        reason = "its tree's metadata is missing"
-      saved = getattr(saved, "item_metadata", saved)
-      if saved is None:
-        raise UserError(f"the checkpoint at step {step} in {directory} cannot be read "
-                        f"({reason})")
-      if saved.get(params_key) is None:
-        raise UserError(f"the run in {workdir} kept no EMA of its parameters (its config has "
-                        "ema_decay = 0); use the trained parameters")
-      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-      # Only the parameters and model state: the optimizer state is not needed to predict.
-      wanted = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                            {k: saved[k] for k in (params_key, "model_state")})
-      try:
-        with _quiet_absl(), _unretrieved_reads_quiet():
-          tree = manager.restore(step, args=ocp.args.PyTreeRestore(
-              item=wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
-              partial_restore=True))
-      except Exception as e:
-        reason = _first_line(e)
-      else:
-        reason = ""
-      if reason:  # Raised here: the reader's error must not stay referenced as the context.
-        raise UserError(f"the checkpoint at step {step} in {directory} cannot be read "
-                        f"({reason})")
-    finally:
-      manager.close()
-    tree = jax.tree.map(np.asarray, tree)
+      with ocp.StandardCheckpointer() as reader, _quiet_absl():
+        # Orbax warns that the step's item lacks a metadata file of its own; the tree's
+        # metadata, which is all this needs, is there.
+        saved = reader.metadata(os.path.join(directory, str(step), "default"))
+    except Exception as e:
+      saved, reason = None, _first_line(e)
+    else:
+      reason = "its tree's metadata is missing"
+    saved = getattr(saved, "item_metadata", saved)
+    if saved is None:
+      raise UserError(f"the checkpoint at step {step} in {directory} cannot be read "
+                      f"({reason})")
+    if saved.get(params_key) is None:
+      raise UserError(f"the run in {workdir} kept no EMA of its parameters (its config has "
+                      "ema_decay = 0); use the trained parameters")
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    # Only the parameters and model state: the optimizer state is not needed to predict.
+    wanted = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          {k: saved[k] for k in (params_key, "model_state")})
+    try:
+      with _quiet_absl(), _unretrieved_reads_quiet():
+        tree = manager.restore(step, args=ocp.args.PyTreeRestore(
+            item=wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
+            partial_restore=True))
+    except Exception as e:
+      reason = _first_line(e)
+    else:
+      reason = ""
+    if reason:  # Raised here: the reader's error must not stay referenced as the context.
+      raise UserError(f"the checkpoint at step {step} in {directory} cannot be read "
+                      f"({reason})")
+  finally:
+    manager.close()
+  tree = jax.tree.map(np.asarray, tree)
 
-    def names(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-      # A saved nnx.State keeps each Variable's array under "value".
-      return {k.removesuffix(".value"): v for k, v in flat.items()}
+  def names(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    # A saved nnx.State keeps each Variable's array under "value".
+    return {k.removesuffix(".value"): v for k, v in flat.items()}
 
-    return step, names(_flatten(tree[params_key])), names(_flatten(tree["model_state"]))
-  raise UserError(f"{workdir} holds no checkpoint (in checkpoints/); did the run save one?")
+  return step, names(_flatten(tree[params_key])), names(_flatten(tree["model_state"]))

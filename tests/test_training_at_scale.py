@@ -1,6 +1,7 @@
 """Training at scale: FSDP, multi-process, EMA, schedules, decay masks, layer decay,
 no recompilation, preemption (SIGTERM), kill -9 resume, non-finite loss."""
 
+import json
 import logging
 import os
 import shutil
@@ -352,10 +353,17 @@ def test_best_checkpoint_is_the_best_eval_kept_past_the_rotation_and_survives_a_
   reopened.close()
   assert checkpoint.read_run_weights(str(tmp_path), best=("accuracy", "max"))[0] == best_step
   assert checkpoint.read_run_weights(str(tmp_path))[0] == 18
-  # A run saved before the best checkpoint joined the others kept it apart: read there first.
+  # A run saved before the best checkpoint joined the others kept it apart: of the two, the
+  # better recorded value is read, and is the value a resumed run must beat.
   other = next(s for s in kept if s != best_step)
-  shutil.copytree(tmp_path / "checkpoints" / str(other), tmp_path / "checkpoints_best" / str(other))
-  assert checkpoint.read_run_weights(str(tmp_path), best=("accuracy", "max"))[0] == other
+  legacy = tmp_path / "checkpoints_best" / str(other)
+  shutil.copytree(tmp_path / "checkpoints" / str(other), legacy)
+  for value, read_step in ((best_accuracy / 2, best_step), (best_accuracy + 1, other)):
+    (legacy / "metrics" / "metrics").write_text(json.dumps({"accuracy": value}))
+    assert checkpoint.read_run_weights(str(tmp_path), best=("accuracy", "max"))[0] == read_step
+  reopened = checkpoint.Checkpointer(str(tmp_path), config)
+  assert (reopened.best_step, reopened.best_value) == (other, pytest.approx(best_accuracy + 1))
+  reopened.close()
 
 
 def test_unknown_best_metric_fails_before_training(tmp_path):
