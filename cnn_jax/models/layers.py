@@ -476,9 +476,10 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float,
   (B, N, heads, head_dim); `dropout` (if any) acts on the attention weights.
 
   Under the CPU forms (`conv_impl` "rewrite", or "auto" on CPU), with float32 operands and no
-  dropout, its gradient is written out: it keeps the weights and the output, and takes the
-  softmax's row sum of weights * dweights as the row sum of dout * out, over head_dim instead
-  of N (FlashAttention's backward). Autodiff of the plain form kept the softmax's unnormalised
+  dropout, the softmax is normalised after the value matmul (FlashAttention's forward) and the
+  gradient is written out: it keeps the exponentials, their row sums' inverses and the output,
+  and takes the softmax's row sum of weights * dweights as the row sum of dout * out, over
+  head_dim instead of N (FlashAttention's backward). Autodiff of the plain form kept the softmax's unnormalised
   exponentials and 1/sum, which XLA:CPU wrote out at the (B, heads, N, N) size and read back in
   several passes (experiments/cpu_speed, vit_micro). Same function and derivatives; float32
   rounding differs (tested)."""
