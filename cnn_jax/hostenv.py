@@ -14,9 +14,9 @@ tools (`HEAVY_TOOLS`) re-run themselves once with it set. Results are unchanged;
 
 XLA:CPU flags (`XLA_CPU_FLAGS`), added to `XLA_FLAGS`: convolutions by XLA's own kernels rather
 than YNNPACK's, faster on every model measured and no change to results beyond float rounding.
-A ConvNeXt's forward-only programs (`forward_compiler_options`: the eval step, predict) compile
-with YNNPACK on their dots alone, which spares them gigabytes of constants written out at full
-size. A flag that `XLA_FLAGS` already names keeps the user's value;
+The forward-only programs of a ConvNeXt without GRN (`forward_compiler_options`: the eval
+step, predict) compile with YNNPACK on their dots alone, which spares them gigabytes of constants
+written out at full size. A flag that `XLA_FLAGS` already names keeps the user's value;
 `CNN_JAX_XLA_FLAGS=0` adds none.
 Both settings are environment variables, so the processes a tool starts inherit them (and
 sbatch hands them to SLURM jobs under its default `--export=ALL`). The figures behind both
@@ -92,7 +92,7 @@ def forward_compiler_options(model: object, environ: Mapping[str, str] | None = 
                              backend: str | None = None) -> dict[str, str] | None:
   """`jax.jit`'s `compiler_options` for a program that runs `model` forward only (the eval
   step, predict): `INFERENCE_COMPILER_OPTIONS` on CPU for the models that ask for them with a
-  true `cpu_forward_dots_only` (the ConvNeXt family), unless `XLA_FLAGS` gives the flag a value
+  true `cpu_forward_dots_only` (a ConvNeXt without GRN), unless `XLA_FLAGS` gives the flag a value
   of the user's own (not `XLA_CPU_FLAGS`'s) or `CNN_JAX_XLA_FLAGS=0`; otherwise None (the
   process's settings)."""
   if not getattr(model, "cpu_forward_dots_only", False):

@@ -285,7 +285,7 @@ def test_a_convnext_forward_does_not_write_out_constants_at_full_size():
   np.testing.assert_allclose(inference(state, x), plain(state, x), rtol=1e-5, atol=1e-5)
 
 
-def test_the_eval_step_of_a_convnext_and_only_of_one_compiles_with_the_forward_options(
+def test_the_eval_step_of_a_convnext_without_grn_and_only_of_one_compiles_with_forward_options(
     monkeypatch):
   from cnn_jax import bench, hostenv
 
@@ -293,10 +293,12 @@ def test_the_eval_step_of_a_convnext_and_only_of_one_compiles_with_the_forward_o
   monkeypatch.setitem(hostenv.INFERENCE_COMPILER_OPTIONS, "xla_cpu_experimental_ynn_fusion_type",
                      "NO_SUCH_TYPE")
   sizes = dict(mode="infer", batch_size=2, image_size=32, num_devices=1, num_classes=10)
+  small = {"depths": (1, 1, 1, 1), "dims": (8, 16, 32, 64)}
   with pytest.raises(Exception, match="NO_SUCH_TYPE"):
-    bench.prepare_jax("convnextv2_atto", **sizes,
-                      model_kwargs={"depths": (1, 1, 1, 1), "dims": (8, 16, 32, 64)})
-  # ViT's forward is faster with XLA's defaults: it keeps them.
+    bench.prepare_jax("convnext_tiny", **sizes, model_kwargs=small)
+  # A ConvNeXt with GRN (V2), and ViT, run their forward faster with XLA's defaults: they keep
+  # them.
+  bench.prepare_jax("convnextv2_atto", **sizes, model_kwargs=small)
   bench.prepare_jax("vit_tiny_patch4_32", **sizes, model_kwargs={"depth": 1})
 
 

@@ -348,11 +348,14 @@ class ConvNeXt(nnx.Module):
     head_init_scale: multiplies the fc weight and bias at init.
     remat: rematerialise each block in the backward pass (nnx.remat).
   """
-  # Read by `hostenv.forward_compiler_options`: on CPU, a forward-only program of this family runs
-  # faster with YNNPACK on its dots alone, where its wider fusions write each of the GELU's
-  # constants out at the size of a block's hidden activation (hostenv.INFERENCE_COMPILER_OPTIONS;
-  # ViT's forward is faster with the wider fusions).
-  cpu_forward_dots_only = True
+  @property
+  def cpu_forward_dots_only(self) -> bool:
+    """Read by `hostenv.forward_compiler_options`: on CPU, a forward-only program of a ConvNeXt
+    without GRN (V1, the roadmap) runs faster with YNNPACK on its dots alone, where its wider
+    fusions write each of the GELU's constants out at the size of a block's hidden activation
+    (hostenv.INFERENCE_COMPILER_OPTIONS). With GRN (V2) the wider fusions are faster, as they
+    are for ViT's forward (experiments/cpu_speed, stop 31)."""
+    return not self.block_config.grn
 
   def __init__(self, *, depths: Sequence[int] = (3, 3, 9, 3),
                dims: Sequence[int] = (96, 192, 384, 768), num_classes: int = 1000,
