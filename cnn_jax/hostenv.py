@@ -92,8 +92,8 @@ def forward_compiler_options(model: object, environ: Mapping[str, str] | None = 
                              backend: str | None = None) -> dict[str, str] | None:
   """`jax.jit`'s `compiler_options` for a program that runs `model` forward only (the eval
   step, predict): `INFERENCE_COMPILER_OPTIONS` on CPU for the models that ask for them with a
-  true `cpu_forward_dots_only` (a ConvNeXt without GRN), unless `XLA_FLAGS` gives the flag a value
-  of the user's own (not `XLA_CPU_FLAGS`'s) or `CNN_JAX_XLA_FLAGS=0`; otherwise None (the
+  true `cpu_forward_dots_only` (a ConvNeXt without GRN), unless `XLA_FLAGS` gives the flag a
+  value of the user's own (not `XLA_CPU_FLAGS`'s) or `CNN_JAX_XLA_FLAGS=0`; otherwise None (the
   process's settings)."""
   if not getattr(model, "cpu_forward_dots_only", False):
     return None

@@ -309,9 +309,8 @@ def jit_train_step(task: Task, config: ml_collections.ConfigDict, info: data.Dat
   axis, the metrics replicated.
 
   Leaves, not the TrainState: jit flattens its arguments and results at every call, and a
-  TrainState's nnx Variables flatten in Python (LeNet-5's 33 leaves ~60 us a step in and out,
-  ResNet-20's 158 ~300 us; a list of arrays ~1-5 us), host time a small model's step waits on
-  (experiments/cpu_speed/)."""
+  TrainState's nnx Variables flatten in Python, a list of arrays in C++: host time that a
+  small model's step, or a small batch's, waits on (experiments/cpu_speed/, stop 31)."""
   state_def = jax.tree.structure(state_shardings)
   step = functools.partial(task.train_step, graphdef=graphdef, tx=tx, schedule=schedule,
                            **task.step_options(config, info))

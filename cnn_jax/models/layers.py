@@ -448,7 +448,7 @@ def _attention_forward(q, k, v, scale):
   inv_sums = 1 / exps.sum(axis=-1, keepdims=True)
   # The softmax's normalisation after the value matmul, on (B, H, N, Dh) instead of the
   # (B, H, N, N) weights (FlashAttention's forward), and the output made head-major then
-  # transposed: XLA:CPU ran the whole forward ~2x faster so (experiments/cpu_speed, stop 31).
+  # transposed: XLA:CPU runs the whole forward faster so (experiments/cpu_speed, stop 31).
   out = (jnp.einsum("bhqk,bhkd->bhqd", exps, v) * inv_sums).transpose(0, 2, 1, 3)
   return out, (q, k, v, exps, inv_sums, out)
 
@@ -479,10 +479,10 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float,
   dropout, the softmax is normalised after the value matmul (FlashAttention's forward) and the
   gradient is written out: it keeps the exponentials, their row sums' inverses and the output,
   and takes the softmax's row sum of weights * dweights as the row sum of dout * out, over
-  head_dim instead of N (FlashAttention's backward). Autodiff of the plain form kept the softmax's unnormalised
-  exponentials and 1/sum, which XLA:CPU wrote out at the (B, heads, N, N) size and read back in
-  several passes (experiments/cpu_speed, vit_micro). Same function and derivatives; float32
-  rounding differs (tested)."""
+  head_dim instead of N (FlashAttention's backward). Autodiff of the plain form kept the
+  softmax's unnormalised exponentials and 1/sum, which XLA:CPU wrote out at the
+  (B, heads, N, N) size and read back in several passes (experiments/cpu_speed, vit_micro).
+  Same function and derivatives; float32 rounding differs (tested)."""
   if (dropout is None and _use_cpu_forms()
       and all(a.dtype == jnp.float32 for a in (q, k, v))):
     return _attention_keeping_weights(q, k, v, scale)
