@@ -169,12 +169,17 @@ def _best_recorded(directory: str, metric: str, mode: str) -> tuple[int, float] 
     manager.close()
 
 
+def _beats(value: float, best: float, mode: str) -> bool:
+  """Whether `value` is strictly better than `best` under checkpoint.best_mode."""
+  return value > best if mode == "max" else value < best
+
+
 def _better(a: tuple[int, float] | None, b: tuple[int, float] | None,
             mode: str) -> tuple[int, float] | None:
   """The better (step, value) of two, `a` on a tie."""
   if a is None or b is None:
     return a or b
-  return b if (b[1] > a[1] if mode == "max" else b[1] < a[1]) else a
+  return b if _beats(b[1], a[1], mode) else a
 
 
 def saved_steps(workdir: str) -> list[int]:
@@ -239,7 +244,7 @@ class Checkpointer:
   def improves(self, value: float) -> bool:
     if self.best_value is None:
       return bool(np.isfinite(value))
-    return value > self.best_value if self.mode == "max" else value < self.best_value
+    return _beats(value, self.best_value, self.mode)
 
   def _new_best(self, step: int, eval_metrics: dict[str, float] | None) -> float | None:
     """The tracked metric's value in `eval_metrics` when it beats the best so far."""
