@@ -365,17 +365,6 @@ PRETRAINED_WEIGHTS = "weights"
 INIT_HEAD_CHOICES = ("keep", "drop")
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-  flat = {}
-  for key, value in tree.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, dict):
-      flat.update(_flatten(value, name + "."))
-    else:
-      flat[name] = value
-  return flat
-
-
 def _nested(flat: dict[tuple[Any, ...], np.ndarray]) -> dict[str, Any]:
   tree: dict[str, Any] = {}
   for path, value in flat.items():
@@ -445,7 +434,8 @@ def read_pretrained(directory: str) -> tuple[dict[str, Any], dict[str, np.ndarra
   finally:
     checkpointer.close()
   tree = jax.tree.map(np.asarray, tree)
-  return meta, _flatten(tree.get("params", {})), _flatten(tree.get("batch_stats", {}))
+  return (meta, optim.named_leaves(tree.get("params", {})),
+          optim.named_leaves(tree.get("batch_stats", {})))
 
 
 def load_pretrained(params: Any, model_state: Any, directory: str, init_head: str = "keep",
@@ -597,4 +587,5 @@ def read_run_weights(workdir: str, ema: bool = False, best: tuple[str, str] | No
     # A saved nnx.State keeps each Variable's array under "value".
     return {k.removesuffix(".value"): v for k, v in flat.items()}
 
-  return step, names(_flatten(tree[params_key])), names(_flatten(tree["model_state"]))
+  return (step, names(optim.named_leaves(tree[params_key])),
+          names(optim.named_leaves(tree["model_state"])))

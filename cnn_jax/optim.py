@@ -35,6 +35,13 @@ def path_names(path: Sequence[Any]) -> tuple[str, ...]:
   return tuple(names)
 
 
+def named_leaves(tree: Any) -> dict[str, Any]:
+  """{"layer1.0.conv1.kernel": leaf} for every leaf of a pytree (an nnx.State or nested dicts),
+  its path's `path_names` joined by dots."""
+  return {".".join(path_names(path)): leaf
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
 def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
   """`optimizer.learning_rate`, times batch / `scale_lr_by_batch_over` when that is set (>0)."""
   lr = config.optimizer.learning_rate

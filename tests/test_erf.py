@@ -11,33 +11,25 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cnn_jax import erf
+from cnn_jax import cli, erf
 from cnn_jax.errors import UserError
-from helpers import run_cli, saved_tree
+from helpers import REPO_ROOT, run_cli, saved_tree
 
 
-class ConvStack(nnx.Module):
-  """`depth` 3x3 stride-1 convs with ReLUs; positive weights and inputs, so no gradient cancels
-  by chance and the ERF's support is exactly the theoretical receptive field."""
+PlainConvStack = cli.load_module(
+    os.path.join(REPO_ROOT, "experiments", "erf", "erf_experiment.py")).PlainConvStack
 
-  def __init__(self, depth: int, width: int = 2, *, positive: bool = True, seed: int = 0):
-    init = (nnx.initializers.uniform(0.5) if positive
-            else nnx.initializers.variance_scaling(2.0, "fan_in", "normal"))
-    rngs = nnx.Rngs(seed)
-    self.convs = nnx.List([nnx.Conv(1 if i == 0 else width, width, (3, 3), padding="SAME",
-                                    use_bias=False, kernel_init=init, rngs=rngs)
-                           for i in range(depth)])
 
-  def forward_features(self, x):
-    for conv in self.convs:
-      x = nnx.relu(conv(x))
-    return x
+def positive_stack(depth: int) -> nnx.Module:
+  """The ERF experiment's stack with positive weights: on positive inputs no gradient cancels
+  by chance, so the ERF's support is exactly the theoretical receptive field."""
+  return PlainConvStack(depth, 2, 0, kernel_init=nnx.initializers.uniform(0.5))
 
 
 @pytest.mark.parametrize("depth", [1, 2, 5])
 def test_erf_support_of_a_3x3_stack_is_the_theoretical_receptive_field(depth):
   images = np.abs(np.random.default_rng(0).standard_normal((3, 21, 21, 1))).astype(np.float32)
-  erf_map = erf.erf_map(ConvStack(depth), images, batch_size=2)
+  erf_map = erf.erf_map(positive_stack(depth), images, batch_size=2)
   assert erf.support_side(erf_map) == 2 * depth + 1
   nonzero = erf_map > 0
   c, r = 10, depth
@@ -57,7 +49,7 @@ def test_area_ratios_are_monotone_and_exact_on_a_known_map():
 
 def test_ratios_of_a_random_deep_stack_grow_with_the_threshold():
   images = np.random.default_rng(1).standard_normal((4, 33, 33, 1)).astype(np.float32)
-  log_map = erf.normalised_log_map(erf.erf_map(ConvStack(6, 4, positive=False), images))
+  log_map = erf.normalised_log_map(erf.erf_map(PlainConvStack(6, 4, 0), images))
   assert log_map.max() == pytest.approx(1.0)
   ratios = list(erf.area_ratios(log_map).values())
   assert all(a <= b for a, b in zip(ratios, ratios[1:]))

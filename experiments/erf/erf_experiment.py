@@ -31,11 +31,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 class PlainConvStack(nnx.Module):
-  def __init__(self, depth: int, width: int, seed: int):
+  """`depth` 3x3 stride-1 convs with ReLUs on one input channel, no bias, no normalisation (the
+  stacks of Luo et al. 2016); He-normal weights unless `kernel_init` says otherwise."""
+
+  def __init__(self, depth: int, width: int, seed: int,
+               kernel_init: nnx.Initializer = nnx.initializers.variance_scaling(
+                   2.0, "fan_in", "normal")):
     rngs = nnx.Rngs(seed)
-    init = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
     self.convs = nnx.List([nnx.Conv(1 if i == 0 else width, width, (3, 3), padding="SAME",
-                                    use_bias=False, kernel_init=init, rngs=rngs)
+                                    use_bias=False, kernel_init=kernel_init, rngs=rngs)
                            for i in range(depth)])
 
   def forward_features(self, x):

@@ -25,7 +25,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from cnn_jax import data, train  # noqa: E402
+from cnn_jax import data, optim, train  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -40,17 +40,6 @@ def _layer_order(path: str) -> tuple:
   return (99, 0, path)
 
 
-def _flatten(tree, prefix=""):
-  out = {}
-  for key, value in tree.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, dict):
-      out.update(_flatten(value, name + "."))
-    else:
-      out[name] = value
-  return out
-
-
 def kernel_gradient_norms(model, images, labels) -> list[tuple[str, float, float]]:
   """[(layer, ||dL/dW||, ||W||)] for every conv and fc kernel, in forward order."""
   model.train()
@@ -60,8 +49,8 @@ def kernel_gradient_norms(model, images, labels) -> list[tuple[str, float, float
     logits = nnx.merge(graphdef, params, rest, copy=True)(images)
     return train.cross_entropy(logits, labels, logits.shape[-1]).mean()
 
-  grads = _flatten(jax.jit(jax.grad(loss_fn))(params).to_pure_dict())
-  weights = _flatten(params.to_pure_dict())
+  grads = optim.named_leaves(jax.jit(jax.grad(loss_fn))(params))
+  weights = optim.named_leaves(params)
   rows = []
   for path in sorted((p for p in grads if p.endswith("kernel")), key=_layer_order):
     rows.append((path[:-len(".kernel")], float(jnp.linalg.norm(grads[path])),
