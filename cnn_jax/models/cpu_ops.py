@@ -18,6 +18,24 @@ import jax
 import jax.numpy as jnp
 
 
+def computed_apart(fn: Any, *operands: Any) -> Any:
+  """`fn(*operands)`, computed as the body of a while loop that runs once, its trip count hidden
+  from XLA behind an optimization barrier. A loop's results are buffers, so XLA:CPU cannot fuse
+  `fn`'s work into each consumer of them, which recomputes it in each; and over the whole
+  operands the body's fusions keep their split over XLA:CPU's threads. A scan's per-step
+  results would instead be written into its stacked output by an in-place dynamic-update-slice,
+  a fusion XLA:CPU runs on one thread."""
+  trips = jax.lax.optimization_barrier(jnp.int32(1))
+  results = jax.tree.map(lambda r: jnp.zeros(r.shape, r.dtype), jax.eval_shape(fn, *operands))
+
+  def body(state):
+    trip, _, operands = state
+    return trip + 1, fn(*operands), operands
+
+  return jax.lax.while_loop(lambda state: state[0] < trips, body,
+                            (jnp.int32(0), results, operands))[1]
+
+
 def _depthwise_taps(padded: jax.Array, kh: int, kw: int, out_h: int, out_w: int
                     ) -> list[tuple[int, int, jax.Array]]:
   return [(i, j, padded[:, i:i + out_h, j:j + out_w, :]) for i in range(kh) for j in range(kw)]
@@ -30,10 +48,11 @@ def depthwise_by_shifts(x: jax.Array, kernel: jax.Array,
   multiply-adds: XLA:CPU runs a depthwise conv (and its gradients) as a generic grouped
   convolution, many times slower than these elementwise loops.
 
-  The gradient is written by hand. Forward and gradient run image by image (`lax.scan`): a loop
-  body's inputs and outputs are buffers, so XLA:CPU can neither fuse the padding (or the producer
-  of x) into each of the kh*kw taps nor the taps into each consumer, which recomputed them (and
-  compiled them again) per tap or per consumer."""
+  The gradient is written by hand. The forward and the input gradient are each a loop's body
+  (`computed_apart`), the kernel gradient a loop over the images: a loop's inputs and outputs
+  are buffers, so XLA:CPU can neither fuse the padding (or the producer of x) into each of the
+  kh*kw taps nor the taps into each consumer, which recomputed them (and compiled them again)
+  per tap or per consumer."""
   return _depthwise_by_shifts_fwd(x, kernel, padding)[0]
 
 
@@ -43,18 +62,17 @@ def _depthwise_by_shifts_fwd(x, kernel, padding):
   padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
   out_h, out_w = padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
 
-  # Image by image (lax.scan) so that the output is computed once: over the whole batch
-  # XLA:CPU fused the kh*kw taps into each consumer of the output (LayerNorm's statistics, its
+  # Apart (`computed_apart`) so that the output is computed once: as a plain expression XLA:CPU
+  # fused the kh*kw taps into each consumer of the output (LayerNorm's statistics, its
   # normalisation, their gradients), compiling and running the taps several times over.
-  def one_image(carry, padded_image):
+  def taps_sum(padded, kernel):
     out = None
-    for i, j, tap in _depthwise_taps(padded_image, kh, kw, out_h, out_w):
+    for i, j, tap in _depthwise_taps(padded, kh, kw, out_h, out_w):
       term = tap * kernel[i, j, 0]
       out = term if out is None else out + term
-    return carry, out
+    return out
 
-  _, out = jax.lax.scan(one_image, None, padded[:, None])
-  return out.reshape(x.shape[0], out_h, out_w, x.shape[3]), (padded, kernel)
+  return computed_apart(taps_sum, padded, kernel), (padded, kernel)
 
 
 def _depthwise_by_shifts_bwd(padding, residuals, dy):
@@ -64,34 +82,34 @@ def _depthwise_by_shifts_bwd(padding, residuals, dy):
   out_h, out_w = dy.shape[1:3]
   in_h, in_w = padded.shape[1:3]
 
-  # Image by image (lax.scan): over the whole batch XLA:CPU kept all kh*kw kernel-gradient
-  # products alive at once (kh*kw activations of memory), and fused the input gradient's taps
-  # through whole stages of FCMAE's masked residual stream into several consumers, computing
-  # them again in each (optimization barriers do not survive to XLA:CPU's fusion pass; a loop
-  # body's outputs do). Per image the operands also stay in cache.
-  # The barrier on `padded` keeps XLA from merging these taps with the forward's, which
-  # measurably slowed the step.
-  def one_image(d_kernel, image):
-    padded_image, dy_image = image
+  def input_gradient(dy, kernel):
     # d(padded): dy correlated with the flipped kernel ("full" padding), then cropped to x.
-    dy_full = jnp.pad(dy_image, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0)))
+    dy_full = jnp.pad(dy, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0)))
     d_padded = None
     for i, j, tap in _depthwise_taps(dy_full, kh, kw, in_h, in_w):
       term = tap * kernel[kh - 1 - i, kw - 1 - j, 0]
       d_padded = term if d_padded is None else d_padded + term
-    dx_image = d_padded[:, top:in_h - bottom, left:in_w - right, :]
+    return d_padded[:, top:in_h - bottom, left:in_w - right, :]
+
+  def kernel_gradient(padded, dy):
     # One variadic reduce: as kh*kw separate sums XLA:CPU compiled kh*kw kernels per conv.
-    products = [(tap * dy_image).astype(jnp.float32)
-                for _, _, tap in _depthwise_taps(padded_image, kh, kw, out_h, out_w)]
+    products = [(tap * dy).astype(jnp.float32)
+                for _, _, tap in _depthwise_taps(padded, kh, kw, out_h, out_w)]
     sums = jax.lax.reduce(products, [jnp.float32(0)] * len(products),
                           lambda a, b: [u + v for u, v in zip(a, b)], (0, 1, 2))
-    d_kernel = d_kernel + jnp.stack(sums)
-    return d_kernel, dx_image
+    return jnp.stack(sums)
 
-  d_kernel, dx = jax.lax.scan(
-      one_image, jnp.zeros((kh * kw, dy.shape[-1]), jnp.float32),
+  # The kernel gradient image by image (lax.scan), summed in the loop's carry: over the whole
+  # batch XLA:CPU kept all kh*kw products alive at once (kh*kw activations of memory). The
+  # barrier on `padded` keeps XLA from merging these taps with the forward's, which measurably
+  # slowed the step. The input gradient apart (`computed_apart`): as a plain expression XLA:CPU
+  # fused its taps through whole stages of FCMAE's masked residual stream into several
+  # consumers, computing them again in each.
+  d_kernel, _ = jax.lax.scan(
+      lambda total, image: (total + kernel_gradient(*image), None),
+      jnp.zeros((kh * kw, dy.shape[-1]), jnp.float32),
       (jax.lax.optimization_barrier(padded)[:, None], dy[:, None]))
-  dx = dx.reshape(dy.shape[0], *dx.shape[2:])
+  dx = computed_apart(input_gradient, dy, kernel)
   return dx, d_kernel.reshape(kernel.shape).astype(kernel.dtype)
 
 
@@ -177,21 +195,6 @@ max_pool_by_taps.defvjp(_max_pool_by_taps_fwd, _max_pool_by_taps_bwd)
 FEW_CHANNELS = 8
 
 
-def _chunk_size(batch: int, most: int = 8) -> int:
-  """The largest divisor of `batch` up to `most`: a few images per loop step keep the loop's
-  own per-step cost small against its work, still in cache."""
-  return max(c for c in range(1, min(batch, most) + 1) if batch % c == 0)
-
-
-def _by_chunks(fn: Any, x: jax.Array) -> jax.Array:
-  """`fn` over the leading axis of x in chunks of `_chunk_size` under `lax.scan`: a loop body's
-  output is a buffer, so XLA:CPU cannot fuse `fn`'s work into each consumer of its result."""
-  n, c = x.shape[0], _chunk_size(x.shape[0])
-  _, out = jax.lax.scan(lambda carry, chunk: (carry, fn(chunk)), None,
-                        x.reshape(n // c, c, *x.shape[1:]))
-  return out.reshape(n, *out.shape[2:])
-
-
 def _xla_conv(x: jax.Array, kernel: jax.Array,
               padding: tuple[tuple[int, int], tuple[int, int]], precision: Any) -> jax.Array:
   return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding,
@@ -221,8 +224,8 @@ def _conv_by_taps_fwd(x, kernel, padding, precision):
   padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
   out_h, out_w = padded.shape[1] - kh + 1, padded.shape[2] - kw + 1
 
-  # In chunks of images (`_by_chunks`): over the whole batch XLA:CPU fused the kh*kw taps into
-  # each consumer (the activation, the pool, their gradients), computing them again in each.
+  # Apart (`computed_apart`): as a plain expression XLA:CPU fused the kh*kw taps into each
+  # consumer (the activation, the pool, their gradients), computing them again in each.
   # Sums in float32 at least, as XLA's conv accumulates a bfloat16 one.
   wide = jnp.promote_types(x.dtype, jnp.float32)
 
@@ -235,7 +238,7 @@ def _conv_by_taps_fwd(x, kernel, padding, precision):
         out = term if out is None else out + term
     return out.astype(x.dtype)
 
-  return _by_chunks(taps_sum, padded), (x, kernel)
+  return computed_apart(taps_sum, padded), (x, kernel)
 
 
 def _conv_by_taps_bwd(padding, precision, residuals, dy):
@@ -248,9 +251,9 @@ def _conv_by_taps_bwd(padding, precision, residuals, dy):
   wide = jnp.promote_types(dy.dtype, jnp.float32)
   taps = kernel.reshape(kh * kw, cin, cout)
 
-  # In chunks of images (`_by_chunks`), so that dx is a buffer: over the whole batch XLA:CPU
-  # fused the kh*kw shifted sums into each consumer (the activation's and the pool's
-  # gradients), adding them up again in each. Each tap's share comes out of the matmul
+  # Apart (`computed_apart`), so that dx is a buffer: as a plain expression XLA:CPU fused the
+  # kh*kw shifted sums into each consumer (the activation's and the pool's gradients), adding
+  # them up again in each. Each tap's share comes out of the matmul
   # channel-major, (tap, cin, image, row, column), so its shift moves whole contiguous rows; in
   # pixel-major order, with the few input channels minor, the shifted reads were strided and ran
   # at a fraction of the rate.
@@ -265,7 +268,7 @@ def _conv_by_taps_bwd(padding, precision, residuals, dy):
     d_x = d_padded[:, :, top:in_h - bottom, left:in_w - right]
     return jnp.transpose(d_x, (1, 2, 3, 0)).astype(x.dtype)
 
-  dx = _by_chunks(col2im, dy)
+  dx = computed_apart(col2im, dy)
   return dx, d_kernel
 
 

@@ -248,37 +248,29 @@ def conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _by_row_halves(fn, *arrays):
+def _apart_when_differentiated(fn, *arrays):
   # Not differentiated (an eval step, predict): the plain function. A forward-only program
   # has no gradient consumers to fuse the chain into, and the loop made it slower and larger
   # (experiments/cpu_speed/README.md).
   return fn(*arrays)
 
 
-def _by_row_halves_fwd(fn, *arrays):
-  half = arrays[0].shape[1] // 2
-
-  def one_half(out, i):
-    rows = [jax.lax.dynamic_slice_in_dim(a, i * half, half, axis=1) for a in arrays]
-    return jax.lax.dynamic_update_slice_in_dim(out, fn(*rows), i * half, axis=1), None
-
-  # Axis 1 (rows), not the batch: a batch sharded over devices would be gathered for the loop.
-  out, _ = jax.lax.scan(one_half, jnp.zeros_like(arrays[0]), jnp.arange(2))
-  return out, arrays
+def _apart_fwd(fn, *arrays):
+  return cpu_ops.computed_apart(fn, *arrays), arrays
 
 
-def _by_row_halves_bwd(fn, arrays, dy):
+def _apart_bwd(fn, arrays, dy):
   return jax.vjp(fn, *arrays)[1](dy)
 
 
-_by_row_halves.defvjp(_by_row_halves_fwd, _by_row_halves_bwd)
+_apart_when_differentiated.defvjp(_apart_fwd, _apart_bwd)
 
 
 def computed_once(fn: Any, *arrays: jax.Array) -> jax.Array:
   """`fn(*arrays)` for an elementwise `fn` of same-shaped arrays (a block's residual add and
   activation), under the "rewrite" conv impl and "auto" on CPU, where it is differentiated (a
-  train step), computed in a two-iteration loop over the halves of axis 1: XLA:CPU cannot fuse a
-  loop's result into its consumers. A forward-only program computes `fn(*arrays)` as it is.
+  train step), computed apart (`cpu_ops.computed_apart`): XLA:CPU cannot fuse a loop's result
+  into its consumers. A forward-only program computes `fn(*arrays)` as it is.
 
   Without it, XLA:CPU fuses the cheap elementwise chain of a residual stream, x_{k+1} =
   act(x_k + bn(conv(...))), into every elementwise consumer of x_{k+1} (the next block's add,
@@ -288,10 +280,9 @@ def computed_once(fn: Any, *arrays: jax.Array) -> jax.Array:
   step cost 5x ResNet-20's for 3.1x the FLOPs). Values are those of `fn(*arrays)`; the
   gradient is `jax.vjp(fn, ...)` of the whole arrays, as without the loop (tested)."""
   x = arrays[0]
-  if (not _use_cpu_forms() or x.ndim < 2 or x.shape[1] % 2
-      or any(a.shape != x.shape or a.dtype != x.dtype for a in arrays)):
+  if not _use_cpu_forms() or any(a.shape != x.shape or a.dtype != x.dtype for a in arrays):
     return fn(*arrays)
-  return _by_row_halves(fn, *arrays)
+  return _apart_when_differentiated(fn, *arrays)
 
 
 class Linear(nnx.Linear):
