@@ -18,6 +18,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.num_test = 1000
   config.data.batch_size = 128
   config.data.max_shift = 2
+  # The set is in memory and a batch is one gather: made in the loop's thread, as grain advises
+  # for such data; read threads would only take cores from XLA's (experiments/cpu_speed/).
+  config.data.num_threads = 0
   config.optimizer.name = "adamw"
   config.optimizer.learning_rate = 3e-3
   config.optimizer.weight_decay = 1e-4

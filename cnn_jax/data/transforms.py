@@ -511,9 +511,10 @@ class ArrayTrainTransform:
   The offsets are drawn for the global batch at `step` from (seed, step), and each process
   keeps its rows: the global batch does not depend on how many processes share it.
 
-  The set is zero-padded once, at the first batch, and each batch is one gather from that
-  padded copy's sliding windows (a view): a pad and a crop per row cost a small model's step
-  several per cent of its time on a 2-core machine (experiments/cpu_speed/).
+  At the first batch the set is normalised and zero-padded once (the fill normalised as the
+  pixels are), and each batch is then one gather of whole rows, in NHWC order, from that copy's
+  sliding windows (a view): a per-row pad and crop, and a per-batch normalisation, cost a small
+  model's step several per cent of its time on a 2-core machine (experiments/cpu_speed/).
   """
 
   def __init__(self, max_shift: int, mean: tuple[float, ...], std: tuple[float, ...]):
@@ -525,36 +526,38 @@ class ArrayTrainTransform:
     self._windows: tuple[np.ndarray, np.ndarray] | None = None  # (the set, its windows)
 
   def __getstate__(self) -> dict:
-    # A worker process pads its own copy: pickled, the windows view would be copied whole,
+    # A worker process makes its own copy: pickled, the windows view would be copied whole,
     # (2 max_shift + 1)^2 times the set.
     state = dict(self.__dict__)
     state["_windows"] = None
     return state
 
-  def shifted(self, images: np.ndarray, indices: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """`pad_crop_batch(images[indices], max_shift, offsets)`, as one gather."""
+  def _normalised_windows(self, images: np.ndarray) -> np.ndarray:
+    """(N, 2 pad + 1, 2 pad + 1, H, W, C): every shifted crop of the normalised, padded set."""
     if self._windows is None or self._windows[0] is not images:
       pad = self.max_shift
-      padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-      self._windows = (images, np.lib.stride_tricks.sliding_window_view(
-          padded, images.shape[1:3], axis=(1, 2)))  # (N, 2 pad + 1, 2 pad + 1, C, H, W)
-    rows = self._windows[1][indices, offsets[:, 0], offsets[:, 1]]
-    return np.ascontiguousarray(rows.transpose(0, 2, 3, 1))
+      # The pixels and the zero fill normalised with the same float32 operations as a batch
+      # normalised after its crop: the same values.
+      padded = np.pad(images.astype(np.float32), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+      padded -= self.mean
+      padded /= self.std
+      n, _, _, c = images.shape
+      s_n, s_h, s_w, s_c = padded.strides
+      self._windows = (images, np.lib.stride_tricks.as_strided(
+          padded, (n, 2 * pad + 1, 2 * pad + 1, *images.shape[1:3], c),
+          (s_n, s_h, s_w, s_h, s_w, s_c), writeable=False))
+    return self._windows[1]
 
   def train_batch(self, records: ArraySplit, indices: np.ndarray, *, seed: int, step: int,
                   first_row: int, global_batch_size: int) -> dict[str, np.ndarray]:
+    windows = self._normalised_windows(records.images)
     if self.max_shift:
       rng = np.random.default_rng([seed, step, 1])
-      offsets = rng.integers(0, 2 * self.max_shift + 1, size=(global_batch_size, 2))
-      images = self.shifted(records.images, indices,
-                            offsets[first_row:first_row + len(indices)])
+      offsets = rng.integers(0, 2 * self.max_shift + 1,
+                             size=(global_batch_size, 2))[first_row:first_row + len(indices)]
+      images = windows[indices, offsets[:, 0], offsets[:, 1]]
     else:
-      images = records.images[indices]
-    images = images.astype(np.float32, copy=False)
-    # In place: `images` is this batch's own copy (a gather), and the batch's time is
-    # mostly memory traffic.
-    images -= self.mean
-    images /= self.std
+      images = windows[indices, 0, 0]
     return {"image": images,
             "label": records.labels[indices].astype(np.int32, copy=False)}
 
