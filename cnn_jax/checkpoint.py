@@ -153,6 +153,12 @@ def _legacy_best_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints_best")
 
 
+def _manager_best(manager: ocp.CheckpointManager, metric: str) -> tuple[int, float] | None:
+  """(step, value) of the manager's best checkpoint by its `best_fn`, if any has `metric`."""
+  step = manager.best_step()
+  return None if step is None else (step, float(manager.metrics(step)[metric]))
+
+
 def _best_recorded(directory: str, metric: str, mode: str) -> tuple[int, float] | None:
   """(step, value) of the checkpoint in `directory` with the best recorded `metric`, if any
   recorded one; creates nothing."""
@@ -163,8 +169,7 @@ def _best_recorded(directory: str, metric: str, mode: str) -> tuple[int, float] 
         best_fn=operator.itemgetter(metric), best_mode=mode, read_only=True))
   try:
     with _quiet_absl():
-      step = manager.best_step()
-    return None if step is None else (step, float(manager.metrics(step)[metric]))
+      return _manager_best(manager, metric)
   finally:
     manager.close()
 
@@ -231,9 +236,8 @@ class Checkpointer:
     self.best_value: float | None = None
     if self.metric:
       # A run resumed from before the join: the value to beat may be its old best's.
-      best = self.manager.best_step()
       recorded = _better(
-          None if best is None else (best, float(self.manager.metrics(best)[self.metric])),
+          _manager_best(self.manager, self.metric),
           _best_recorded(_legacy_best_dir(workdir), self.metric, self.mode), self.mode)
       if recorded is not None:
         self.best_step, self.best_value = recorded

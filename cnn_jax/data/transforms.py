@@ -538,7 +538,8 @@ class ArrayTrainTransform:
       pad = self.max_shift
       # The pixels and the zero fill normalised with the same float32 operations as a batch
       # normalised after its crop: the same values.
-      padded = np.pad(images.astype(np.float32), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+      padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+      padded = padded.astype(np.float32, copy=False)
       padded -= self.mean
       padded /= self.std
       n, _, _, c = images.shape
