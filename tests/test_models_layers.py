@@ -1,5 +1,5 @@
 """cnn_jax/models/layers.py: the activation table's names, the exact GELU's recomputed gradient,
-the PyTorch-padded conv, the LayerNorm and attention forms."""
+the PyTorch-padded conv, the LayerNorm, BatchNorm and attention forms."""
 
 import contextlib
 import io
@@ -156,6 +156,55 @@ def test_layer_norm_gradient_keeps_only_x_and_row_statistics_on_cpu():
   assert full == 1 and "from the argument x" in "\n".join(kept)
   assert sum("f32[2,3,1]" in line for line in kept) == 2  # mean and 1/std per row
   with layers.conv_impl("xla"):  # the plain program elsewhere
+    full, _ = _full_size_residuals(norm, x, size=x.size)
+  assert full > 1
+
+
+@pytest.mark.parametrize("impl", ["auto", "xla"])
+@pytest.mark.parametrize("shape", [(4, 5, 5, 24), (12, 16)])  # NHWC maps; a head's (N, C)
+def test_batch_norm_values_gradients_and_statistics_are_nnx_batch_norms(impl, shape):
+  keys = jax.random.split(jax.random.key(0), 4)
+  x = 2.0 + 3.0 * jax.random.normal(keys[0], shape)  # off-centre channels: the mean term matters
+  channels = shape[-1]
+  scale = 1.0 + jax.random.normal(keys[1], (channels,))
+  bias = jax.random.normal(keys[2], (channels,))
+  w = jax.random.normal(keys[3], shape)
+
+  def run(make, x, scale, bias):
+    norm = _with_params(make(channels, momentum=0.9, epsilon=1e-5, rngs=nnx.Rngs(0)),
+                        scale, bias)
+    y = norm(x, use_running_average=False)
+    return jnp.sum(jnp.tanh(y) * w), (norm.mean[...], norm.var[...],
+                                      norm(x, use_running_average=True))
+
+  def step(make):
+    return jax.jit(jax.value_and_grad(lambda *a: run(make, *a), argnums=(0, 1, 2),
+                                      has_aux=True))(x, scale, bias)
+
+  with layers.conv_impl(impl):
+    (value, kept), grads = step(layers.BatchNorm)
+  (want_value, want_kept), want_grads = step(nnx.BatchNorm)
+  np.testing.assert_allclose(value, want_value, rtol=1e-5)
+  # The running mean and variance, and the evaluation with them afterwards.
+  for got, want in zip(kept, want_kept):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  for grad, want in zip(grads, want_grads):
+    np.testing.assert_allclose(grad, want, rtol=1e-4, atol=2e-5 * float(jnp.max(jnp.abs(want))))
+    assert float(jnp.max(jnp.abs(want))) > 0.1
+
+
+def test_batch_norm_gradient_keeps_only_x_and_channel_statistics_on_cpu():
+  # nnx's form, differentiated, kept x - mean and the normalised x at full size as well.
+  x = jnp.ones((2, 3, 3, 8))
+
+  def norm(x):
+    return layers.BatchNorm(8, use_running_average=False, rngs=nnx.Rngs(0))(x)
+
+  with layers.conv_impl("auto"):
+    full, kept = _full_size_residuals(norm, x, size=x.size)
+  assert full == 1 and "from the argument x" in "\n".join(kept)
+  assert sum("f32[8]" in line for line in kept) == 3  # mean, 1/std and the scale per channel
+  with layers.conv_impl("xla"):
     full, _ = _full_size_residuals(norm, x, size=x.size)
   assert full > 1
 

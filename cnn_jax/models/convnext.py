@@ -46,8 +46,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cnn_jax.models.layers import (ACTIVATIONS, GRN, DropPath, Dtype, Linear, conv2d,
-                                   layer_norm, max_pool, trunc_normal)
+from cnn_jax.models.layers import (ACTIVATIONS, GRN, BatchNorm, DropPath, Dtype, Linear,
+                                   conv2d, layer_norm, max_pool, trunc_normal)
 from cnn_jax.models.registry import register_model
 
 _CHOICES: dict[str, tuple[str, ...]] = {
@@ -129,8 +129,8 @@ def _norm(kind: str, dim: int, *, dtype: Dtype | None, param_dtype: Dtype,
           rngs: nnx.Rngs) -> nnx.Module:
   if kind == "ln":
     return layer_norm(dim, eps=_LN_EPS, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-  return nnx.BatchNorm(dim, momentum=_BN_MOMENTUM, epsilon=_BN_EPS, dtype=dtype,
-                       param_dtype=param_dtype, rngs=rngs)
+  return BatchNorm(dim, momentum=_BN_MOMENTUM, epsilon=_BN_EPS, dtype=dtype,
+                   param_dtype=param_dtype, rngs=rngs)
 
 
 def _conv(in_dim: int, out_dim: int, kernel: int, stride: int, *, padding: int | None = None,

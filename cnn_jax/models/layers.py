@@ -412,6 +412,68 @@ class LayerNorm(nnx.LayerNorm):
     return super().__call__(x, mask=mask)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _batch_norm_keeping_statistics(x: jax.Array, scale: jax.Array, bias: jax.Array,
+                                   eps: float) -> jax.Array:
+  return _batch_norm_forward(x, scale, bias, eps)[0]
+
+
+def _batch_statistics(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  # nnx.BatchNorm's (its fast variance), over every axis but the last.
+  rows = tuple(range(x.ndim - 1))
+  mean = jnp.mean(x, axis=rows)
+  return mean, jnp.maximum(0.0, jnp.mean(jax.lax.square(x), axis=rows) - jax.lax.square(mean))
+
+
+def _batch_norm_forward(x, scale, bias, eps):
+  mean, var = _batch_statistics(x)
+  rstd = jax.lax.rsqrt(var + eps)
+  # nnx's order of operations, so the values are the same to rounding.
+  return (x - mean) * (rstd * scale) + bias, (x, mean, rstd, scale)
+
+
+def _batch_norm_backward(eps, kept, dy):
+  del eps
+  x, mean, rstd, scale = kept
+  rows = tuple(range(x.ndim - 1))
+  count = x.size // x.shape[-1]
+  normalised = (x - mean) * rstd
+  dbias = jnp.sum(dy, axis=rows)
+  dscale = jnp.sum(dy * normalised, axis=rows)
+  dx = (scale * rstd) * (dy - dbias / count - normalised * (dscale / count))
+  return dx, dscale, dbias
+
+
+_batch_norm_keeping_statistics.defvjp(_batch_norm_forward, _batch_norm_backward)
+
+
+class BatchNorm(nnx.BatchNorm):
+  """`nnx.BatchNorm` (same parameters and statistics, the same values to rounding) whose
+  gradient in training mode, under the CPU forms (`conv_impl` "rewrite", or "auto" on CPU),
+  keeps only x and the batch's per-channel mean and 1/std and computes dx, dscale and dbias
+  in one reducing pass and one elementwise pass, as PyTorch's batch_norm_backward does.
+  Autodiff of nnx's form wrote x - mean out in the forward and took several more full-size
+  passes back (experiments/cpu_speed, the CIFAR ResNets). Applies to float32 inputs and
+  parameters with scale and bias, normalised per channel of the last axis without a mask or
+  axis_name; anything else, evaluation with the running statistics, and every other backend
+  run nnx's form. Reverse-mode only under the CPU forms (a custom VJP)."""
+
+  def __call__(self, x: jax.Array, use_running_average: bool | None = None, *,
+               mask: jax.Array | None = None) -> jax.Array:
+    use_running_average = (self.use_running_average if use_running_average is None
+                           else use_running_average)
+    if (not use_running_average and mask is None and _use_cpu_forms()
+        and self.scale is not None and self.bias is not None and self.axis_name is None
+        and self.axis in (-1, x.ndim - 1) and self.use_fast_variance
+        and x.dtype == jnp.float32 and self.dtype in (None, jnp.float32)
+        and self.scale.dtype == jnp.float32 and self.bias.dtype == jnp.float32):
+      mean, var = jax.lax.stop_gradient(_batch_statistics(x))
+      self.mean[...] = self.momentum * self.mean[...] + (1 - self.momentum) * mean
+      self.var[...] = self.momentum * self.var[...] + (1 - self.momentum) * var
+      return _batch_norm_keeping_statistics(x, self.scale[...], self.bias[...], self.epsilon)
+    return super().__call__(x, use_running_average, mask=mask)
+
+
 def layer_norm(channels: int, *, eps: float = 1e-6, dtype: Dtype | None = None,
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs) -> LayerNorm:
   """LayerNorm over the channel (last) axis of NHWC or NLC tensors, ConvNeXt/ViT style."""

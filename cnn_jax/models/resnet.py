@@ -33,8 +33,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cnn_jax.models.layers import (Activation, DropPath, Dtype, computed_once, conv2d,
-                                   get_activation, max_pool, torch_linear)
+from cnn_jax.models.layers import (Activation, BatchNorm, DropPath, Dtype, computed_once,
+                                   conv2d, get_activation, max_pool, torch_linear)
 from cnn_jax.models.registry import register_model
 
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu"), an untruncated normal.
@@ -49,15 +49,15 @@ def conv(cin: int, cout: int, kernel: int, stride: int = 1, *, dtype: Dtype | No
 
 
 def batch_norm(channels: int, *, zero_init: bool = False, dtype: Dtype | None,
-               param_dtype: Dtype, rngs: nnx.Rngs) -> nnx.BatchNorm:
+               param_dtype: Dtype, rngs: nnx.Rngs) -> BatchNorm:
   """BatchNorm with PyTorch's defaults (torch momentum 0.1 = flax momentum 0.9, eps 1e-5).
 
   No axis_name: the train step is jitted over a globally sharded batch, so the batch
   statistics XLA computes are already global.
   """
-  return nnx.BatchNorm(channels, momentum=0.9, epsilon=1e-5,
-                       scale_init=nnx.initializers.zeros if zero_init else nnx.initializers.ones,
-                       dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+  return BatchNorm(channels, momentum=0.9, epsilon=1e-5,
+                   scale_init=nnx.initializers.zeros if zero_init else nnx.initializers.ones,
+                   dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
 class Projection(nnx.Module):
