@@ -1,6 +1,7 @@
 """layers.conv_general_dilated's CPU forms (cnn_jax/models/cpu_ops.py: depthwise by shifts,
-1x1 and patchify convs by matmul, max pool by strided views) compute the XLA ops: same values
-and gradients, same parameters, same MAC count."""
+1x1 and patchify convs by matmul, few-channel convs by taps, strided convs' input gradients
+by phases, max pool by strided views) compute the XLA ops: same values and gradients, same
+parameters, same MAC count."""
 
 import jax
 import jax.numpy as jnp
@@ -113,6 +114,26 @@ def test_few_channel_conv_in_bfloat16_is_as_close_to_float32_as_xlas(channels):
   for got, want, ref in zip(form, xla, exact):
     scale = float(jnp.max(jnp.abs(ref)))
     assert float(jnp.max(jnp.abs(got - ref))) <= 1.5 * float(jnp.max(jnp.abs(want - ref))) + 1e-6 * scale
+
+
+# Convs larger than their stride (`cpu_ops.strided_conv_by_phases`): ResNet's 3x3/2, a 7x7/2
+# stem, AlexNet's 11x11/4, a stride that does not divide the kernel, uneven and no padding, on
+# maps whose size the stride does not divide.
+@pytest.mark.parametrize("kernel,stride,padding,size", [
+    (3, 2, ((1, 1), (1, 1)), (2, 11, 13)),
+    (7, 2, ((3, 3), (3, 3)), (2, 17, 16)),
+    (11, 4, ((2, 2), (2, 2)), (2, 35, 33)),
+    (5, 3, ((2, 2), (2, 2)), (2, 12, 13)),
+    (3, 2, ((0, 1), (1, 0)), (2, 10, 9)),
+    (3, 2, ((0, 0), (0, 0)), (2, 12, 12)),
+])
+def test_strided_conv_by_phases_equals_xla_conv_in_values_and_gradients(kernel, stride, padding,
+                                                                        size):
+  (y_ref, dx_ref, dw_ref, _), (y, dx, dw, jaxpr) = _conv_pair(kernel, stride, 1, padding,
+                                                              channels=5, out=6, size=size)
+  assert "custom_vjp_call" in str(jaxpr)
+  for got, want in ((y, y_ref), (dx, dx_ref), (dw, dw_ref)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_convs_of_many_input_channels_are_left_to_xla():

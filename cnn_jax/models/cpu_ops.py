@@ -273,3 +273,63 @@ def _conv_by_taps_bwd(padding, precision, residuals, dy):
 
 
 conv_by_taps.defvjp(_conv_by_taps_fwd, _conv_by_taps_bwd)
+
+
+def _strided_conv(x: jax.Array, kernel: jax.Array, stride: int,
+                  padding: tuple[tuple[int, int], tuple[int, int]], precision: Any) -> jax.Array:
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding,
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                      precision=precision)
+
+
+def _strided_conv_by_phases(x: jax.Array, kernel: jax.Array, stride: int,
+                            padding: tuple[tuple[int, int], tuple[int, int]],
+                            precision: Any) -> jax.Array:
+  """`_strided_conv` as the sum, over the stride x stride phases of the padded input (its rows
+  p, p + stride, ... and columns q, q + stride, ...), of stride-1 VALID convs of each phase
+  with the kernel's taps of that phase (rows p, p + stride, ...; columns likewise)."""
+  (top, bottom), (left, right) = padding
+  kh, kw = kernel.shape[:2]
+  out_h = (x.shape[1] + top + bottom - kh) // stride + 1
+  out_w = (x.shape[2] + left + right - kw) // stride + 1
+  # `stride` more rows and columns of zeros: every phase then has its full length.
+  padded = jnp.pad(x, ((0, 0), (top, bottom + stride), (left, right + stride), (0, 0)))
+  out = None
+  for p in range(min(stride, kh)):
+    for q in range(min(stride, kw)):
+      taps = kernel[p::stride, q::stride]
+      phase = padded[:, p::stride, q::stride, :][:, :out_h + taps.shape[0] - 1,
+                                                  :out_w + taps.shape[1] - 1, :]
+      term = jax.lax.conv_general_dilated(phase, taps, (1, 1), "VALID",
+                                          dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                          precision=precision)
+      out = term if out is None else out + term
+  return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def strided_conv_by_phases(x: jax.Array, kernel: jax.Array, stride: int,
+                           padding: tuple[tuple[int, int], tuple[int, int]],
+                           precision: Any) -> jax.Array:
+  """Dense conv of NHWC x with an HWIO kernel larger than its stride (> 1), e.g. ResNet's
+  strided 3x3: XLA's own forward and kernel gradient, and the input gradient as the gradient of
+  the same conv written as stride-1 convs over the input's stride x stride phases
+  (`_strided_conv_by_phases`). XLA:CPU computes a strided conv's input gradient as a conv over
+  dy dilated with zeros, which its fast conv kernels do not take: it ran on one thread, 2-3x
+  slower than the stride-1 convs of the phases."""
+  return _strided_conv(x, kernel, stride, padding, precision)
+
+
+def _strided_conv_by_phases_fwd(x, kernel, stride, padding, precision):
+  return _strided_conv(x, kernel, stride, padding, precision), (x, kernel)
+
+
+def _strided_conv_by_phases_bwd(stride, padding, precision, residuals, dy):
+  x, kernel = residuals
+  dx = jax.vjp(lambda x: _strided_conv_by_phases(x, kernel, stride, padding, precision),
+               x)[1](dy)[0]
+  d_kernel = jax.vjp(lambda k: _strided_conv(x, k, stride, padding, precision), kernel)[1](dy)[0]
+  return dx, d_kernel
+
+
+strided_conv_by_phases.defvjp(_strided_conv_by_phases_fwd, _strided_conv_by_phases_bwd)

@@ -145,7 +145,9 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
   `cpu_ops` take it under "rewrite", and under "auto" on CPU where it measured faster
   (`_dispatch`): stride-1 depthwise convs as shifted multiply-adds, unpadded 1x1 convs (any
   stride) and k x k convs of stride k (patchify, downsampling) as one matmul, stride-1 convs of
-  few input channels (a first conv, LeNet's second) with a hand-written input gradient.
+  few input channels (a first conv, LeNet's second) with a hand-written input gradient, convs
+  larger than their stride (ResNet's strided 3x3) with the input gradient over the input's
+  phases.
 
   A drop-in for `nnx.Conv(conv_general_dilated=...)`: the parameters and the results are those
   of the XLA conv (equal to float rounding, tested); only the computation differs."""
@@ -180,6 +182,12 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
         and strides[0] == strides[1] and (kh == 1 or strides[0] == kh)):
       return _dispatch(f"patch conv {described}",
                        lambda x, w: cpu_ops.patches_by_matmul(x, w, strides[0], precision),
+                       xla_op, lhs, rhs)
+    if (pads is not None and feature_group_count == 1 and strides[0] == strides[1] > 1
+        and min(kh, kw) > strides[0]):
+      return _dispatch(f"strided conv {described}",
+                       lambda x, w: cpu_ops.strided_conv_by_phases(x, w, strides[0],
+                                                                   tuple(pads), precision),
                        xla_op, lhs, rhs)
     if (pads is not None and feature_group_count == 1 and strides == (1, 1)
         and channels <= cpu_ops.FEW_CHANNELS):
