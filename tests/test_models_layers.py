@@ -96,15 +96,20 @@ def _with_params(layer, scale, bias):
   return layer
 
 
+def _norm_inputs(shape):
+  """x off-centre per channel (so the mean term matters), a scale, a bias and loss weights."""
+  keys = jax.random.split(jax.random.key(0), 4)
+  channels = shape[-1]
+  return (2.0 + 3.0 * jax.random.normal(keys[0], shape),
+          1.0 + jax.random.normal(keys[1], (channels,)), jax.random.normal(keys[2], (channels,)),
+          jax.random.normal(keys[3], shape))
+
+
 @pytest.mark.parametrize("impl", ["auto", "xla"])
 @pytest.mark.parametrize("shape", [(3, 7, 16), (2, 5, 5, 24)])  # ViT tokens; ConvNeXt NHWC
 def test_layer_norm_values_and_all_gradients_are_nnx_layer_norms(impl, shape):
-  keys = jax.random.split(jax.random.key(0), 4)
-  x = 2.0 + 3.0 * jax.random.normal(keys[0], shape)  # off-centre rows: the mean term matters
+  x, scale, bias, w = _norm_inputs(shape)
   channels = shape[-1]
-  scale = 1.0 + jax.random.normal(keys[1], (channels,))
-  bias = jax.random.normal(keys[2], (channels,))
-  w = jax.random.normal(keys[3], shape)
 
   def loss(make, x, scale, bias):
     y = _with_params(make(channels, epsilon=1e-6, rngs=nnx.Rngs(0)), scale, bias)(x)
@@ -163,12 +168,8 @@ def test_layer_norm_gradient_keeps_only_x_and_row_statistics_on_cpu():
 @pytest.mark.parametrize("impl", ["auto", "xla"])
 @pytest.mark.parametrize("shape", [(4, 5, 5, 24), (12, 16)])  # NHWC maps; a head's (N, C)
 def test_batch_norm_values_gradients_and_statistics_are_nnx_batch_norms(impl, shape):
-  keys = jax.random.split(jax.random.key(0), 4)
-  x = 2.0 + 3.0 * jax.random.normal(keys[0], shape)  # off-centre channels: the mean term matters
+  x, scale, bias, w = _norm_inputs(shape)
   channels = shape[-1]
-  scale = 1.0 + jax.random.normal(keys[1], (channels,))
-  bias = jax.random.normal(keys[2], (channels,))
-  w = jax.random.normal(keys[3], shape)
 
   def run(make, x, scale, bias):
     norm = _with_params(make(channels, momentum=0.9, epsilon=1e-5, rngs=nnx.Rngs(0)),

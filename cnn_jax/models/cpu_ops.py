@@ -196,8 +196,9 @@ FEW_CHANNELS = 8
 
 
 def _xla_conv(x: jax.Array, kernel: jax.Array,
-              padding: tuple[tuple[int, int], tuple[int, int]], precision: Any) -> jax.Array:
-  return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding,
+              padding: tuple[tuple[int, int], tuple[int, int]], precision: Any,
+              stride: int = 1) -> jax.Array:
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding,
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                       precision=precision)
 
@@ -275,17 +276,10 @@ def _conv_by_taps_bwd(padding, precision, residuals, dy):
 conv_by_taps.defvjp(_conv_by_taps_fwd, _conv_by_taps_bwd)
 
 
-def _strided_conv(x: jax.Array, kernel: jax.Array, stride: int,
-                  padding: tuple[tuple[int, int], tuple[int, int]], precision: Any) -> jax.Array:
-  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding,
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                      precision=precision)
-
-
 def _strided_conv_by_phases(x: jax.Array, kernel: jax.Array, stride: int,
                             padding: tuple[tuple[int, int], tuple[int, int]],
                             precision: Any) -> jax.Array:
-  """`_strided_conv` as the sum, over the stride x stride phases of the padded input (its rows
+  """The strided `_xla_conv` as the sum, over the stride x stride phases of the padded input (its rows
   p, p + stride, ... and columns q, q + stride, ...), of stride-1 VALID convs of each phase
   with the kernel's taps of that phase (rows p, p + stride, ...; columns likewise)."""
   (top, bottom), (left, right) = padding
@@ -300,9 +294,7 @@ def _strided_conv_by_phases(x: jax.Array, kernel: jax.Array, stride: int,
       taps = kernel[p::stride, q::stride]
       phase = padded[:, p::stride, q::stride, :][:, :out_h + taps.shape[0] - 1,
                                                   :out_w + taps.shape[1] - 1, :]
-      term = jax.lax.conv_general_dilated(phase, taps, (1, 1), "VALID",
-                                          dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                          precision=precision)
+      term = _xla_conv(phase, taps, ((0, 0), (0, 0)), precision)
       out = term if out is None else out + term
   return out
 
@@ -317,18 +309,18 @@ def strided_conv_by_phases(x: jax.Array, kernel: jax.Array, stride: int,
   (`_strided_conv_by_phases`). XLA:CPU computes a strided conv's input gradient as a conv over
   dy dilated with zeros, which its fast conv kernels do not take: it ran on one thread, 2-3x
   slower than the stride-1 convs of the phases."""
-  return _strided_conv(x, kernel, stride, padding, precision)
+  return _xla_conv(x, kernel, padding, precision, stride)
 
 
 def _strided_conv_by_phases_fwd(x, kernel, stride, padding, precision):
-  return _strided_conv(x, kernel, stride, padding, precision), (x, kernel)
+  return _xla_conv(x, kernel, padding, precision, stride), (x, kernel)
 
 
 def _strided_conv_by_phases_bwd(stride, padding, precision, residuals, dy):
   x, kernel = residuals
   dx = jax.vjp(lambda x: _strided_conv_by_phases(x, kernel, stride, padding, precision),
                x)[1](dy)[0]
-  d_kernel = jax.vjp(lambda k: _strided_conv(x, k, stride, padding, precision), kernel)[1](dy)[0]
+  d_kernel = jax.vjp(lambda k: _xla_conv(x, k, padding, precision, stride), kernel)[1](dy)[0]
   return dx, d_kernel
 
 
