@@ -279,9 +279,9 @@ conv_by_taps.defvjp(_conv_by_taps_fwd, _conv_by_taps_bwd)
 def _strided_conv_by_phases(x: jax.Array, kernel: jax.Array, stride: int,
                             padding: tuple[tuple[int, int], tuple[int, int]],
                             precision: Any) -> jax.Array:
-  """The strided `_xla_conv` as the sum, over the stride x stride phases of the padded input (its rows
-  p, p + stride, ... and columns q, q + stride, ...), of stride-1 VALID convs of each phase
-  with the kernel's taps of that phase (rows p, p + stride, ...; columns likewise)."""
+  """The strided `_xla_conv` as the sum, over the stride x stride phases of the padded input
+  (its rows p, p + stride, ... and columns q, q + stride, ...), of stride-1 VALID convs of each
+  phase with the kernel's taps of that phase (rows p, p + stride, ...; columns likewise)."""
   (top, bottom), (left, right) = padding
   kh, kw = kernel.shape[:2]
   out_h = (x.shape[1] + top + bottom - kh) // stride + 1
