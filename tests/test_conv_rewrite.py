@@ -1,7 +1,7 @@
 """layers.conv_general_dilated's CPU forms (cnn_jax/models/cpu_ops.py: depthwise by shifts,
 1x1 and patchify convs by matmul, few-channel convs by taps, strided convs' input gradients
-by phases, max pool by strided views) compute the XLA ops: same values and gradients, same
-parameters, same MAC count."""
+by phases, other stride-1 convs' kernel gradients from copies, max pool by strided views)
+compute the XLA ops: same values and gradients, same parameters, same MAC count."""
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +21,7 @@ CASES = [
     (1, 2, 1, "VALID", True),
     (4, 4, 1, "VALID", True),
     (2, 2, 1, ((0, 0), (0, 0)), True),
-    (3, 1, 1, ((1, 1), (1, 1)), False),   # ordinary conv: left to XLA
+    (3, 1, 1, ((1, 1), (1, 1)), False),   # XLA's forward (only its kernel gradient differs)
     (3, 2, "depthwise", ((1, 1), (1, 1)), False),
 ]
 
@@ -93,9 +93,10 @@ def test_few_channel_conv_equals_xla_conv_in_values_and_gradients(channels, kern
   assert "custom_vjp_call" in jaxpr and "custom_vjp_call" not in jaxpr_ref
 
 
-@pytest.mark.parametrize("channels", [1, 6])
-def test_few_channel_conv_in_bfloat16_is_as_close_to_float32_as_xlas(channels):
-  """Its sums run in float32 as XLA's conv accumulates, so both round alike to bfloat16."""
+@pytest.mark.parametrize("channels", [1, 6, cpu_ops.FEW_CHANNELS + 4])
+def test_cpu_forms_of_stride_1_convs_in_bfloat16_are_as_close_to_float32_as_xlas(channels):
+  """Their sums run in float32 as XLA's conv accumulates, so both round alike to bfloat16: the
+  few-channel form (1, 6) and the kernel gradient from copies (more channels)."""
   key_x, key_w = jax.random.split(jax.random.key(0))
   x = jax.random.normal(key_x, (8, 14, 14, channels))
   w = jax.random.normal(key_w, (5, 5, channels, 16))
@@ -136,13 +137,33 @@ def test_strided_conv_by_phases_equals_xla_conv_in_values_and_gradients(kernel, 
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_convs_of_many_input_channels_are_left_to_xla():
-  x = jnp.ones((2, 8, 8, cpu_ops.FEW_CHANNELS + 1))
-  w = jnp.ones((3, 3, cpu_ops.FEW_CHANNELS + 1, 4))
-  with layers.conv_impl("rewrite"):
-    jaxpr = str(jax.make_jaxpr(lambda x, w: layers.conv_general_dilated(
-        x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")))(x, w))
-  assert "custom_vjp_call" not in jaxpr and "conv_general_dilated" in jaxpr
+# Stride-1 convs of more channels (`cpu_ops.conv_with_copied_kernel_gradient`): ResNet's 3x3,
+# a 5x5 with uneven padding, a kernel wider than tall, no padding, maps of odd sizes.
+@pytest.mark.parametrize("kernel_hw,padding,size", [
+    ((3, 3), ((1, 1), (1, 1)), (4, 8, 8)),
+    ((5, 5), ((0, 2), (3, 1)), (3, 9, 7)),
+    ((2, 3), ((1, 0), (0, 2)), (2, 6, 11)),
+    ((3, 3), "VALID", (2, 7, 9)),
+])
+def test_conv_with_copied_kernel_gradient_equals_xla_conv(kernel_hw, padding, size):
+  key_x, key_w = jax.random.split(jax.random.key(3))
+  channels = cpu_ops.FEW_CHANNELS + 4
+  x = jax.random.normal(key_x, (*size, channels), jnp.float32)
+  w = jax.random.normal(key_w, (*kernel_hw, channels, 7), jnp.float32)
+
+  def run(impl):
+    def f(x, w):
+      with layers.conv_impl(impl):
+        return layers.conv_general_dilated(x, w, (1, 1), padding,
+                                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y, vjp = jax.jit(lambda x, w: jax.vjp(f, x, w))(x, w)
+    return (y, *vjp(jnp.cos(y))), str(jax.make_jaxpr(f)(x, w))
+
+  (y_ref, dx_ref, dw_ref), jaxpr_ref = run("xla")
+  (y, dx, dw), jaxpr = run("rewrite")
+  assert "name=conv_with_copied_kernel_gradient" in jaxpr and "custom_vjp" not in jaxpr_ref
+  for got, want in ((y, y_ref), (dx, dx_ref), (dw, dw_ref)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(want))))
 
 
 # Narrowed models keep every rewritten op of their family at a fraction of the compile time:
@@ -281,21 +302,21 @@ def test_computed_once_equals_the_plain_function_in_values_and_gradients(activat
   y_ref, forward_ref, grads_ref, differentiated_ref, _ = run("xla")
   y, forward_only, grads, differentiated, forward_program = run("rewrite")
   # ReLU's add and max round the same anywhere; GELU's polynomial may be compiled (and so
-  # rounded) differently in the loop's body.
+  # rounded) differently in the conditional's branch.
   tolerance = 0 if activation is jax.nn.relu else 1e-6
   for got, want in zip((y, forward_only, *grads), (y_ref, forward_ref, *grads_ref)):
     np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
-  assert "while" not in differentiated_ref
-  # The loop where the function is differentiated, and not in a forward-only program, where it
+  assert "cond" not in differentiated_ref
+  # Apart where the function is differentiated, and not in a forward-only program, where it
   # only cost time and memory.
-  assert "while" in differentiated
-  assert "while" not in forward_program
+  assert "cond" in differentiated
+  assert "cond" not in forward_program
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's loop passes")
-def test_computed_apart_is_a_loop_that_xla_cannot_count_or_remove():
-  # The trip count stays hidden behind the barrier: a loop XLA knew to run once would be
-  # inlined, and its body fused into the consumers again.
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's passes")
+def test_computed_apart_is_a_conditional_that_xla_cannot_decide_or_remove():
+  # The predicate stays hidden behind the barrier: a conditional XLA knew to take one branch
+  # would be inlined, and the branch fused into the consumers again.
   keys = jax.random.split(jax.random.key(10), 2)
   a, b = (jax.random.normal(k, (2, 6, 6, 3)) for k in keys)
   fn = lambda a, b: (jnp.sin(a) * b, a + b)  # noqa: E731
@@ -303,8 +324,8 @@ def test_computed_apart_is_a_loop_that_xla_cannot_count_or_remove():
   for got, want in zip(apart(a, b), fn(a, b)):
     np.testing.assert_array_equal(got, want)
   compiled = apart.lower(a, b).compile().as_text()
-  assert " while(" in compiled
-  assert '"known_trip_count":{"n":"1"}' not in compiled
+  assert " conditional(" in compiled
+  assert " while(" not in compiled  # A loop's state buffer cost full-size copies.
 
 
 def _fusions_reading_several_convs(model, x) -> int:

@@ -19,21 +19,19 @@ import jax.numpy as jnp
 
 
 def computed_apart(fn: Any, *operands: Any) -> Any:
-  """`fn(*operands)`, computed as the body of a while loop that runs once, its trip count hidden
-  from XLA behind an optimization barrier. A loop's results are buffers, so XLA:CPU cannot fuse
-  `fn`'s work into each consumer of them, which recomputes it in each; and over the whole
-  operands the body's fusions keep their split over XLA:CPU's threads. A scan's per-step
+  """`fn(*operands)`, computed as the taken branch of a conditional whose predicate XLA cannot
+  see (it comes through an optimization barrier). A branch's results are buffers, so XLA:CPU
+  cannot fuse `fn`'s work into each consumer of them, which recomputes it in each; and over the
+  whole operands the branch's fusions keep their split over XLA:CPU's threads. A scan's per-step
   results would instead be written into its stacked output by an in-place dynamic-update-slice,
-  a fusion XLA:CPU runs on one thread."""
-  trips = jax.lax.optimization_barrier(jnp.int32(1))
-  results = jax.tree.map(lambda r: jnp.zeros(r.shape, r.dtype), jax.eval_shape(fn, *operands))
-
-  def body(state):
-    trip, _, operands = state
-    return trip + 1, fn(*operands), operands
-
-  return jax.lax.while_loop(lambda state: state[0] < trips, body,
-                            (jnp.int32(0), results, operands))[1]
+  a fusion XLA:CPU runs on one thread; and a while loop that runs once (this function's earlier
+  form) shares one state buffer between its operands and results, so XLA copied full-size
+  arrays out of it (`convnext_micro_bn`'s train step was 12 % slower that way;
+  experiments/cpu_speed/README.md)."""
+  results = jax.eval_shape(fn, *operands)
+  return jax.lax.cond(
+      jax.lax.optimization_barrier(True), fn,
+      lambda *_: jax.tree.map(lambda r: jnp.zeros(r.shape, r.dtype), results), *operands)
 
 
 def _depthwise_taps(padded: jax.Array, kh: int, kw: int, out_h: int, out_w: int
@@ -48,8 +46,8 @@ def depthwise_by_shifts(x: jax.Array, kernel: jax.Array,
   multiply-adds: XLA:CPU runs a depthwise conv (and its gradients) as a generic grouped
   convolution, many times slower than these elementwise loops.
 
-  The gradient is written by hand. The forward and the input gradient are each a loop's body
-  (`computed_apart`), the kernel gradient a loop over the images: a loop's inputs and outputs
+  The gradient is written by hand. The forward and the input gradient are each computed apart
+  (`computed_apart`), the kernel gradient in a loop over the images: their inputs and outputs
   are buffers, so XLA:CPU can neither fuse the padding (or the producer of x) into each of the
   kh*kw taps nor the taps into each consumer, which recomputed them (and compiled them again)
   per tap or per consumer."""
@@ -325,3 +323,49 @@ def _strided_conv_by_phases_bwd(stride, padding, precision, residuals, dy):
 
 
 strided_conv_by_phases.defvjp(_strided_conv_by_phases_fwd, _strided_conv_by_phases_bwd)
+
+
+def _kernel_gradient_from_copies(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ...],
+                                 padding: tuple[tuple[int, int], tuple[int, int]],
+                                 precision: Any) -> jax.Array:
+  """The stride-1 conv's kernel gradient as XLA:CPU computes it, a conv over x with the images
+  as its input channels and dy as its kernel, but with both operands first copied to that
+  order apart (`computed_apart`). Left to XLA, the copy of x fused the recomputation of x's
+  producer (a BatchNorm and ReLU: five operands) and read all of them in transposed order."""
+  kh, kw = kernel_shape[:2]
+  (top, _), (left, _) = padding
+  bottom = kh - 1 - top - x.shape[1] + dy.shape[1]
+  right = kw - 1 - left - x.shape[2] + dy.shape[2]
+  # x as (channel, row, column, image): the conv's batch is x's channels, its features the
+  # images; dy as an HWIO kernel (row, column, image, output channel).
+  x_t = computed_apart(lambda x: jnp.transpose(x, (3, 1, 2, 0)), x)
+  dy_t = computed_apart(lambda dy: jnp.transpose(dy, (1, 2, 0, 3)), dy)
+  d_kernel = jax.lax.conv_general_dilated(
+      x_t, dy_t, (1, 1), ((top, bottom), (left, right)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision,
+      preferred_element_type=jnp.promote_types(x.dtype, jnp.float32))
+  return jnp.transpose(d_kernel, (1, 2, 0, 3)).astype(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_with_copied_kernel_gradient(x: jax.Array, kernel: jax.Array,
+                                     padding: tuple[tuple[int, int], tuple[int, int]],
+                                     precision: Any) -> jax.Array:
+  """Stride-1 dense conv of NHWC x with an HWIO kernel (ResNet's 3x3 convs): XLA's own forward
+  and input gradient, and the kernel gradient from copies of x and dy made apart
+  (`_kernel_gradient_from_copies`)."""
+  return _xla_conv(x, kernel, padding, precision)
+
+
+def _conv_with_copied_kernel_gradient_fwd(x, kernel, padding, precision):
+  return _xla_conv(x, kernel, padding, precision), (x, kernel)
+
+
+def _conv_with_copied_kernel_gradient_bwd(padding, precision, residuals, dy):
+  x, kernel = residuals
+  dx = jax.vjp(lambda x: _xla_conv(x, kernel, padding, precision), x)[1](dy)[0]
+  return dx, _kernel_gradient_from_copies(x, dy, kernel.shape, padding, precision)
+
+
+conv_with_copied_kernel_gradient.defvjp(_conv_with_copied_kernel_gradient_fwd,
+                                        _conv_with_copied_kernel_gradient_bwd)

@@ -100,7 +100,7 @@ def conv_impl(impl: str) -> Iterator[None]:
 
 
 def _use_cpu_forms() -> bool:
-  """Whether the forms of `cpu_ops` (and `computed_once`'s loop) may replace XLA's ops: under
+  """Whether the forms of `cpu_ops` (and `computed_once`) may replace XLA's ops: under
   "rewrite", and under "auto" on CPU (where `_dispatch` then asks the autotune per op)."""
   impl = _conv_impl.get()
   return impl == "rewrite" or (impl == "auto" and jax.default_backend() == "cpu")
@@ -147,7 +147,8 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
   stride) and k x k convs of stride k (patchify, downsampling) as one matmul, stride-1 convs of
   few input channels (a first conv, LeNet's second) with a hand-written input gradient, convs
   larger than their stride (ResNet's strided 3x3) with the input gradient over the input's
-  phases.
+  phases, other stride-1 convs (ResNet's 3x3) with the kernel gradient from copies of x and dy
+  made apart.
 
   A drop-in for `nnx.Conv(conv_general_dilated=...)`: the parameters and the results are those
   of the XLA conv (equal to float rounding, tested); only the computation differs."""
@@ -193,6 +194,11 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
         and channels <= cpu_ops.FEW_CHANNELS):
       return _dispatch(f"few-channel conv {described}",
                        lambda x, w: cpu_ops.conv_by_taps(x, w, tuple(pads), precision),
+                       xla_op, lhs, rhs)
+    if pads is not None and feature_group_count == 1 and strides == (1, 1) and kh * kw > 1:
+      return _dispatch(f"stride-1 conv {described}",
+                       lambda x, w: cpu_ops.conv_with_copied_kernel_gradient(
+                           x, w, tuple(pads), precision),
                        xla_op, lhs, rhs)
   return xla_op(lhs, rhs)
 
@@ -258,8 +264,8 @@ def conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _apart_when_differentiated(fn, *arrays):
   # Not differentiated (an eval step, predict): the plain function. A forward-only program
-  # has no gradient consumers to fuse the chain into, and the loop made it slower and larger
-  # (experiments/cpu_speed/README.md).
+  # has no gradient consumers to fuse the chain into, and computing it apart (then a loop)
+  # made it slower and larger (experiments/cpu_speed/README.md).
   return fn(*arrays)
 
 
@@ -277,7 +283,7 @@ _apart_when_differentiated.defvjp(_apart_fwd, _apart_bwd)
 def computed_once(fn: Any, *arrays: jax.Array) -> jax.Array:
   """`fn(*arrays)` for an elementwise `fn` of same-shaped arrays (a block's residual add and
   activation), under the "rewrite" conv impl and "auto" on CPU, where it is differentiated (a
-  train step), computed apart (`cpu_ops.computed_apart`): XLA:CPU cannot fuse a loop's result
+  train step), computed apart (`cpu_ops.computed_apart`): XLA:CPU cannot fuse its result
   into its consumers. A forward-only program computes `fn(*arrays)` as it is.
 
   Without it, XLA:CPU fuses the cheap elementwise chain of a residual stream, x_{k+1} =
@@ -286,7 +292,7 @@ def computed_once(fn: Any, *arrays: jax.Array) -> jax.Array:
   option-A shortcut) and so recomputes each block's output from all the blocks before it in
   the stage, up to its code-duplication limit: work that grows as depth squared (ResNet-56's
   step cost 5x ResNet-20's for 3.1x the FLOPs). Values are those of `fn(*arrays)`; the
-  gradient is `jax.vjp(fn, ...)` of the whole arrays, as without the loop (tested)."""
+  gradient is `jax.vjp(fn, ...)` of the whole arrays, as without it (tested)."""
   x = arrays[0]
   if not _use_cpu_forms() or any(a.shape != x.shape or a.dtype != x.dtype for a in arrays):
     return fn(*arrays)
