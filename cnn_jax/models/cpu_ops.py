@@ -26,8 +26,7 @@ def computed_apart(fn: Any, *operands: Any) -> Any:
   results would instead be written into its stacked output by an in-place dynamic-update-slice,
   a fusion XLA:CPU runs on one thread; and a while loop that runs once (this function's earlier
   form) shares one state buffer between its operands and results, so XLA copied full-size
-  arrays out of it (`convnext_micro_bn`'s train step was 12 % slower that way;
-  experiments/cpu_speed/README.md)."""
+  arrays out of it (experiments/cpu_speed/README.md, stop 34)."""
   results = jax.eval_shape(fn, *operands)
   return jax.lax.cond(
       jax.lax.optimization_barrier(True), fn,
