@@ -26,7 +26,7 @@ def test_dry_run_writes_the_table_and_the_json(tmp_path):
                           env=ONE_DEVICE_ENV)
   assert result.returncode == 0, result.stdout + result.stderr
   results = json.loads((out / "results.json").read_text())
-  assert results["dry_run"] is True
+  assert results["dry_run"] is True and results["complete"] is True
   bench, main_run = results["rows"]
   assert bench["ok"] and main_run["ok"], results["rows"]
   assert (bench["model"], bench["mode"], bench["batch_size"], bench["image_size"]) == (

@@ -82,6 +82,7 @@ def bench_row(row: BenchRow, *, dtype: str, steps: int, warmup: int,
                            "wall_s": wall, "ok": code == 0}
   if code != 0:
     entry["error"] = _last_line(err) or f"exit {code}"
+    entry["stderr_tail"] = err[-4000:]  # The traceback, for the JSON reader.
     return entry
   report = json.loads(_last_line(out))
   result = report["jax"][0]
@@ -105,6 +106,7 @@ def main_run(*, dry: bool, workdir: str, timeout: float) -> dict[str, Any]:
                            "ok": code == 0}
   if code != 0:
     entry["error"] = _last_line(err) or f"exit {code}"
+    entry["stderr_tail"] = err[-4000:]  # The traceback, for the JSON reader.
     return entry
   rates = []
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
@@ -150,18 +152,36 @@ def markdown(results: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def _device_facts(rows: list[dict[str, Any]]) -> dict[str, Any]:
-  """The devices, as a bench row that ran reports them; JAX in this process only when none
-  ran: its import and backend start cost seconds, and on a GPU a backend started here before
-  the rows would hold most of the device's memory while they run (JAX preallocates 75 %)."""
+def _row_device_facts(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+  """The devices, as the first bench row that ran reports them, or None before one has."""
   for row in rows:
     if row["ok"] and row["kind"] == "bench":
       return {"device": row["device_kind"], "platform": row["platform"],
               "num_devices": row["num_devices"], "jax_version": row["jax_version"]}
+  return None
+
+
+def _device_facts(rows: list[dict[str, Any]]) -> dict[str, Any]:
+  """The devices, as a bench row that ran reports them; JAX in this process only when none
+  ran: its import and backend start cost seconds, and on a GPU a backend started here before
+  the rows would hold most of the device's memory while they run (JAX preallocates 75 %)."""
+  facts = _row_device_facts(rows)
+  if facts is not None:
+    return facts
   import jax
   devices = jax.devices()
   return {"device": devices[0].device_kind, "platform": devices[0].platform,
           "num_devices": len(devices), "jax_version": jax.__version__}
+
+
+def write_results(results: dict[str, Any], out: str) -> str:
+  """Writes results.json and results.md into `out`; returns the table."""
+  with open(os.path.join(out, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  table = markdown(results)
+  with open(os.path.join(out, "results.md"), "w") as f:
+    f.write(table + "\n")
+  return table
 
 
 def _backend() -> str:
@@ -209,26 +229,27 @@ def main() -> int:
     import shutil
     shutil.rmtree(workdir)  # A rerun measures afresh, never resumes a finished run.
 
-  results: dict[str, Any] = {"dry_run": dry, "rows": [], "host": {
+  # Written again after every row: a row that hangs the host, or a lease that ends, leaves
+  # the rows before it on disk ("complete": false until the last).
+  results: dict[str, Any] = {"dry_run": dry, "complete": False, "rows": [], "host": {
       "machine": platform.machine(), "host_cpus": os.cpu_count(),
-      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}}
-  for row in rows:
-    entry = bench_row(row, dtype=dtype, steps=steps, warmup=1 if dry else 3,
-                      timeout=args.timeout)
+      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+      "device": "?", "num_devices": "?", "jax_version": "?"}}
+
+  def record(entry: dict[str, Any]) -> None:
     results["rows"].append(entry)
-    print(f"{row.label}: " + (f"{entry['images_per_sec']:.1f} img/s" if entry["ok"]
-                              else f"failed: {entry['error']}"), flush=True)
-  entry = main_run(dry=dry, workdir=workdir, timeout=max(args.timeout, 300.0))
-  results["rows"].append(entry)
-  print(f"{entry['label']}: " + (f"{entry['images_per_sec'] or 0:.1f} img/s" if entry["ok"]
-                                 else f"failed: {entry['error']}"), flush=True)
+    print(f"{entry['label']}: " + (f"{entry['images_per_sec'] or 0:.1f} img/s" if entry["ok"]
+                                   else f"failed: {entry['error']}"), flush=True)
+    results["host"].update(_row_device_facts(results["rows"]) or {})
+    write_results(results, args.out)
+
+  for row in rows:
+    record(bench_row(row, dtype=dtype, steps=steps, warmup=1 if dry else 3,
+                     timeout=args.timeout))
+  record(main_run(dry=dry, workdir=workdir, timeout=max(args.timeout, 300.0)))
   results["host"].update(_device_facts(results["rows"]))
-  with open(os.path.join(args.out, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  table = markdown(results)
-  with open(os.path.join(args.out, "results.md"), "w") as f:
-    f.write(table + "\n")
-  print(table)
+  results["complete"] = True
+  print(write_results(results, args.out))
   return 0 if all(e["ok"] for e in results["rows"]) else 1
 
 
