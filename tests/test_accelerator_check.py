@@ -71,3 +71,26 @@ def test_a_failed_row_is_reported_in_the_table():
   table = run.markdown(results)
   assert "| ConvNeXt-T train | | | | failed: RESOURCE_EXHAUSTED: out of memory |" in table
   assert "DRY RUN" not in table
+
+
+def test_each_row_is_on_disk_before_the_next_runs(tmp_path):
+  run = cli.load_module(f"{REPO_ROOT}/{SCRIPT}")
+  results = {"dry_run": False, "complete": False, "rows": [],
+             "host": {"device": "?", "num_devices": "?", "jax_version": "?", "date": "today"}}
+  run.record_row(results, {"label": "ResNet-50 train", "kind": "bench", "ok": False,
+                           "error": "timed out after 240 s"}, str(tmp_path))
+  run.record_row(results, {
+      "label": "ConvNeXt-T train", "kind": "bench", "ok": True, "batch_size": 256,
+      "image_size": 224, "dtype": "bfloat16", "images_per_sec": 4151.0,
+      "step_time_median_s": 0.0617, "mfu": 0.112, "compile_time_s": 36.0,
+      "peak_device_bytes": 2**34, "device_kind": "NVIDIA H200", "platform": "gpu",
+      "num_devices": 1, "jax_version": "0.11.2"}, str(tmp_path))
+  on_disk = json.loads((tmp_path / "results.json").read_text())
+  assert on_disk["complete"] is False
+  assert [row["label"] for row in on_disk["rows"]] == ["ResNet-50 train", "ConvNeXt-T train"]
+  # The device is known from the first row that ran, before the run ends.
+  assert on_disk["host"]["device"] == "NVIDIA H200"
+  table = (tmp_path / "results.md").read_text()
+  assert "| ResNet-50 train | | | | failed: timed out after 240 s |" in table
+  assert ("| ConvNeXt-T train | 256 | 224 | bfloat16 | 4151 | 61.7 ms | 11.2 % | 36 s "
+          "| 16.0 GiB |") in table

@@ -184,6 +184,15 @@ def write_results(results: dict[str, Any], out: str) -> str:
   return table
 
 
+def record_row(results: dict[str, Any], entry: dict[str, Any], out: str) -> None:
+  """Adds one row's entry to `results`, prints its line and rewrites the files in `out`."""
+  results["rows"].append(entry)
+  print(f"{entry['label']}: " + (f"{entry['images_per_sec'] or 0:.1f} img/s" if entry["ok"]
+                                 else f"failed: {entry['error']}"), flush=True)
+  results["host"].update(_row_device_facts(results["rows"]) or {})
+  write_results(results, out)
+
+
 def _backend() -> str:
   """The platform JAX starts on this host ("gpu", "tpu", "cpu"), asked in a process of its own
   (see `_device_facts`), without taking the device's memory."""
@@ -236,17 +245,11 @@ def main() -> int:
       "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
       "device": "?", "num_devices": "?", "jax_version": "?"}}
 
-  def record(entry: dict[str, Any]) -> None:
-    results["rows"].append(entry)
-    print(f"{entry['label']}: " + (f"{entry['images_per_sec'] or 0:.1f} img/s" if entry["ok"]
-                                   else f"failed: {entry['error']}"), flush=True)
-    results["host"].update(_row_device_facts(results["rows"]) or {})
-    write_results(results, args.out)
-
   for row in rows:
-    record(bench_row(row, dtype=dtype, steps=steps, warmup=1 if dry else 3,
-                     timeout=args.timeout))
-  record(main_run(dry=dry, workdir=workdir, timeout=max(args.timeout, 300.0)))
+    record_row(results, bench_row(row, dtype=dtype, steps=steps, warmup=1 if dry else 3,
+                                  timeout=args.timeout), args.out)
+  record_row(results, main_run(dry=dry, workdir=workdir, timeout=max(args.timeout, 300.0)),
+             args.out)
   results["host"].update(_device_facts(results["rows"]))
   results["complete"] = True
   print(write_results(results, args.out))
