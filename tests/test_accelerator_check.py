@@ -94,3 +94,37 @@ def test_each_row_is_on_disk_before_the_next_runs(tmp_path):
   assert "| ResNet-50 train | | | | failed: timed out after 240 s |" in table
   assert ("| ConvNeXt-T train | 256 | 224 | bfloat16 | 4151 | 61.7 ms | 11.2 % | 36 s "
           "| 16.0 GiB |") in table
+
+
+def test_a_vs_torch_report_gives_the_ratio_column():
+  # bench --vs_torch's report as the H200 run wrote it (stop 35): its figures are the input
+  # here; what is checked is which of them the row and the table take.
+  run = cli.load_module(f"{REPO_ROOT}/{SCRIPT}")
+  with open(os.path.join(REPO_ROOT, "experiments/accelerator/results/h200_stop35",
+                         "vs_resnet50.json")) as f:
+    report = json.load(f)
+  figures = run.bench_figures(report, "train")
+  train, infer = report["jax"]
+  assert figures["images_per_sec"] == train["images_per_sec"] and figures["mode"] == "train"
+  assert figures["torch"]["train_ratio"] == report["ratio_vs_torch"]["train"]
+  assert figures["torch"]["infer_images_per_sec"] == report["torch"]["infer"]["images_per_sec"]
+  assert figures["torch"]["infer_jax_images_per_sec"] == infer["images_per_sec"]
+  # Without a pairing (a bench run without --vs_torch) there is no PyTorch entry.
+  assert "torch" not in run.bench_figures({**report, "torch": None}, "train")
+  results = {"dry_run": False, "host": {"device": "NVIDIA H200", "num_devices": 1,
+                                        "jax_version": "0", "date": "today"},
+             "rows": [{"label": "ResNet-50 train", "kind": "bench", "ok": True, **figures}]}
+  table = run.markdown(results)
+  ratios = (f"{report['ratio_vs_torch']['train']:.2f}x / "
+            f"{report['ratio_vs_torch']['infer']:.2f}x")
+  row = next(line for line in table.splitlines() if line.startswith("| ResNet-50 train"))
+  assert row.endswith(f"| {ratios} |") and row.count("|") == 11
+  assert "vs PyTorch: PyTorch's step time over cnn_jax's" in table
+
+
+def test_vs_torch_without_torch_stops_before_any_row(tmp_path):
+  result = subprocess.run([sys.executable, SCRIPT, "--dry_run", "--vs_torch", "--torch_python",
+                           "/bin/false", "--out", str(tmp_path / "acc")], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=HANG_TIMEOUT)
+  assert result.returncode == 2 and "--vs_torch needs torch and timm" in result.stderr
+  assert not (tmp_path / "acc").exists()

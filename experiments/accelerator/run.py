@@ -3,13 +3,14 @@ of the models this project is about, and a 300-step training run through the rea
 pipeline, in one JSON and one Markdown table.
 
   python experiments/accelerator/run.py --out runs/accelerator        # on a GPU/TPU host
+  python experiments/accelerator/run.py --out runs/accelerator --vs_torch   # + PyTorch pairs
   python experiments/accelerator/run.py --dry_run --out /tmp/acc      # tiny stand-ins, CPU
 
 Without --dry_run it first checks that JAX sees a GPU or TPU (JAX's plugin for the chip
 installed: `make venv-cuda`) and stops with an error if not.
 Every row is its own process (`python -m cnn_jax.bench --json`, `python -m cnn_jax.main`), so
 one model's failure or memory does not touch the next; a failed row is reported, not fatal.
-Budget on one H100/H200: about 6-8 minutes, most of it compilation.
+One H200 took 5.3 minutes (stop 35), most of it compilation; --vs_torch adds ~100 s.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class BenchRow:
   mode: str
   batch_size: int
   image_size: int
+  pairs_with_torch: bool = True  # --vs_torch: PyTorch has this model under this name.
 
 
 FULL_ROWS = (
@@ -51,15 +53,18 @@ FULL_ROWS = (
 DRY_ROWS = (
     BenchRow("ResNet-20 train (dry)", "resnet20", "train", 8, 32),
     BenchRow("ConvNeXt V2-A train (dry)", "convnextv2_atto", "train", 8, 32),
-    BenchRow("ViT-Ti/4 train (dry)", "vit_tiny_patch4_32", "train", 8, 32),
+    BenchRow("ViT-Ti/4 train (dry)", "vit_tiny_patch4_32", "train", 8, 32,
+             pairs_with_torch=False),
     BenchRow("ConvNeXt V2-A FCMAE (dry)", "convnextv2_atto", "fcmae", 8, 64),
 )
 
 
-def _run(cmd: list[str], timeout: float) -> tuple[int, str, str, float]:
+def _run(cmd: list[str], timeout: float, env: dict[str, str] | None = None
+         ) -> tuple[int, str, str, float]:
   start = time.perf_counter()
   try:
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=env)
     code, out, err = proc.returncode, proc.stdout, proc.stderr
   except subprocess.TimeoutExpired as e:
     code, out, err = 124, e.stdout or "", f"timed out after {timeout:.0f} s"
@@ -72,27 +77,48 @@ def _last_line(text: str) -> str:
   return lines[-1] if lines else ""
 
 
-def bench_row(row: BenchRow, *, dtype: str, steps: int, warmup: int,
-              timeout: float) -> dict[str, Any]:
+def bench_row(row: BenchRow, *, dtype: str, steps: int, warmup: int, timeout: float,
+              torch_python: str | None = None) -> dict[str, Any]:
+  """One `cnn_jax.bench` process; with `torch_python`, a train row is also timed in PyTorch
+  eager on the same device, in turns (`bench --vs_torch`), train and inference."""
   cmd = [sys.executable, "-m", "cnn_jax.bench", "--model", row.model, "--mode", row.mode,
          "--batch_size", str(row.batch_size), "--image_size", str(row.image_size),
          "--dtype", dtype, "--steps", str(steps), "--warmup", str(warmup), "--json"]
-  code, out, err, wall = _run(cmd, timeout)
+  env = None
+  if torch_python and row.mode == "train" and row.pairs_with_torch:
+    cmd += ["--vs_torch", "--torch_python", torch_python]
+    # JAX takes 75 % of a GPU's memory when its backend starts: leave PyTorch's process room.
+    env = {"XLA_PYTHON_CLIENT_MEM_FRACTION": ".45", **os.environ}
+  code, out, err, wall = _run(cmd, timeout, env)
   entry: dict[str, Any] = {"label": row.label, "kind": "bench", "command": " ".join(cmd[1:]),
                            "wall_s": wall, "ok": code == 0}
   if code != 0:
     entry["error"] = _last_line(err) or f"exit {code}"
     entry["stderr_tail"] = err[-4000:]  # The traceback, for the JSON reader.
     return entry
-  report = json.loads(_last_line(out))
-  result = report["jax"][0]
-  entry.update({k: result.get(k) for k in (
+  entry.update(bench_figures(json.loads(_last_line(out)), row.mode))
+  return entry
+
+
+def bench_figures(report: dict[str, Any], mode: str) -> dict[str, Any]:
+  """A row's figures from `cnn_jax.bench --json`'s report, with PyTorch's beside them when
+  the report holds a `--vs_torch` pairing."""
+  results = {result["mode"]: result for result in report["jax"]}
+  result = results[mode]
+  figures = {k: result.get(k) for k in (
       "model", "mode", "batch_size", "image_size", "dtype", "images_per_sec", "mfu",
       "peak_flops", "peak_flops_source", "model_flops_per_step", "compile_time_s",
       "lower_time_s", "peak_device_bytes", "peak_device_source", "device_kind",
-      "num_devices", "platform", "jax_version")})
-  entry["step_time_median_s"] = result["step_time_s"]["median"]
-  return entry
+      "num_devices", "platform", "jax_version")}
+  figures["step_time_median_s"] = result["step_time_s"]["median"]
+  if report.get("torch"):
+    torch_train = report["torch"]["train"]
+    figures["torch"] = {
+        "source": torch_train["source"], "torch_version": torch_train["torch_version"],
+        **{f"{m}_images_per_sec": report["torch"][m]["images_per_sec"] for m in report["torch"]},
+        **{f"{m}_ratio": report["ratio_vs_torch"][m] for m in report["ratio_vs_torch"]},
+        "infer_jax_images_per_sec": results["infer"]["images_per_sec"]}
+  return figures
 
 
 def main_run(*, dry: bool, workdir: str, timeout: float) -> dict[str, Any]:
@@ -125,27 +151,40 @@ def _fmt(value: Any, spec: str, scale: float = 1.0, suffix: str = "") -> str:
   return "n/a" if value is None else f"{value * scale:{spec}}{suffix}"
 
 
+def _vs_torch(entry: dict[str, Any]) -> str:
+  torch = entry.get("torch")
+  if not torch:
+    return ""
+  return f"{torch['train_ratio']:.2f}x / {torch['infer_ratio']:.2f}x"
+
+
 def markdown(results: dict[str, Any]) -> str:
   host = results["host"]
   lines = [f"Accelerator check on {host['device']} ({host['num_devices']} device(s)), "
            f"jax {host['jax_version']}, {host['date']}" + (" — DRY RUN (CPU stand-ins)"
                                                           if results["dry_run"] else ""),
            "",
-           "| what | batch | px | dtype | images/s | step | MFU | compile | peak memory |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "| what | batch | px | dtype | images/s | step | MFU | compile | peak memory "
+           "| vs PyTorch, train / infer |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
   for e in results["rows"]:
     if not e["ok"]:
-      lines.append(f"| {e['label']} | | | | failed: {e['error']} | | | | |")
+      lines.append(f"| {e['label']} | | | | failed: {e['error']} | | | | | |")
       continue
     if e["kind"] == "main":
       lines.append(f"| {e['label']} ({e['steps']} steps) | | | | "
-                   f"{_fmt(e['images_per_sec'], '.0f')} | | | | |")
+                   f"{_fmt(e['images_per_sec'], '.0f')} | | | | | |")
       continue
     lines.append(
         f"| {e['label']} | {e['batch_size']} | {e['image_size']} | {e['dtype']} | "
         f"{_fmt(e['images_per_sec'], '.0f')} | {_fmt(e['step_time_median_s'], '.1f', 1e3, ' ms')} "
         f"| {_fmt(e['mfu'], '.1f', 100, ' %')} | {_fmt(e['compile_time_s'], '.0f', 1, ' s')} | "
-        f"{_fmt(e['peak_device_bytes'], '.1f', 2**-30, ' GiB')} |")
+        f"{_fmt(e['peak_device_bytes'], '.1f', 2**-30, ' GiB')} | {_vs_torch(e)} |")
+  if any(e.get("torch") for e in results["rows"]):
+    torch = next(e["torch"] for e in results["rows"] if e.get("torch"))
+    lines += ["", f"vs PyTorch: PyTorch's step time over cnn_jax's, paired in turns in one "
+              f"`bench --vs_torch` process per row ({torch['source']}, eager, autocast to the "
+              "dtype, channels-last on a GPU)."]
   lines += ["", "MFU: model FLOPs per second (cnn_jax.bench: forward MACs x 2, x 3 for a "
             "train or FCMAE step) over the data-sheet dense peak of the chip for the dtype.",
             f"Anchors: {ANCHORS}."]
@@ -214,6 +253,11 @@ def main() -> int:
                       "float32 with --dry_run).")
   parser.add_argument("--steps", type=int, default=None, help="Timed steps per row.")
   parser.add_argument("--timeout", type=float, default=240.0, help="Seconds per row.")
+  parser.add_argument("--vs_torch", action="store_true", help="Also time each train row's "
+                      "model in PyTorch eager (timm) on the same device, paired in turns "
+                      "(`bench --vs_torch`): a ratio column, train and inference.")
+  parser.add_argument("--torch_python", default=sys.executable, help="With --vs_torch: a "
+                      "Python with torch and timm (default: this one).")
   parser.add_argument("--models", default="", help="Comma-separated model names: only the "
                       "bench rows of these (default: all).")
   args = parser.parse_args()
@@ -230,6 +274,11 @@ def main() -> int:
       parser.error(f"JAX's backend here is {backend}, not a GPU or TPU: install JAX's plugin for "
                    "the chip into the venv (`make venv-cuda` on an NVIDIA GPU host; README.md), "
                    "or pass --dry_run for the CPU wiring check")
+  if args.vs_torch:
+    probe = subprocess.run([args.torch_python, "-c", "import torch, timm"], capture_output=True)
+    if probe.returncode:
+      parser.error(f"--vs_torch needs torch and timm in {args.torch_python} "
+                   "(--torch_python=A_PYTHON_WITH_THEM)")
   dtype = args.dtype or ("float32" if dry else "bfloat16")
   steps = args.steps or (2 if dry else 20)
   os.makedirs(args.out, exist_ok=True)
@@ -247,7 +296,9 @@ def main() -> int:
 
   for row in rows:
     record_row(results, bench_row(row, dtype=dtype, steps=steps, warmup=1 if dry else 3,
-                                  timeout=args.timeout), args.out)
+                                  timeout=args.timeout,
+                                  torch_python=args.torch_python if args.vs_torch else None),
+               args.out)
   record_row(results, main_run(dry=dry, workdir=workdir, timeout=max(args.timeout, 300.0)),
              args.out)
   results["host"].update(_device_facts(results["rows"]))
