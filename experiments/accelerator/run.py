@@ -275,8 +275,12 @@ def main() -> int:
                    "the chip into the venv (`make venv-cuda` on an NVIDIA GPU host; README.md), "
                    "or pass --dry_run for the CPU wiring check")
   if args.vs_torch:
-    probe = subprocess.run([args.torch_python, "-c", "import torch, timm"], capture_output=True)
-    if probe.returncode:
+    try:
+      failed = subprocess.run([args.torch_python, "-c", "import torch, timm"],
+                              capture_output=True).returncode
+    except OSError:  # No such program.
+      failed = True
+    if failed:
       parser.error(f"--vs_torch needs torch and timm in {args.torch_python} "
                    "(--torch_python=A_PYTHON_WITH_THEM)")
   dtype = args.dtype or ("float32" if dry else "bfloat16")
