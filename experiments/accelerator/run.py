@@ -180,8 +180,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"{_fmt(e['images_per_sec'], '.0f')} | {_fmt(e['step_time_median_s'], '.1f', 1e3, ' ms')} "
         f"| {_fmt(e['mfu'], '.1f', 100, ' %')} | {_fmt(e['compile_time_s'], '.0f', 1, ' s')} | "
         f"{_fmt(e['peak_device_bytes'], '.1f', 2**-30, ' GiB')} | {_vs_torch(e)} |")
-  if any(e.get("torch") for e in results["rows"]):
-    torch = next(e["torch"] for e in results["rows"] if e.get("torch"))
+  torch = next((e["torch"] for e in results["rows"] if e.get("torch")), None)
+  if torch:
     lines += ["", f"vs PyTorch: PyTorch's step time over cnn_jax's, paired in turns in one "
               f"`bench --vs_torch` process per row ({torch['source']}, eager, autocast to the "
               "dtype, channels-last on a GPU)."]
