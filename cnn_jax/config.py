@@ -132,9 +132,11 @@ def get_config() -> ml_collections.ConfigDict:
   # How convolutions are computed (same parameters and results): "auto" = XLA's conv off CPU;
   # on CPU, per conv and max pool that has one of the exact CPU forms of
   # cnn_jax/models/cpu_ops.py (depthwise by shifted multiply-adds, 1x1 and patchify convs as
-  # matmuls, max pooling by strided views), whichever of the form and XLA's op measured faster
-  # on this CPU model and shape, measured once and cached (cnn_jax/models/autotune.py);
-  # "xla" = XLA's conv everywhere; "rewrite" = the forms anywhere. Neither measures.
+  # matmuls, max pooling by strided views) or, for float32 convs in a one-device process,
+  # oneDNN's conv (cnn_jax/models/onednn.py), whichever form measured fastest on this CPU model
+  # and shape, measured once and cached (cnn_jax/models/autotune.py); "xla" = XLA's conv
+  # everywhere; "rewrite" = the forms anywhere; "onednn" = oneDNN's conv for every float32 conv
+  # (CPU only), the CPU forms for the rest. None of the three measures.
   config.conv_impl = "auto"
 
   config.mesh = ml_collections.ConfigDict()

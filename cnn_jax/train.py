@@ -31,7 +31,7 @@ from jax.experimental import multihost_utils
 from cnn_jax import (checkpoint, data, hostenv, metrics, optim, parallel, timing,
                      workdir_lock)
 from cnn_jax.errors import UserError
-from cnn_jax.models import layers, registry
+from cnn_jax.models import layers, onednn, registry
 
 
 @flax.struct.dataclass
@@ -461,9 +461,15 @@ def _check_best_metric(config: ml_collections.ConfigDict, task: Task) -> None:
 
 
 def check_conv_impl(impl: str) -> None:
-  """A conv impl that `layers.conv_impl` does not know stops the run before it starts."""
+  """A conv impl that `layers.conv_impl` does not know, or that cannot run here, stops the run
+  before it starts."""
   if impl not in layers.CONV_IMPLS:
     raise UserError(f"conv_impl must be one of {', '.join(layers.CONV_IMPLS)} (got {impl!r})")
+  if impl == "onednn" and jax.default_backend() != "cpu":
+    raise UserError(f"conv_impl onednn runs on CPU only (this run's devices are "
+                    f"{jax.default_backend()}); use auto or xla")
+  if impl == "onednn" and onednn.unavailable_reason() is not None:
+    raise UserError(f"conv_impl onednn cannot run here: {onednn.unavailable_reason()}")
 
 
 def check_init_from(config: ml_collections.ConfigDict) -> None:

@@ -4,6 +4,7 @@ and then read from the cache; "xla" and "rewrite" force a form without measuring
 choice computes the same values and gradients."""
 
 import json
+import shutil
 import threading
 
 import jax
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from cnn_jax import hostenv
-from cnn_jax.models import autotune, layers
+from cnn_jax.models import autotune, layers, onednn
 
 ZEN3 = ("vendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n"
         "flags\t\t: fpu sse4_2 avx f16c fma avx2 bmi2\n")
@@ -34,11 +35,14 @@ def tuning(tmp_path, monkeypatch):
       self.seconds = {"rewrite": 2.0, "xla": 1.0}
 
     def __call__(self, candidates, avals):
-      """`seconds`: {form: s} for forward and gradient alike, or {form: {part: s}}."""
+      """`seconds`: {form: s} for forward and gradient alike, or {form: {part: s}}; a form
+      without one is the slowest."""
       self.calls += 1
-      assert set(candidates) == set(autotune.CHOICES)
+      self.candidates = set(candidates)
+      assert {"rewrite", "xla"} <= self.candidates <= set(autotune.CHOICES)
+      seconds = {name: self.seconds.get(name, 9.0) for name in candidates}
       return {name: s if isinstance(s, dict) else dict.fromkeys(autotune.PARTS, s)
-              for name, s in self.seconds.items()}
+              for name, s in seconds.items()}
 
   fake = Fake()
   monkeypatch.setattr(autotune, "measure", fake)
@@ -97,6 +101,42 @@ def test_the_choice_is_per_cpu_model(tuning, monkeypatch):
   _traced(scale=2.0)
   assert tuning.calls == 2  # Another CPU model: measured again, not read.
   assert set(json.loads(open(autotune.cache_path()).read())) == {key_of(ZEN3), key_of(ZEN4)}
+
+
+def _traced_dense(scale=1.0):
+  """The jaxpr of a freshly traced jit of a 3x3 conv, a form oneDNN takes."""
+  kx, kw = jax.random.split(jax.random.key(0))
+  x, w = jax.random.normal(kx, (2, 9, 9, 16)), jax.random.normal(kw, (3, 3, 16, 16))
+
+  def f(x, w):
+    with layers.conv_impl("auto"):
+      return layers.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC")) * scale
+  return str(jax.make_jaxpr(jax.jit(f))(x, w))
+
+
+@pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler to build oneDNN's")
+def test_onednn_is_timed_in_a_one_device_process_and_records_follow_where_it_can_run(
+    tuning, monkeypatch):
+  tuning.seconds = {"rewrite": 2.0, "xla": 3.0, "onednn": 1.0}
+  assert not onednn.may_autotune()  # This process has 8 devices: not offered.
+  assert onednn.TARGET not in _traced_dense()
+  assert tuning.candidates == {"rewrite", "xla"}
+  # One device (a training process on a CPU host): the record of two forms is timed again, with
+  # oneDNN, which is taken.
+  monkeypatch.setattr(onednn, "may_autotune", lambda: True)
+  autotune._memo.clear()
+  assert onednn.TARGET in _traced_dense(scale=2.0)
+  assert tuning.calls == 2 and tuning.candidates == {"rewrite", "xla", "onednn"}
+  (records,) = json.loads(open(autotune.cache_path()).read()).values()
+  (record,) = records.values()
+  assert record["forward"] == record["gradient"] == "onednn"
+  assert record["onednn_gradient_s"] == 1.0
+  # Where it cannot run again, the record that chose it is timed again without it.
+  monkeypatch.setattr(onednn, "may_autotune", lambda: False)
+  autotune._memo.clear()
+  assert onednn.TARGET not in _traced_dense(scale=3.0)
+  assert tuning.calls == 3 and tuning.candidates == {"rewrite", "xla"}
 
 
 def test_xla_and_rewrite_force_a_form_without_measuring(tuning):
@@ -223,7 +263,7 @@ def test_measure_times_both_forms_while_a_jit_traces_the_caller():
     return x @ w
 
   jax.jit(f)(jnp.ones((8, 4)), jnp.ones((4, 3)))
-  assert set(seen) == set(autotune.CHOICES)
+  assert set(seen) == {"rewrite", "xla"}
   assert all(set(parts) == set(autotune.PARTS) and all(0 < s < 60 for s in parts.values())
              for parts in seen.values())
 

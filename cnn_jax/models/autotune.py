@@ -1,20 +1,21 @@
-"""Which form of a conv or max pool runs faster on this CPU: XLA's op or the exact CPU form of
-`cpu_ops`, measured once per CPU model and op shape and cached on disk (as cuDNN's benchmark
-mode), instead of a fixed rule tuned on one kind of CPU.
+"""Which form of a conv or max pool runs fastest on this CPU: XLA's op, the exact CPU form of
+`cpu_ops` or, for float32 convs, oneDNN's conv (`onednn`), measured once per CPU model and
+op shape and cached on disk (as cuDNN's benchmark mode), instead of a fixed rule tuned on one
+kind of CPU.
 
 `layers` asks `choose` while it traces a conv or max pool that has a CPU form, under the
-"auto" conv impl on CPU. The first time a shape is met on a CPU model, both forms are timed on
+"auto" conv impl on CPU. The first time a shape is met on a CPU model, the forms are timed on
 random operands of exactly that shape and dtype, forward alone (what inference runs) and forward
-+ backward (what a train step runs, where the gradient dominates), and the faster of each is
++ backward (what a train step runs, where the gradient dominates), and the fastest of each is
 recorded in `cache_path()`, a JSON file of
 {CPU key: {op key: record}}; later traces, in this process or any other, read it. A CPU key
 names the model and the vector extensions ("AMD EPYC" alone names both a Zen 3 with AVX2 and a
 Zen 4 with AVX-512); an op key names the shapes, dtype and parameters of the op together with the
-jax version and the XLA:CPU flags, which change XLA's kernels, and a digest of cpu_ops' source,
-which changes the forms. In a run of many processes, process 0 alone measures (or reads its
+jax version and the XLA:CPU flags, which change XLA's kernels, and a digest of the forms'
+sources. In a run of many processes, process 0 alone measures (or reads its
 cache) and hands each choice to the others through jax.distributed's key-value store.
 
-Either form gives the same values and gradients (float rounding; tests/test_conv_rewrite.py), so
+Every form gives the same values and gradients (float rounding; tests/test_conv_rewrite.py), so
 the choice changes only speed. Environment:
   CNN_JAX_CACHE_DIR       the cache directory (default $XDG_CACHE_HOME/cnn_jax or ~/.cache/cnn_jax)
   CNN_JAX_CONV_AUTOTUNE=0 no measuring: always the CPU form, the rule before measuring existed
@@ -42,8 +43,10 @@ from cnn_jax.hostenv import cpu_key  # Looked up here at each call: tests stand 
 
 MODE_ENV = "CNN_JAX_CONV_AUTOTUNE"
 CACHE_NAME = "conv_forms.json"
-CHOICES = ("rewrite", "xla")  # The CPU form, XLA's op: the names of `layers.conv_impl`.
-_NAMES = {"rewrite": "CPU form", "xla": "XLA"}
+# The CPU form, XLA's op, oneDNN's conv (float32 convs, where it is built): the names of
+# `layers.conv_impl`.
+CHOICES = ("rewrite", "xla", "onednn")
+_NAMES = {"rewrite": "CPU form", "xla": "XLA", "onednn": "oneDNN"}
 PARTS = ("forward", "gradient")  # Timed: the op alone; the op with its backward.
 DEFAULT = "rewrite"  # Where nothing is measured: the forms won on every CPU measured so far.
 
@@ -51,7 +54,7 @@ DEFAULT = "rewrite"  # Where nothing is measured: the forms won on every CPU mea
 # decides when a form is this many times faster, as XLA's depthwise conv or max pool usually is.
 ROUNDS = 3
 CLEAR_WIN = 1.5
-# XLA's op replaces the CPU form only when it is this much faster alone: within that, timings on
+# Another form replaces the CPU form only when it is this much faster alone: within that, timings on
 # a shared machine are noise, and an isolated timing misses what the forms save around them in a
 # whole step (the transposed gradient copies that 2-D matmul operands avoid).
 MARGIN = 1.1
@@ -82,11 +85,15 @@ def op_key(description: str) -> str:
 
 @functools.cache
 def _forms_version() -> str:
-  """A digest of cpu_ops' source: a choice timed against an earlier CPU form is timed again."""
-  from cnn_jax.models import cpu_ops  # pylint: disable=import-outside-toplevel
+  """A digest of the forms' sources (cpu_ops, and oneDNN's handler and its wrapper): a choice
+  timed against an earlier form is timed again."""
+  from cnn_jax.models import cpu_ops, onednn  # pylint: disable=import-outside-toplevel
 
-  with open(cpu_ops.__file__, "rb") as f:
-    return hashlib.sha256(f.read()).hexdigest()[:12]
+  digest = hashlib.sha256()
+  for path in (cpu_ops.__file__, onednn.__file__, onednn.SOURCE):
+    with open(path, "rb") as f:
+      digest.update(f.read())
+  return digest.hexdigest()[:12]
 
 
 def _load(path: str) -> dict[str, Any]:
@@ -182,7 +189,7 @@ def _clear_win(seconds: Sequence[float]) -> bool:
 
 
 class Choice(NamedTuple):
-  """The form ("rewrite" or "xla") for an op's forward where nothing differentiates it
+  """The form (one of `CHOICES`) for an op's forward where nothing differentiates it
   (inference), and for its forward + backward where something does (training)."""
   forward: str
   gradient: str
@@ -190,8 +197,9 @@ class Choice(NamedTuple):
 
 def choose(description: str, candidates: Mapping[str, Callable[..., jax.Array]],
            operands: Sequence[Any]) -> Choice:
-  """The faster of `candidates` (named "rewrite" and "xla": the CPU form and XLA's op,
-  functions of `operands`), forward alone and with its backward, for this CPU and the op
+  """The fastest of `candidates` (named "rewrite", "xla" and, where it applies, "onednn": the
+  CPU form, XLA's op and oneDNN's conv, functions of `operands`), forward alone and with its
+  backward, for this CPU and the op
   `description` names: from the cache or, the first time, measured (a line on stderr) and
   cached."""
   if not enabled():
@@ -242,25 +250,36 @@ def _read_from_process_0(client: Any, op: str, description: str) -> Choice:
   return Choice(forward, gradient)
 
 
+def _pick(seconds: Mapping[str, Mapping[str, float]], part: str) -> str:
+  """The fastest form for `part`; the CPU form unless another is `MARGIN` times faster."""
+  fastest = min(seconds, key=lambda name: seconds[name][part])
+  if seconds[fastest][part] * MARGIN < seconds[DEFAULT][part]:
+    return fastest
+  return DEFAULT
+
+
 def _measured_or_cached(description: str, candidates: Mapping[str, Callable[..., jax.Array]],
                         avals: Sequence[Any], path: str, cpu: str, key: str) -> Choice:
   record = _load(path).get(cpu, {})
   record = record.get(key) if isinstance(record, dict) else None
-  if not (isinstance(record, dict) and all(record.get(part) in CHOICES for part in PARTS)):
+  # A record is of these candidates: one made where oneDNN could not run is made again where
+  # it can, and one that chose oneDNN is not taken where it cannot.
+  if not (isinstance(record, dict) and all(record.get(part) in candidates for part in PARTS)
+          and all(f"{name}_{part}_s" in record for name in candidates for part in PARTS)):
     start = time.perf_counter()
     seconds = measure(candidates, avals)
-    other = next(name for name in CHOICES if name != DEFAULT)
-    record = {part: other if seconds[other][part] * MARGIN < seconds[DEFAULT][part] else DEFAULT
-              for part in PARTS}
+    record = {part: _pick(seconds, part) for part in PARTS}
     record.update({f"{name}_{part}_s": round(seconds[name][part], 6)
-                   for name in CHOICES for part in PARTS})
+                   for name in candidates for part in PARTS})
     if not _announced:
-      print(f"conv autotune: timing XLA's op against the CPU form for each new conv shape, once "
-            f"for this CPU; cached in {path}", file=sys.stderr, flush=True)
+      print(f"conv autotune: timing the forms of each new conv shape ("
+            f"{', '.join(_NAMES[name] for name in candidates)}), once for this CPU; cached in "
+            f"{path}", file=sys.stderr, flush=True)
       _announced.append(path)
     print(f"  {description}: " + "; ".join(
-        f"{part} CPU form {seconds['rewrite'][part] * 1e3:.1f} ms, XLA "
-        f"{seconds['xla'][part] * 1e3:.1f} ms -> {_NAMES[record[part]]}" for part in PARTS)
-        + f" ({time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True)
+        f"{part} " + ", ".join(f"{_NAMES[name]} {seconds[name][part] * 1e3:.1f} ms"
+                               for name in candidates) + f" -> {_NAMES[record[part]]}"
+        for part in PARTS) + f" ({time.perf_counter() - start:.1f} s)", file=sys.stderr,
+        flush=True)
     _store(path, cpu, key, record)
   return Choice(record["forward"], record["gradient"])

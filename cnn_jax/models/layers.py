@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cnn_jax.models import autotune, cpu_ops
+from cnn_jax.models import autotune, cpu_ops, onednn
 
 Dtype = Any
 Activation = Callable[[jax.Array], jax.Array]
@@ -78,16 +78,17 @@ def trunc_normal(std: float = 0.02) -> nnx.Initializer:
   return nnx.initializers.truncated_normal(stddev=std / _TRUNCATED_UNIT_STD)
 
 
-CONV_IMPLS = ("auto", "xla", "rewrite")
+CONV_IMPLS = ("auto", "xla", "rewrite", "onednn")
 _conv_impl = contextvars.ContextVar("conv_impl", default="auto")
 
 
 @contextlib.contextmanager
 def conv_impl(impl: str) -> Iterator[None]:
   """Within the block, `conv_general_dilated` and `max_pool` trace as `impl`: "xla" (always
-  XLA's op), "rewrite" (the exact CPU forms of `cpu_ops` where an op has one) or "auto" (XLA's op
-  off CPU; on CPU, per op shape, whichever of the two `autotune` measured faster on this CPU
-  model, once, cached).
+  XLA's op), "rewrite" (the exact CPU forms of `cpu_ops` where an op has one), "onednn"
+  (oneDNN's conv for every float32 NHWC conv, `onednn.applies`; the CPU forms for the rest) or
+  "auto" (XLA's op off CPU; on CPU, per op shape, whichever form `autotune` measured fastest on
+  this CPU model, once, cached).
 
   `cnn_jax.summary` traces with "xla" so that MACs are counted from the conv equations."""
   if impl not in CONV_IMPLS:
@@ -101,21 +102,31 @@ def conv_impl(impl: str) -> Iterator[None]:
 
 def _use_cpu_forms() -> bool:
   """Whether the forms of `cpu_ops` (and `computed_once`) may replace XLA's ops: under
-  "rewrite", and under "auto" on CPU (where `_dispatch` then asks the autotune per op)."""
+  "rewrite" and "onednn", and under "auto" on CPU (where `_dispatch` then asks the autotune per
+  op)."""
   impl = _conv_impl.get()
-  return impl == "rewrite" or (impl == "auto" and jax.default_backend() == "cpu")
+  return impl in ("rewrite", "onednn") or (impl == "auto" and jax.default_backend() == "cpu")
 
 
 def _dispatch(description: str, cpu_form: Callable[..., jax.Array],
-              xla_op: Callable[..., jax.Array], *operands: jax.Array) -> jax.Array:
-  """The one rule for an op that has a CPU form: the form under "rewrite", XLA's op under "xla"
-  and off CPU, and under "auto" on CPU the ones `autotune` chose for this CPU model and shape,
-  one for the forward where nothing differentiates the op and one for forward and backward."""
+              xla_op: Callable[..., jax.Array], *operands: jax.Array,
+              onednn_form: Callable[..., jax.Array] | None = None) -> jax.Array:
+  """The one rule for an op that has a CPU form (and, for the convs oneDNN takes, oneDNN's):
+  the CPU form under "rewrite", oneDNN's under "onednn" where given (else the CPU form), XLA's op
+  under "xla" and off CPU, and under "auto" on CPU the ones `autotune` chose for this CPU model
+  and shape, one for the forward where nothing differentiates the op and one for forward and
+  backward."""
   if not _use_cpu_forms():
     return xla_op(*operands)
-  if _conv_impl.get() == "rewrite":
+  impl = _conv_impl.get()
+  if impl == "onednn" and onednn_form is not None:
+    return onednn_form(*operands)
+  if impl in ("rewrite", "onednn"):
     return cpu_form(*operands)
   forms = {"rewrite": cpu_form, "xla": xla_op}
+  # Built (once, on first use) only where it will be timed.
+  if onednn_form is not None and autotune.enabled() and onednn.may_autotune():
+    forms["onednn"] = onednn_form
   choice = autotune.choose(description, forms, operands)
   if choice.forward == choice.gradient:
     return forms[choice.forward](*operands)
@@ -148,7 +159,8 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
   few input channels (a first conv, LeNet's second) with a hand-written input gradient, convs
   larger than their stride (ResNet's strided 3x3) with the input gradient over the input's
   phases, other stride-1 convs (ResNet's 3x3) with the kernel gradient from copies of x and dy
-  made apart.
+  made apart. A float32 conv may take oneDNN's conv instead (`onednn`): under "onednn", and
+  under "auto" where the autotune measured it fastest.
 
   A drop-in for `nnx.Conv(conv_general_dilated=...)`: the parameters and the results are those
   of the XLA conv (equal to float rounding, tested); only the computation differs."""
@@ -174,32 +186,37 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
     strides = tuple(window_strides)
     described = (f"lhs {_shape(lhs)}, kernel {_shape(rhs)}, stride {strides}, padding {pads}, "
                  f"precision {precision}")
+    by_onednn = (
+        (lambda x, w: onednn.conv(x, w, strides[0], tuple(pads), feature_group_count))
+        if pads is not None and strides[0] == strides[1] and onednn.applies(lhs, rhs) else None)
     if (pads is not None and feature_group_count == channels > 1 and rhs.shape[2] == 1
         and rhs.shape[3] == channels and strides == (1, 1)):
       return _dispatch(f"depthwise conv {described}",
                        lambda x, w: cpu_ops.depthwise_by_shifts(x, w, tuple(pads)),
-                       xla_op, lhs, rhs)
+                       xla_op, lhs, rhs, onednn_form=by_onednn)
     if (pads == [(0, 0), (0, 0)] and feature_group_count == 1 and kh == kw
         and strides[0] == strides[1] and (kh == 1 or strides[0] == kh)):
       return _dispatch(f"patch conv {described}",
                        lambda x, w: cpu_ops.patches_by_matmul(x, w, strides[0], precision),
-                       xla_op, lhs, rhs)
+                       xla_op, lhs, rhs, onednn_form=by_onednn)
     if (pads is not None and feature_group_count == 1 and strides[0] == strides[1] > 1
         and min(kh, kw) > strides[0]):
       return _dispatch(f"strided conv {described}",
                        lambda x, w: cpu_ops.strided_conv_by_phases(x, w, strides[0],
                                                                    tuple(pads), precision),
-                       xla_op, lhs, rhs)
+                       xla_op, lhs, rhs, onednn_form=by_onednn)
     if (pads is not None and feature_group_count == 1 and strides == (1, 1)
         and channels <= cpu_ops.FEW_CHANNELS):
       return _dispatch(f"few-channel conv {described}",
                        lambda x, w: cpu_ops.conv_by_taps(x, w, tuple(pads), precision),
-                       xla_op, lhs, rhs)
+                       xla_op, lhs, rhs, onednn_form=by_onednn)
     if pads is not None and feature_group_count == 1 and strides == (1, 1) and kh * kw > 1:
       return _dispatch(f"stride-1 conv {described}",
                        lambda x, w: cpu_ops.conv_with_copied_kernel_gradient(
                            x, w, tuple(pads), precision),
-                       xla_op, lhs, rhs)
+                       xla_op, lhs, rhs, onednn_form=by_onednn)
+    if by_onednn is not None and _conv_impl.get() == "onednn":
+      return by_onednn(lhs, rhs)
   return xla_op(lhs, rhs)
 
 
