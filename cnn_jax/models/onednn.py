@@ -99,10 +99,12 @@ def _register() -> str | None:
   under the same name): None, or why it cannot."""
   try:
     library = ctypes.cdll.LoadLibrary(_library_path())
-  except Unavailable as e:
-    return str(e)
-  except OSError as e:
-    return f"loading the oneDNN handler failed: {e}"
+  except (Unavailable, OSError) as e:
+    reason = (str(e) if isinstance(e, Unavailable)
+              else f"the handler could not be built or loaded: {e}")
+    print(f"onednn: not used ({reason}); the convs take XLA's op or the CPU forms",
+          file=sys.stderr, flush=True)
+    return reason
   jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.CnnJaxOnednnConv),
                               platform="cpu")
   _registered.append(library)
