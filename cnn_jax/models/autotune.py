@@ -15,8 +15,8 @@ jax version and the XLA:CPU flags, which change XLA's kernels, and a digest of t
 sources. In a run of many processes, process 0 alone measures (or reads its
 cache) and hands each choice to the others through jax.distributed's key-value store.
 
-Every form gives the same values and gradients (float rounding; tests/test_conv_rewrite.py), so
-the choice changes only speed. Environment:
+Every form gives the same values and gradients (float rounding; tests/test_conv_rewrite.py and
+tests/test_onednn.py), so the choice changes only speed. Environment:
   CNN_JAX_CACHE_DIR       the cache directory (default $XDG_CACHE_HOME/cnn_jax or ~/.cache/cnn_jax)
   CNN_JAX_CONV_AUTOTUNE=0 no measuring: always the CPU form, the rule before measuring existed
                           (the test suite runs so, for a program that does not depend on timings)
