@@ -4,6 +4,7 @@ no recompilation, preemption (SIGTERM), kill -9 resume, non-finite loss."""
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -311,7 +312,10 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_good_checkpoints(t
                    "--config.schedule.name=constant", "--config.checkpoint.every_steps=1",
                    "--config.total_steps=40", ONE_DEVICE_FLAG)
   assert result.returncode == 1
-  lines = result.stderr.strip().splitlines()
+  # Orbax warns, in its own log format, when a save waited on the one before it for over a
+  # second: with a save every step that depends on the machine's speed, so it is not counted.
+  lines = [line for line in result.stderr.strip().splitlines()
+           if not re.match(r"W\d{4} .*checkpoint_manager\.py.*Waiting for previous save", line)]
   assert len(lines) == 1 and "non-finite training loss at step" in lines[0], result.stderr
   if os.path.exists(tmp_path / "checkpoints"):
     _, params = final_params(str(tmp_path))

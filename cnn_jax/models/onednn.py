@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+
 import jax
 import jax.numpy as jnp
 import numpy as np
