@@ -134,3 +134,27 @@ def test_without_a_compiler_the_build_says_so_in_one_line(monkeypatch, tmp_path)
   with pytest.raises(onednn.Unavailable) as raised:
     onednn._library_path()
   assert str(raised.value) == "no C++ compiler ('no-such-compiler') to build onednn_conv.cc"
+
+
+def test_over_8_devices_with_a_sharded_batch_it_gives_the_values_of_one():
+  # A custom call has no partitioning rule: XLA gathers the batch and runs it whole on each
+  # device. Slower, so `auto` keeps it to one-device processes; the values must still hold.
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+  mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
+  kx, kw = jax.random.split(jax.random.key(0))
+  x = jax.random.normal(kx, (16, 8, 8, 4))
+  w = jax.random.normal(kw, (3, 3, 4, 5))
+
+  def loss(conv, x, w):
+    return jnp.sum(jnp.sin(conv(x, w)))
+
+  want = jax.jit(jax.value_and_grad(
+      lambda x, w: loss(lambda x, w: _xla_conv(x, w, 1, ((1, 1), (1, 1))), x, w), (0, 1)))(x, w)
+  sharded = jax.device_put(x, NamedSharding(mesh, PartitionSpec("data")))
+  got = jax.jit(jax.value_and_grad(
+      lambda x, w: loss(lambda x, w: onednn.conv(x, w, 1, ((1, 1), (1, 1))), x, w), (0, 1)))(
+          sharded, w)
+  assert len(got[1][0].sharding.device_set) == 8
+  for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, r, rtol=0, atol=2e-6 * float(jnp.max(jnp.abs(r))))
