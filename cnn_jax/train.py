@@ -468,8 +468,9 @@ def check_conv_impl(impl: str) -> None:
   if impl == "onednn" and jax.default_backend() != "cpu":
     raise UserError(f"conv_impl onednn runs on CPU only (this run's devices are "
                     f"{jax.default_backend()}); use auto or xla")
-  if impl == "onednn" and onednn.unavailable_reason() is not None:
-    raise UserError(f"conv_impl onednn cannot run here: {onednn.unavailable_reason()}")
+  reason = onednn.unavailable_reason() if impl == "onednn" else None
+  if reason is not None:
+    raise UserError(f"conv_impl onednn cannot run here: {reason}")
 
 
 def check_init_from(config: ml_collections.ConfigDict) -> None:

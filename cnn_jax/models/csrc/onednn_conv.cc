@@ -25,6 +25,7 @@ enum Kind : int64_t { kForward = 0, kInputGradient = 1, kKernelGradient = 2 };
 // A primitive per (kind, shapes, strides, padding), made once: making one generates its kernel.
 struct Plan {
   dnnl::primitive primitive;
+  dnnl::memory::desc x_desc, y_desc;  // NHWC, as XLA lays out x and y (and their gradients).
   dnnl::memory::desc kernel_desc;   // The primitive's kernel layout.
   dnnl::memory::desc hwio_desc;     // The caller's.
   dnnl::memory::desc scratch_desc;
@@ -68,6 +69,8 @@ std::shared_ptr<Plan> MakePlan(int64_t kind, const dims& x_nchw, const dnnl::mem
       engine, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, x_md,
       w_any, y_md, strides, pad_l, pad_r, attr);
   auto plan = std::make_shared<Plan>();
+  plan->x_desc = x_md;
+  plan->y_desc = y_md;
   plan->hwio_desc = w_hwio;
   if (kind == kForward) {
     plan->primitive = dnnl::convolution_forward(forward);
@@ -142,7 +145,7 @@ ffi::Error Convolve(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
       kernel = dnnl::memory(plan->kernel_desc, engine);
       if (kind != kKernelGradient) plan->kernel_reorder.execute(stream, kernel_hwio, kernel);
     }
-    dnnl::memory::desc x_md(x_nchw, dt::f32, tag::nhwc), y_md(y_nchw, dt::f32, tag::nhwc);
+    const auto &x_md = plan->x_desc, &y_md = plan->y_desc;
     if (kind == kForward) {
       dnnl::memory xm(x_md, engine, a.untyped_data()), ym(y_md, engine, out->untyped_data());
       plan->primitive.execute(stream, {{DNNL_ARG_SRC, xm}, {DNNL_ARG_WEIGHTS, kernel},
