@@ -1,0 +1,126 @@
+"""Where a compiled step's time goes on CPU: XLA:CPU's kernels per step, grouped by kind (the
+oneDNN convs' `ffi_call`, YNNPACK's `ynn_fusion`, XLA's own fusions and dots), from a
+`jax.profiler` trace of the step `bench` times (the training loop's own functions).
+
+  python experiments/cpu_speed/kernel_profile.py --model resnet20 --batch_size 128 \\
+      --image_size 32 --num_classes 10
+  python experiments/cpu_speed/kernel_profile.py --model vit_micro_patch8_64 --batch_size 64 \\
+      --image_size 96 --num_classes 2 --model_options '{"in_channels": 1}' --top 30
+
+Prints the step's wall time under the profiler, each kind's time per step summed over XLA's
+worker threads with its share and count, and how much of the custom calls' time ran beside
+another custom call (XLA runs independent kernels at once: two oneDNN calls then share the
+cores). Times under the profiler run above the bench's; the shares are what to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from cnn_jax import hostenv  # noqa: E402
+
+hostenv.set_xla_flags()
+
+import jax  # noqa: E402  (after the XLA flags)
+
+from cnn_jax import bench, train  # noqa: E402
+from cnn_jax.models import layers  # noqa: E402
+
+WORKER_THREAD = "XLAEigen"  # XLA:CPU's intra-op pool, where the kernels run.
+
+
+def kernel_kind(name: str) -> str:
+  """`broadcast_add_fusion.12`, `ffi_call.57`, `cond.29.clone` -> `broadcast_add_fusion`,
+  `ffi_call`, `cond.clone`."""
+  return re.sub(r"\.\d+", "", name)
+
+
+def trace_events(trace_dir: str) -> list[dict]:
+  [path] = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
+  with gzip.open(path) as f:
+    trace = json.load(f)
+  return trace["traceEvents"] if isinstance(trace, dict) else trace
+
+
+def worker_kernels(events: list[dict]) -> list[dict]:
+  """The kernel events on XLA's worker threads (not the executor's own spans)."""
+  names = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
+           if e.get("ph") == "M" and e.get("name") == "thread_name"}
+  return [e for e in events
+          if e.get("ph") == "X" and WORKER_THREAD in names.get((e["pid"], e["tid"]), "")
+          and not e["name"].startswith(("ThunkExecutor", "end: "))]
+
+
+def concurrent_time(spans: list[tuple[float, float, int]]) -> float:
+  """Time (same unit) during which two spans on different threads overlap, each overlap once."""
+  total = 0.0
+  for i, (start, end, thread) in enumerate(spans):
+    for other_start, other_end, other_thread in spans[i + 1:]:
+      if other_start >= end:
+        break
+      if other_thread != thread:
+        total += max(0.0, min(end, other_end) - other_start)
+  return total
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--model", default="resnet20")
+  parser.add_argument("--mode", choices=("train", "infer"), default="train")
+  parser.add_argument("--batch_size", type=int, default=128)
+  parser.add_argument("--image_size", type=int, default=32)
+  parser.add_argument("--num_classes", type=int, default=10)
+  parser.add_argument("--model_options", default="{}", help="JSON, as bench's")
+  parser.add_argument("--conv_impl", default="auto", choices=layers.CONV_IMPLS,
+                      help="as bench's")
+  parser.add_argument("--steps", type=int, default=3, help="steps traced")
+  parser.add_argument("--top", type=int, default=20, help="kinds listed")
+  args = parser.parse_args()
+
+  train.check_conv_impl(args.conv_impl)
+  with layers.conv_impl(args.conv_impl):  # Read when the step is traced.
+    prepared = bench.prepare_jax(args.model, mode=args.mode, batch_size=args.batch_size,
+                                 image_size=args.image_size, num_classes=args.num_classes,
+                                 num_devices=1, model_kwargs=json.loads(args.model_options))
+  for _ in range(2):  # Warm: the first steps make oneDNN's primitives and XLA's buffers.
+    jax.block_until_ready(prepared.run_step())
+  with tempfile.TemporaryDirectory(prefix="kernel_profile_") as trace_dir:
+    start = time.perf_counter()
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+      for _ in range(args.steps):
+        jax.block_until_ready(prepared.run_step())
+    wall_ms = (time.perf_counter() - start) / args.steps * 1e3
+    kernels = worker_kernels(trace_events(trace_dir))
+
+  per_kind: collections.Counter[str] = collections.Counter()
+  count: collections.Counter[str] = collections.Counter()
+  for e in kernels:
+    per_kind[kernel_kind(e["name"])] += e["dur"] / 1e3 / args.steps  # us -> ms per step
+    count[kernel_kind(e["name"])] += 1
+  total = sum(per_kind.values())
+  print(f"{args.model} {args.mode}, batch {args.batch_size}, {args.image_size} px: "
+        f"{wall_ms:.1f} ms a step under the profiler, {total:.1f} ms of kernels on XLA's threads")
+  for kind, ms in per_kind.most_common(args.top):
+    share, calls_a_step = 100 * ms / total, count[kind] // args.steps
+    print(f"  {ms:9.2f} ms {share:5.1f} %  {calls_a_step:5d} a step  {kind}")
+  calls = sorted((e["ts"], e["ts"] + e["dur"], e["tid"]) for e in kernels
+                 if kernel_kind(e["name"]) == "ffi_call")
+  if calls:
+    beside = concurrent_time(calls) / 1e3 / args.steps
+    print(f"custom calls beside another custom call: {beside:.1f} ms a step of "
+          f"{per_kind['ffi_call']:.1f}")
+
+
+if __name__ == "__main__":
+  main()
