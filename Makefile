@@ -8,9 +8,10 @@ CONFIG ?= configs/lenet5_mnist.py
 WORKDIR ?= runs/lenet5_mnist
 # Test workers: two processes on a 2-core machine; override with `make test WORKERS=1`.
 WORKERS ?= 2
-# pytest runs the steps in its own processes: give them the huge pages that cnn_jax's tools set
-# for themselves (cnn_jax/hostenv.py); glibc < 2.35 ignores it.
-HUGEPAGES := GLIBC_TUNABLES=glibc.malloc.hugetlb=1
+# pytest runs the steps in its own processes: give them the malloc settings that cnn_jax's tools
+# set for themselves (hostenv.MALLOC_TUNABLES); glibc < 2.35 ignores the huge-page one.
+MALLOC_TUNABLES := glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=4294967296
+MALLOC := GLIBC_TUNABLES=$(MALLOC_TUNABLES):glibc.malloc.trim_threshold=4294967296
 
 .PHONY: venv venv-cuda train test test-slow test-slurm clean
 
@@ -34,18 +35,18 @@ train: $(STAMP)
 	$(PY) -m cnn_jax.main --config $(CONFIG) --workdir $(WORKDIR)
 
 test: $(STAMP)
-	$(HUGEPAGES) $(PY) -m pytest -n $(WORKERS) --durations=40 tests
+	$(MALLOC) $(PY) -m pytest -n $(WORKERS) --durations=40 tests
 
 # Heavier checks, kept runnable by hand (not part of `make test`).
 test-slow: $(STAMP)
-	$(HUGEPAGES) $(PY) -m pytest -m slow tests
+	$(MALLOC) $(PY) -m pytest -m slow tests
 
 # A real one-node SLURM (Debian's slurm-wlm + munge, installed and started as root by
 # tests/slurm/start.sh) and the tests that submit to it: a sweep as a job array, a 2-task
 # jax.distributed run, a preempted point requeued (docs/clusters.md).
 test-slurm: $(STAMP)
 	bash tests/slurm/start.sh
-	$(HUGEPAGES) $(PY) -m pytest -p no:xdist -m slurm --durations=5 tests/slurm
+	$(MALLOC) $(PY) -m pytest -p no:xdist -m slurm --durations=5 tests/slurm
 
 clean:
 	rm -rf $(VENV) runs

@@ -14,9 +14,9 @@ A tool defines its flags in a function and hands it with its `main(argv)` to `ru
 Flags are defined only when the tool runs, so tests and notebooks can import any number of
 tools side by side. `run` applies the process settings before JAX starts its backend (XLA:CPU
 flags, the persistent compilation cache and tracing without a quadratic for every tool, and a
-re-run with huge pages for the heavy ones; see hostenv.py: importing cnn_jax applies none of
-them), turns a flag or config error and any `UserError` into one `error:` line on stderr with
-exit code 2, and keeps absl's INFO logging quiet unless `--verbosity` is given.
+re-run with glibc's malloc settings for the heavy ones; see hostenv.py: importing cnn_jax
+applies none of them), turns a flag or config error and any `UserError` into one `error:` line
+on stderr with exit code 2, and keeps absl's INFO logging quiet unless `--verbosity` is given.
 """
 
 from __future__ import annotations
@@ -320,10 +320,11 @@ def require_flags(*names: str) -> None:
 # -------------------------------------------------------------------------------- run
 
 def apply_process_settings() -> None:
-  """Huge pages (re-runs a heavy tool's process once), XLA:CPU flags, the persistent
-  compilation cache and tracing without its quadratic, before JAX starts a backend; the
-  opt-outs are CNN_JAX_HUGEPAGES=0, CNN_JAX_XLA_FLAGS=0 and CNN_JAX_COMPILE_CACHE=0."""
-  hostenv.reexec_with_hugepages()
+  """glibc's malloc settings (re-runs a heavy tool's process once; with them, one-device CPU
+  programs run inline), XLA:CPU flags, the persistent compilation cache and tracing without its
+  quadratic, before JAX starts a backend; the opt-outs are CNN_JAX_HUGEPAGES=0,
+  CNN_JAX_XLA_FLAGS=0 and CNN_JAX_COMPILE_CACHE=0."""
+  hostenv.reexec_with_malloc_tunables()
   hostenv.configure_jax()
 
 

@@ -5,12 +5,20 @@ job's process through `configure_jax`; importing cnn_jax changes nothing, so a n
 script decides for itself (call `configure_jax()`, or `set_xla_flags()` alone for the same
 convolutions, before the first JAX computation).
 
-Transparent huge pages for the heap: XLA:CPU allocates every step's temporaries afresh, and with
-the kernel's default `madvise` policy glibc backs them with 4 KiB pages, so a train step spends
-much of its time in page faults on gigabytes of new memory. glibc >= 2.35 asks for huge pages
-when `GLIBC_TUNABLES` holds `glibc.malloc.hugetlb=1`, read only at process start, so the heavy
-tools (`HEAVY_TOOLS`) re-run themselves once with it set. Results are unchanged; only speed.
-`CNN_JAX_HUGEPAGES=0` opts out; a `GLIBC_TUNABLES` that already sets hugetlb is respected.
+glibc's malloc settings (`MALLOC_TUNABLES`): XLA:CPU allocates every step's temporaries afresh,
+hundreds of MB to GBs in one block. With the kernel's default `madvise` policy glibc backs new
+memory with 4 KiB pages, so a step spent much of its time in page faults; `glibc.malloc.hugetlb=1`
+(glibc >= 2.35) asks for huge pages. Even then a block above glibc's mmap threshold is mapped
+afresh and unmapped again every step, and the kernel zeroes its pages each time (10-20 % of a
+CIFAR ResNet's step on 2 cores). The raised mmap and trim thresholds keep such blocks in the
+heap for the next step, but only the main thread's heap can hold them (another thread's arena
+is at most 64 MB, and glibc maps the rest anyway); so where these settings hold, `configure_jax`
+also runs a one-device CPU program inline, on the calling thread, instead of on XLA's
+dispatch thread (`cpu_runs_inline`). XLA:CPU's kernels still run on its own threads.
+`GLIBC_TUNABLES` is read only at process start, so the heavy tools (`HEAVY_TOOLS`) re-run
+themselves once with these settings. Results are unchanged; only speed and memory (the heap
+keeps what a step freed, for the next). `CNN_JAX_HUGEPAGES=0` opts out; a tunable that
+`GLIBC_TUNABLES` already names keeps its value.
 
 XLA:CPU flags (`XLA_CPU_FLAGS`), added to `XLA_FLAGS`: convolutions by XLA's own kernels rather
 than YNNPACK's, faster on every model measured and no change to results beyond float rounding.
@@ -52,7 +60,9 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 
-HUGEPAGE_TUNABLE = "glibc.malloc.hugetlb=1"
+# Huge pages for the heap; blocks up to 4 GiB kept in the heap, and kept when freed.
+MALLOC_TUNABLES = ("glibc.malloc.hugetlb=1", "glibc.malloc.mmap_threshold=4294967296",
+                   "glibc.malloc.trim_threshold=4294967296")
 # `python -m cnn_jax.<tool>` launches that run compiled steps, or start processes that do and
 # inherit this environment (launch's SLURM jobs, sweep's points). Light tools (convert, summary)
 # would only pay the re-run.
@@ -124,39 +134,65 @@ def _launched_tool(argv: Sequence[str]) -> str | None:
   return None
 
 
-def hugepage_env(argv: Sequence[str], environ: Mapping[str, str],
-                 libc: tuple[str, str]) -> dict[str, str] | None:
-  """The environment to re-run `argv` with, or None when this process should just go on."""
+def _tunable_names(tunables: str) -> set[str]:
+  return {item.split("=", 1)[0] for item in tunables.split(":") if item}
+
+
+def malloc_env(argv: Sequence[str], environ: Mapping[str, str],
+               libc: tuple[str, str]) -> dict[str, str] | None:
+  """The environment to re-run `argv` with (`MALLOC_TUNABLES` added to `GLIBC_TUNABLES`, but
+  those it names already), or None when this process should just go on."""
   if _launched_tool(argv) not in HEAVY_TOOLS or environ.get("CNN_JAX_HUGEPAGES") == "0":
     return None
   name, version = libc
   if name != "glibc" or tuple(int(p) for p in version.split(".")[:2]) < (2, 35):
     return None
   tunables = environ.get("GLIBC_TUNABLES", "")
-  if "glibc.malloc.hugetlb=" in tunables:
+  named = _tunable_names(tunables)
+  missing = [t for t in MALLOC_TUNABLES if t.split("=", 1)[0] not in named]
+  if not missing:
     return None
   env = dict(environ)
-  env["GLIBC_TUNABLES"] = f"{tunables}:{HUGEPAGE_TUNABLE}" if tunables else HUGEPAGE_TUNABLE
+  env["GLIBC_TUNABLES"] = ":".join([tunables, *missing] if tunables else missing)
   return env
+
+
+def cpu_runs_inline(environ: Mapping[str, str]) -> bool:
+  """Whether a one-device CPU program should run on the calling thread: where this process's
+  heap keeps a step's temporaries (`MALLOC_TUNABLES`' thresholds in `GLIBC_TUNABLES`), which
+  only the main thread's heap can."""
+  present = set(environ.get("GLIBC_TUNABLES", "").split(":"))
+  return all(t in present for t in MALLOC_TUNABLES[1:])
 
 
 def configure_jax() -> None:
   """The settings of this process's JAX, before its backend starts: the XLA:CPU flags, the
-  compilation cache and tracing without its quadratic (for a tool, and for a SLURM job's
-  process, which no tool started)."""
+  compilation cache, tracing without its quadratic and, under `MALLOC_TUNABLES`, one-device
+  CPU programs run inline (for a tool, and for a SLURM job's process, which no tool started)."""
   set_xla_flags()
   use_compilation_cache()
   cheap_tracer_sharding_probe()
+  run_cpu_inline_if_the_heap_keeps_temporaries()
 
 
-def reexec_with_hugepages() -> None:
-  """Replaces this process with the same command under huge pages, when `hugepage_env` says so.
+def run_cpu_inline_if_the_heap_keeps_temporaries() -> None:
+  """`jax_cpu_enable_async_dispatch` off where `cpu_runs_inline`: results are the same, the
+  step's temporaries come from the main thread's heap (module docstring)."""
+  if cpu_runs_inline(os.environ):
+    import jax  # pylint: disable=import-outside-toplevel
+
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
+
+
+def reexec_with_malloc_tunables() -> None:
+  """Replaces this process with the same command under `MALLOC_TUNABLES`, when `malloc_env`
+  says so.
 
   Called by `cli.run` before the tool's flags are parsed (and so before any JAX backend)."""
   if not sys.platform.startswith("linux"):
     return
   argv = list(getattr(sys, "orig_argv", []))
-  env = hugepage_env(argv, os.environ, platform.libc_ver())
+  env = malloc_env(argv, os.environ, platform.libc_ver())
   if env is not None and argv:
     sys.stdout.flush()
     sys.stderr.flush()

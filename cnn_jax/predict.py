@@ -34,9 +34,9 @@ from typing import Any
 from cnn_jax import hostenv
 
 if __name__ == "__main__":
-  # cli.run's huge-page re-run starts the process afresh: before the imports below, so that
+  # cli.run's malloc-settings re-run starts the process afresh: before the imports below, so that
   # JAX and the models are not imported twice (seconds of CPU per call).
-  hostenv.reexec_with_hugepages()
+  hostenv.reexec_with_malloc_tunables()
 
 # pylint: disable=wrong-import-position
 import jax

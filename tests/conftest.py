@@ -27,6 +27,7 @@ hostenv.set_xla_flags()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("CNN_JAX_CONV_AUTOTUNE", "0")  # autotune.MODE_ENV (not imported: no jax yet)
 hostenv.cheap_tracer_sharding_probe()  # Imports JAX: after the environment it reads.
+hostenv.run_cpu_inline_if_the_heap_keeps_temporaries()  # As the tools' processes (make test).
 
 
 def pytest_configure(config):

@@ -1,6 +1,7 @@
 """The process settings of hostenv: the heavy command-line tools re-run themselves once with
-glibc's huge-page tunable, every tool adds the XLA:CPU flags and uses a persistent compilation
-cache of its CPU model, and importing cnn_jax does none of it."""
+glibc's malloc tunables (and then run one-device CPU programs inline), every tool adds the
+XLA:CPU flags and uses a persistent compilation cache of its CPU model, and importing cnn_jax
+does none of it."""
 
 import json
 import os
@@ -18,21 +19,39 @@ MAIN = ["python", "-m", "cnn_jax.main", "--config", "configs/lenet5_digits.py"]
 GLIBC = ("glibc", "2.36")
 
 
-def test_heavy_tools_get_the_tunable_once_and_keep_other_tunables():
-  env = hostenv.hugepage_env(MAIN, {"PATH": "/bin"}, GLIBC)
-  assert env == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
-  env = hostenv.hugepage_env(MAIN, {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, GLIBC)
-  assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
-  # Already set (the re-run itself, or the user's own choice): no second re-run.
-  assert hostenv.hugepage_env(MAIN, env, GLIBC) is None
-  assert hostenv.hugepage_env(MAIN, {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, GLIBC) is None
+OURS = ":".join(hostenv.MALLOC_TUNABLES)
+
+
+def test_heavy_tools_get_the_tunables_once_and_keep_other_tunables():
+  assert hostenv.MALLOC_TUNABLES[0] == "glibc.malloc.hugetlb=1"
+  env = hostenv.malloc_env(MAIN, {"PATH": "/bin"}, GLIBC)
+  assert env == {"PATH": "/bin", "GLIBC_TUNABLES": OURS}
+  env = hostenv.malloc_env(MAIN, {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, GLIBC)
+  assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:" + OURS
+  # Already set (the re-run itself): no second re-run.
+  assert hostenv.malloc_env(MAIN, env, GLIBC) is None
+  # A tunable the user names keeps the user's value; the others are added.
+  env = hostenv.malloc_env(MAIN, {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, GLIBC)
+  assert env["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=0:" + ":".join(
+      hostenv.MALLOC_TUNABLES[1:])
+  assert hostenv.malloc_env(MAIN, env, GLIBC) is None
+
+
+def test_cpu_programs_run_inline_only_where_the_heap_keeps_their_temporaries():
+  assert hostenv.cpu_runs_inline({"GLIBC_TUNABLES": OURS})
+  assert hostenv.cpu_runs_inline({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2:" + OURS})
+  assert not hostenv.cpu_runs_inline({})
+  assert not hostenv.cpu_runs_inline({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"})
+  # The thresholds of the user's own: whether the heap keeps 4 GiB blocks is not known.
+  assert not hostenv.cpu_runs_inline(
+      {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=65536"})
 
 
 @pytest.mark.parametrize("tool", ["cnn_jax.main", "cnn_jax.sweep", "cnn_jax.launch",
                                   "cnn_jax.predict", "cnn_jax.erf", "cnn_jax.bench"])
 def test_tools_that_run_compiled_steps_or_start_processes_that_do_are_heavy(tool):
-  env = hostenv.hugepage_env(["python", "-m", tool], {}, GLIBC)
-  assert env == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+  env = hostenv.malloc_env(["python", "-m", tool], {}, GLIBC)
+  assert env == {"GLIBC_TUNABLES": OURS}
 
 
 @pytest.mark.parametrize("argv,environ,libc", [
@@ -45,12 +64,12 @@ def test_tools_that_run_compiled_steps_or_start_processes_that_do_are_heavy(tool
     (MAIN, {}, ("", "")),                                                   # musl, macOS
 ])
 def test_no_rerun_where_it_does_not_apply(argv, environ, libc):
-  assert hostenv.hugepage_env(argv, environ, libc) is None
+  assert hostenv.malloc_env(argv, environ, libc) is None
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux")
                     or platform.libc_ver()[0] != "glibc", reason="glibc only")
-def test_main_runs_with_the_tunable(tmp_path):
+def test_main_runs_with_the_tunables(tmp_path):
   # The config file runs inside the launched process: it records the environment it sees.
   record = tmp_path / "tunables.txt"
   config = tmp_path / "probe.py"
@@ -63,7 +82,7 @@ def test_main_runs_with_the_tunable(tmp_path):
   result = subprocess.run([sys.executable, "-m", "cnn_jax.main", f"--config={config}",
                            f"--workdir={tmp_path / 'w'}"], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=HANG_TIMEOUT)
-  assert record.read_text() == "glibc.malloc.hugetlb=1", result.stderr[-2000:]
+  assert record.read_text() == OURS, result.stderr[-2000:]
 
 
 def test_xla_cpu_flags_are_added_once_and_a_users_own_value_wins():
@@ -122,6 +141,7 @@ compiled = jax.jit(conv).lower(x, w).compile()
 ynn = '__ynn_fusion' in compiled.as_text()
 probe = {'ynn': ynn, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
          'tunables': os.environ.get('GLIBC_TUNABLES', ''),
+         'cpu_async_dispatch': jax.config.read('jax_cpu_enable_async_dispatch'),
          'compilation_cache_dir': jax.config.jax_compilation_cache_dir,
          'cache_hit': '/jax/compilation_cache/cache_hits' in events,
          'cheap_sharding_probe': '_origin_msg' not in core.Tracer.sharding.fget.__code__.co_names}
@@ -161,6 +181,8 @@ def test_a_tool_gives_convolutions_to_xlas_own_kernels_and_caches_its_compiles(t
   assert not probe["ynn"] and probe["xla_flags"] == " ".join(
       f"{name}={value}" for name, value in hostenv.XLA_CPU_FLAGS.items())
   assert probe["cheap_sharding_probe"]
+  # Re-run with the malloc settings, under which one-device CPU programs run inline.
+  assert probe["tunables"] == OURS and not probe["cpu_async_dispatch"]
   directory = hostenv.compilation_cache_dir(MAIN, cache, hostenv.cpu_key())
   assert probe["compilation_cache_dir"] == directory and not probe["cache_hit"]
   assert any(name.endswith("-cache") for name in os.listdir(directory))
@@ -168,8 +190,10 @@ def test_a_tool_gives_convolutions_to_xlas_own_kernels_and_caches_its_compiles(t
   assert _probe_tool(tmp_path / "again", cache)["cache_hit"]
   # The opt-outs, and the control: without the flag XLA:CPU hands this conv to YNNPACK.
   opted_out = _probe_tool(tmp_path / "opt_out", {**cache, "CNN_JAX_XLA_FLAGS": "0",
-                                                 "CNN_JAX_COMPILE_CACHE": "0"})
+                                                 "CNN_JAX_COMPILE_CACHE": "0",
+                                                 "CNN_JAX_HUGEPAGES": "0"})
   assert opted_out["ynn"] and opted_out["xla_flags"] == ""
+  assert opted_out["tunables"] == "" and opted_out["cpu_async_dispatch"]
   assert opted_out["compilation_cache_dir"] is None and not opted_out["cache_hit"]
 
 
@@ -183,8 +207,9 @@ def test_importing_cnn_jax_sets_nothing_and_re_runs_nothing():
                           capture_output=True, text=True, timeout=HANG_TIMEOUT)
   assert result.returncode == 0, result.stderr[-2000:]
   probe = json.loads(result.stdout.strip().splitlines()[-1])
-  assert probe == {"ynn": True, "xla_flags": "", "tunables": "", "compilation_cache_dir": None,
-                   "cache_hit": False, "cheap_sharding_probe": False}
+  assert probe == {"ynn": True, "xla_flags": "", "tunables": "", "cpu_async_dispatch": True,
+                   "compilation_cache_dir": None, "cache_hit": False,
+                   "cheap_sharding_probe": False}
 
 
 def test_building_a_model_under_a_trace_no_longer_walks_the_trace_per_parameter(monkeypatch):

@@ -10,7 +10,8 @@ oneDNN convs' `ffi_call`, YNNPACK's `ynn_fusion`, XLA's own fusions and dots), f
 Prints the step's wall time under the profiler, each kind's time per step summed over XLA's
 worker threads with its share and count, and how much of the custom calls' time ran beside
 another custom call (XLA runs independent kernels at once: two oneDNN calls then share the
-cores). Times under the profiler run above the bench's; the shares are what to read.
+cores). Times under the profiler run above the bench's; the shares are what to read. Run it
+with `GLIBC_TUNABLES` holding `hostenv.MALLOC_TUNABLES`, as `bench` runs itself.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from cnn_jax import hostenv  # noqa: E402
 
 hostenv.set_xla_flags()
+hostenv.run_cpu_inline_if_the_heap_keeps_temporaries()  # As bench, under its malloc settings.
 
 import jax  # noqa: E402  (after the XLA flags)
 

@@ -16,7 +16,8 @@ What a real `main` run adds beyond `loop` (evals, the checkpoint saves, logging,
 steps after compilation) is `overhead.py`'s run against its bare step. Wall and process CPU
 time per step (all threads), median and minimum over the rounds; the rounds alternate in
 order and reverse order, so slow drift of the machine falls on every part alike. Run it with
-GLIBC_TUNABLES=glibc.malloc.hugetlb=1, as `main` and `bench` run themselves.
+`GLIBC_TUNABLES` holding `hostenv.MALLOC_TUNABLES` (as `make test` sets it), as `main` and
+`bench` run themselves; the script then runs the step inline as they do.
 """
 
 from __future__ import annotations
