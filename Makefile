@@ -9,9 +9,10 @@ WORKDIR ?= runs/lenet5_mnist
 # Test workers: two processes on a 2-core machine; override with `make test WORKERS=1`.
 WORKERS ?= 2
 # pytest runs the steps in its own processes: give them the malloc settings that cnn_jax's tools
-# set for themselves (hostenv.MALLOC_TUNABLES); glibc < 2.35 ignores the huge-page one.
-MALLOC_TUNABLES := glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=4294967296
-MALLOC := GLIBC_TUNABLES=$(MALLOC_TUNABLES):glibc.malloc.trim_threshold=4294967296
+# set for themselves (hostenv.MALLOC_TUNABLES, read when a recipe runs, after the venv is made);
+# glibc < 2.35 ignores the huge-page one.
+TUNABLES = $(shell $(PY) -c 'import cnn_jax.hostenv as h; print(":".join(h.MALLOC_TUNABLES))')
+MALLOC = GLIBC_TUNABLES=$(TUNABLES)
 
 .PHONY: venv venv-cuda train test test-slow test-slurm clean
 
