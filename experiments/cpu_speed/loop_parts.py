@@ -41,45 +41,31 @@ hostenv.configure_jax()  # As a tool's process: XLA:CPU flags, compilation cache
 
 import jax  # noqa: E402  (after the XLA flags)
 
-from cnn_jax import checkpoint, cli, data, metrics, parallel, train  # noqa: E402
+from cnn_jax import bench, checkpoint, cli, metrics  # noqa: E402
 
 PARTS = ("fixed", "fed", "loop")
 
 
 def build_parts(config: Any, workdir: str) -> dict[str, Callable[[int], Any]]:
-  """Each part as `run(steps)`, the state carried from one call to the next."""
-  task = train.CLASSIFICATION
-  mesh = parallel.create_mesh(config)
-  train_batches, _, info = data.create_datasets(config)
-  _, schedule = train.run_schedule(config, train_batches.steps_per_epoch)
-  model = task.build_model(config)
-  graphdef, _, params, model_state = train.split_model(model)
-  tx = train.build_optimizer(config, schedule, model, params)
-  state = train.create_train_state(config, params, model_state, tx)
-  shardings = parallel.state_sharding(state, mesh, config.mesh.strategy,
-                                      config.mesh.fsdp_min_size)
-  state = parallel.put_state(state, shardings)
-  step_fn = train.jit_train_step(task, config, info, mesh, graphdef, tx, schedule, shardings)
-  fixed = parallel.shard_batch(train_batches.batch(0), mesh)
-  batches = data.prefetch_to_device(train_batches.iterate(0),
-                                    functools.partial(parallel.shard_batch, mesh=mesh),
-                                    config.data.prefetch_to_device)
+  """Each part as `run(steps)`, on `bench`'s build of the config's step (the loop's functions,
+  the state carried from one call to the next)."""
+  feed = bench.prepare_jax(config.model.name, config=config, with_data=True).feed
   ckpt = checkpoint.Checkpointer(workdir, config)
-  carried = {"leaves": jax.tree.leaves(state), "step": 0}
+  unit = {"fixed": feed.step_alone, "fed": feed.step_with_data, "loop": feed.step_with_data}
+  done = {"steps": 0}
 
   def run(part: str, steps: int) -> Any:
     window = []
     for _ in range(steps):
-      batch = fixed if part == "fixed" else next(batches)
-      carried["leaves"], step_metrics = step_fn(carried["leaves"], batch)
-      carried["step"] += 1
+      step_metrics = unit[part]()
+      done["steps"] += 1
       if part == "loop":
         window.append(step_metrics)
-        if carried["step"] % config.log_every_steps == 0:
+        if done["steps"] % config.log_every_steps == 0:
           metrics.window_means(window)
           window = []
-        ckpt.is_due(carried["step"])
-    return jax.block_until_ready(carried["leaves"])
+        ckpt.is_due(done["steps"])
+    return jax.block_until_ready(step_metrics)  # The step's outputs: ready when it has run.
 
   return {part: functools.partial(run, part) for part in PARTS}
 
