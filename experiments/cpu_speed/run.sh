@@ -5,8 +5,8 @@
 #    and inference) -> MODEL.json;
 #  - each framework alone, back-to-back steps as a training loop runs them: cnn_jax with its CPU
 #    conv forms (conv_impl auto) and with XLA's convs (conv_impl xla), in separate processes,
-#    two rounds -> alone_MODEL_{auto,xla}_ROUND.json; without huge pages (CNN_JAX_HUGEPAGES=0)
-#    -> alone_MODEL_auto_hugepages0.json; PyTorch -> torch_alone_MODEL.json.
+#    two rounds -> alone_MODEL_{auto,xla}_ROUND.json; without the malloc settings
+#    (CNN_JAX_HUGEPAGES=0) -> alone_MODEL_auto_hugepages0.json; PyTorch -> torch_alone_MODEL.json.
 #   TORCH_PY=/path/to/python-with-torch-and-timm bash experiments/cpu_speed/run.sh [OUT]
 # Run it on a quiet machine (~20 min): other jobs shift both frameworks' step times.
 set -euo pipefail

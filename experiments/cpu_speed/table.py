@@ -52,7 +52,7 @@ def paired_table(out: str) -> list[str]:
 
 def alone_table(out: str) -> list[str]:
   lines = ["| model, batch 32 | cnn_jax (conv_impl auto) | cnn_jax (conv_impl xla) | "
-           "auto vs xla | auto without huge pages | XLA memory auto / xla | PyTorch | "
+           "auto vs xla | auto without the malloc settings | XLA memory auto / xla | PyTorch | "
            "PyTorch / cnn_jax |",
            "|---|---|---|---|---|---|---|---|"]
   for name, label in MODELS:
