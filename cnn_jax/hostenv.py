@@ -18,7 +18,11 @@ dispatch thread (`cpu_runs_inline`). XLA:CPU's kernels still run on its own thre
 `GLIBC_TUNABLES` is read only at process start, so the heavy tools (`HEAVY_TOOLS`) re-run
 themselves once with these settings. Results are unchanged; only speed and memory (the heap
 keeps what a step freed, for the next). `CNN_JAX_HUGEPAGES=0` opts out; a tunable that
-`GLIBC_TUNABLES` already names keeps its value.
+`GLIBC_TUNABLES` already names keeps its value. A process whose JAX will run on a GPU or TPU
+(`runs_on_accelerator`) gets none of them: its steps' temporaries are in the accelerator's
+memory, and a heap that keeps up to 4 GiB freed would only grow its host side (the input
+pipeline's batches), unmeasured; so a SLURM job given GPUs starts without them too
+(`without_malloc_tunables`, used by launch and sweep).
 
 XLA:CPU flags (`XLA_CPU_FLAGS`), added to `XLA_FLAGS`: convolutions by XLA's own kernels rather
 than YNNPACK's, faster on every model measured and no change to results beyond float rounding.
@@ -54,11 +58,12 @@ left alone.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import platform
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 # Huge pages for the heap; blocks up to 4 GiB kept in the heap, and kept when freed.
 MALLOC_TUNABLES = ("glibc.malloc.hugetlb=1", "glibc.malloc.mmap_threshold=4294967296",
@@ -68,6 +73,14 @@ MALLOC_TUNABLES = ("glibc.malloc.hugetlb=1", "glibc.malloc.mmap_threshold=429496
 # would only pay the re-run.
 HEAVY_TOOLS = ("cnn_jax.main", "cnn_jax.sweep", "cnn_jax.launch", "cnn_jax.bench",
                "cnn_jax.erf", "cnn_jax.predict", "cnn_jax.data_bench")
+
+# Where JAX_PLATFORMS is unset, JAX's default backend is an accelerator whose plugin is installed
+# and whose device is present: (plugin module, device files).
+ACCELERATOR_PLUGINS = (
+    ("jax_cuda12_plugin", ("/dev/nvidiactl",)),
+    ("jax_cuda13_plugin", ("/dev/nvidiactl",)),
+    ("libtpu", ("/dev/accel0", "/dev/vfio/0")),
+)
 
 CACHE_ENV = "CNN_JAX_CACHE_DIR"
 COMPILE_CACHE_ENV = "CNN_JAX_COMPILE_CACHE"
@@ -138,11 +151,34 @@ def _tunable_names(tunables: str) -> set[str]:
   return {item.split("=", 1)[0] for item in tunables.split(":") if item}
 
 
+def runs_on_accelerator(environ: Mapping[str, str],
+                        find_spec: Callable[[str], object] = importlib.util.find_spec,
+                        exists: Callable[[str], bool] = os.path.exists) -> bool:
+  """Whether JAX's default backend in a process with `environ` will be a GPU or TPU: the first
+  platform `JAX_PLATFORMS` names or, where it is unset, one of `ACCELERATOR_PLUGINS` installed
+  with its device present. Read before JAX starts, so it does not import JAX."""
+  platforms = [p.strip().lower() for p in environ.get("JAX_PLATFORMS", "").split(",")
+               if p.strip()]
+  if platforms:
+    return platforms[0] != "cpu"
+  for module, devices in ACCELERATOR_PLUGINS:
+    try:
+      installed = find_spec(module) is not None
+    except (ImportError, ValueError):
+      installed = False
+    if installed and any(exists(device) for device in devices):
+      return True
+  return False
+
+
 def malloc_env(argv: Sequence[str], environ: Mapping[str, str],
                libc: tuple[str, str]) -> dict[str, str] | None:
   """The environment to re-run `argv` with (`MALLOC_TUNABLES` added to `GLIBC_TUNABLES`, but
-  those it names already), or None when this process should just go on."""
+  those it names already), or None when this process should just go on (not a heavy tool,
+  opted out, no such glibc, or JAX will run on an accelerator)."""
   if _launched_tool(argv) not in HEAVY_TOOLS or environ.get("CNN_JAX_HUGEPAGES") == "0":
+    return None
+  if runs_on_accelerator(environ):
     return None
   name, version = libc
   if name != "glibc" or tuple(int(p) for p in version.split(".")[:2]) < (2, 35):
@@ -155,6 +191,12 @@ def malloc_env(argv: Sequence[str], environ: Mapping[str, str],
   env = dict(environ)
   env["GLIBC_TUNABLES"] = ":".join([tunables, *missing] if tunables else missing)
   return env
+
+
+def without_malloc_tunables(tunables: str) -> str:
+  """`GLIBC_TUNABLES`' value without the entries `malloc_env` adds (a job given GPUs, started
+  from a tool that runs on the CPU, e.g. launch on a login node); the user's own are kept."""
+  return ":".join(t for t in tunables.split(":") if t and t not in MALLOC_TUNABLES)
 
 
 def cpu_runs_inline(environ: Mapping[str, str]) -> bool:

@@ -43,7 +43,7 @@ import ml_collections
 import submitit
 from absl import flags
 
-from cnn_jax import cli
+from cnn_jax import cli, hostenv
 from cnn_jax.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -135,6 +135,11 @@ def executor_parameters(slurm: ml_collections.ConfigDict, *, job_name: str, node
              *[line.strip() for line in slurm.setup.split(";") if line.strip()]])
   if gpus_per_node:
     params["gpus_per_node"] = gpus_per_node
+    # This tool may run on a CPU-only login node, under the malloc settings it gave itself;
+    # the job's processes run on GPUs, where those settings are left out (hostenv).
+    tunables = hostenv.without_malloc_tunables(os.environ.get("GLIBC_TUNABLES", ""))
+    params["setup"].append(f"export GLIBC_TUNABLES={shlex.quote(tunables)}" if tunables
+                           else "unset GLIBC_TUNABLES")
   if array_parallelism:
     params["array_parallelism"] = array_parallelism
   for key in ("partition", "account", "qos", "constraint"):
@@ -295,7 +300,6 @@ class TrainJob(submitit.helpers.Checkpointable):
     return "finished" if finished else "interrupted"
 
   def __call__(self) -> str:
-    from cnn_jax import hostenv
     hostenv.configure_jax()  # Before JAX starts a backend, as the tools do.
     # SLURM's time-limit warning (submitit's SIGUSR2) takes the loop's preemption path.
     signal.signal(signal.SIGUSR2, _forward_to_sigterm)

@@ -37,6 +37,37 @@ def test_heavy_tools_get_the_tunables_once_and_keep_other_tunables():
   assert hostenv.malloc_env(MAIN, env, GLIBC) is None
 
 
+@pytest.mark.parametrize("environ,installed,devices,expected", [
+    ({"JAX_PLATFORMS": "cpu"}, {"jax_cuda12_plugin"}, {"/dev/nvidiactl"}, False),
+    ({"JAX_PLATFORMS": "cuda,cpu"}, set(), set(), True),        # the first platform named
+    ({"JAX_PLATFORMS": " CPU , cuda"}, set(), set(), False),
+    ({"JAX_PLATFORMS": "tpu"}, set(), set(), True),
+    ({}, {"jax_cuda12_plugin"}, {"/dev/nvidiactl"}, True),     # unset: plugin and device
+    ({"JAX_PLATFORMS": ""}, {"jax_cuda13_plugin"}, {"/dev/nvidiactl"}, True),
+    ({}, {"libtpu"}, {"/dev/vfio/0"}, True),
+    ({}, {"jax_cuda12_plugin"}, set(), False),                 # a GPU venv on a CPU login node
+    ({}, set(), {"/dev/nvidiactl"}, False),                    # a GPU, but the CPU-only venv
+    ({}, {"libtpu"}, {"/dev/nvidiactl"}, False),
+])
+def test_a_process_runs_on_an_accelerator_by_jax_platforms_or_an_installed_plugin_and_device(
+    environ, installed, devices, expected):
+  assert hostenv.runs_on_accelerator(
+      environ, find_spec=lambda m: object() if m in installed else None,
+      exists=devices.__contains__) == expected
+
+
+def test_no_malloc_settings_where_jax_runs_on_an_accelerator_nor_in_a_gpu_job():
+  assert hostenv.malloc_env(MAIN, {"JAX_PLATFORMS": "cuda"}, GLIBC) is None
+  assert hostenv.malloc_env(MAIN, {"JAX_PLATFORMS": "cpu"}, GLIBC) == {
+      "JAX_PLATFORMS": "cpu", "GLIBC_TUNABLES": OURS}
+  # What a GPU job is started with, from a tool that added them: the user's own only.
+  assert hostenv.without_malloc_tunables(OURS) == ""
+  assert hostenv.without_malloc_tunables(
+      "glibc.malloc.arena_max=2:" + OURS) == "glibc.malloc.arena_max=2"
+  assert hostenv.without_malloc_tunables(
+      "glibc.malloc.hugetlb=0:" + ":".join(hostenv.MALLOC_TUNABLES[1:])) == "glibc.malloc.hugetlb=0"
+
+
 def test_cpu_programs_run_inline_only_where_the_heap_keeps_their_temporaries():
   assert hostenv.cpu_runs_inline({"GLIBC_TUNABLES": OURS})
   assert hostenv.cpu_runs_inline({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2:" + OURS})
@@ -69,7 +100,8 @@ def test_no_rerun_where_it_does_not_apply(argv, environ, libc):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux")
                     or platform.libc_ver()[0] != "glibc", reason="glibc only")
-def test_main_runs_with_the_tunables(tmp_path):
+@pytest.mark.parametrize("platforms,expected", [("cpu", OURS), ("cuda", "")])
+def test_main_runs_with_the_tunables_on_the_cpu_only(tmp_path, platforms, expected):
   # The config file runs inside the launched process: it records the environment it sees.
   record = tmp_path / "tunables.txt"
   config = tmp_path / "probe.py"
@@ -79,10 +111,12 @@ def test_main_runs_with_the_tunables(tmp_path):
       f"  open({str(record)!r}, 'w').write(os.environ.get('GLIBC_TUNABLES', ''))\n"
       "  raise SystemExit(3)\n")
   env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "CNN_JAX_HUGEPAGES")}
+  # The config is read before JAX starts a backend, so no GPU is needed to see what it gets.
+  env["JAX_PLATFORMS"] = platforms
   result = subprocess.run([sys.executable, "-m", "cnn_jax.main", f"--config={config}",
                            f"--workdir={tmp_path / 'w'}"], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=HANG_TIMEOUT)
-  assert record.read_text() == OURS, result.stderr[-2000:]
+  assert record.read_text() == expected, result.stderr[-2000:]
 
 
 def test_xla_cpu_flags_are_added_once_and_a_users_own_value_wins():

@@ -16,7 +16,7 @@ import stat
 
 import pytest
 
-from cnn_jax import launch, sweep
+from cnn_jax import hostenv, launch, sweep
 from cnn_jax.errors import UserError
 from helpers import REPO_ROOT, TINY_SWEEP_OVERRIDES, make_sweep, run_cli, write_sweep_file
 
@@ -59,12 +59,21 @@ def _slurm(**fields):
   return config
 
 
+def _job_tunables_line(users: str) -> str:
+  kept = hostenv.without_malloc_tunables(users)
+  return f"export GLIBC_TUNABLES={kept}" if kept else "unset GLIBC_TUNABLES"
+
+
 def _three_points():
   return make_sweep(grid=[("optimizer.learning_rate", (0.001, 0.003, 0.01))])
 
 
-def test_sweep_on_slurm_is_one_job_array_with_the_asked_parameters(tmp_path, fake_slurm):
+def test_sweep_on_slurm_is_one_job_array_with_the_asked_parameters(tmp_path, fake_slurm,
+                                                                  monkeypatch):
   workdir = tmp_path / "sweep"
+  # The sweep's own process under cnn_jax's malloc settings and one of the user's.
+  monkeypatch.setenv("GLIBC_TUNABLES",
+                     ":".join(["glibc.malloc.arena_max=2", *hostenv.MALLOC_TUNABLES]))
   sweep.run_sweep(_three_points(), str(workdir), launcher="slurm",
                   slurm=_slurm(partition="gpu", time="1:30:00", gpus_per_node=8,
                                max_parallel=2, cpus_per_task=10, setup="module load cuda"))
@@ -74,8 +83,12 @@ def test_sweep_on_slurm_is_one_job_array_with_the_asked_parameters(tmp_path, fak
                    "#SBATCH --gpus-per-node=8", "#SBATCH --ntasks-per-node=1",
                    "#SBATCH --nodes=1", "#SBATCH --cpus-per-task=10",
                    "#SBATCH --signal=USR2@90", "#SBATCH --job-name=cnn_jax:test", "module load cuda",
-                   f"export PYTHONPATH={REPO_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"):
+                   f"export PYTHONPATH={REPO_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}",
+                   # GPU jobs start without cnn_jax's malloc settings (hostenv), the user's kept.
+                   "export GLIBC_TUNABLES=glibc.malloc.arena_max=2"):
     assert any(line.startswith(expected) for line in lines), (expected, script)
+  assert lines.index("export GLIBC_TUNABLES=glibc.malloc.arena_max=2") < lines.index(
+      next(line for line in lines if line.startswith("srun ")))
   assert f"#SBATCH --output={workdir}/slurm/%A_%a_0_log.out" in lines
   srun = next(line for line in lines if line.startswith("srun "))
   assert srun.endswith(f"-u -m submitit.core._submit {workdir}/slurm")
@@ -118,6 +131,7 @@ def test_rerun_submits_only_points_not_done_and_refuses_while_running(tmp_path, 
   (workdir / names[0] / "final_metrics.json").write_text('{"step": 4, "accuracy": 0.5}')
   sweep.run_sweep(_three_points(), str(workdir), launcher="slurm", slurm=_slurm())
   second = _scripts(fake_slurm)[1]
+  assert "GLIBC_TUNABLES" not in second  # A CPU job inherits the sweep's malloc settings.
   assert "#SBATCH --array=0-1%2" in second.splitlines()
   submissions = json.load(open(workdir / "submissions.json"))["submissions"]
   assert submissions[1]["points"] == {names[1]: "43_0", names[2]: "43_1"}
@@ -184,7 +198,9 @@ def test_launch_generates_one_multi_node_job_and_records_it(tmp_path, fake_slurm
   lines = script.splitlines()
   for expected in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=8",
                    "#SBATCH --gpus-per-node=8", "#SBATCH --time=2880",
-                   "#SBATCH --partition=gpu", "#SBATCH --signal=USR2@90"):
+                   "#SBATCH --partition=gpu", "#SBATCH --signal=USR2@90",
+                   # launch ran under cnn_jax's malloc settings; its GPU job starts without them.
+                   _job_tunables_line(os.environ.get("GLIBC_TUNABLES", ""))):
     assert expected in lines, (expected, script)
   assert not any(line.startswith("#SBATCH --array") for line in lines)
   record = json.load(open(workdir / "submission.json"))
