@@ -321,9 +321,9 @@ def require_flags(*names: str) -> None:
 
 def apply_process_settings() -> None:
   """glibc's malloc settings (re-runs a heavy tool's process once, unless JAX will run on a GPU
-  or TPU; with them, one-device CPU programs run inline), XLA:CPU flags, the persistent compilation cache and tracing without its
-  quadratic, before JAX starts a backend; the opt-outs are CNN_JAX_HUGEPAGES=0,
-  CNN_JAX_XLA_FLAGS=0 and CNN_JAX_COMPILE_CACHE=0."""
+  or TPU; with them, one-device CPU programs run inline), XLA:CPU flags, the persistent
+  compilation cache and tracing without its quadratic, before JAX starts a backend; the
+  opt-outs are CNN_JAX_HUGEPAGES=0, CNN_JAX_XLA_FLAGS=0 and CNN_JAX_COMPILE_CACHE=0."""
   hostenv.reexec_with_malloc_tunables()
   hostenv.configure_jax()
 
