@@ -128,3 +128,17 @@ def test_vs_torch_without_torch_stops_before_any_row(tmp_path):
                           capture_output=True, text=True, timeout=HANG_TIMEOUT)
   assert result.returncode == 2 and "--vs_torch needs torch and timm" in result.stderr
   assert not (tmp_path / "acc").exists()
+
+
+def test_the_cudnn_attention_row_reaches_the_model_through_bench():
+  """The row's model options go to bench's --model_options; on this CPU the model refuses
+  them in one line (on a GPU the same command runs cuDNN's attention)."""
+  run = cli.load_module(f"{REPO_ROOT}/{SCRIPT}")
+  [row] = [r for r in run.FULL_ROWS if "cuDNN" in r.label]
+  cmd = run.bench_command(row, dtype="bfloat16", steps=2, warmup=1)
+  assert cmd[cmd.index("--model_options") + 1] == '{"attention_impl": "cudnn"}'
+  result = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=HANG_TIMEOUT)
+  assert result.returncode == 2, result.stderr
+  assert result.stderr.strip() == ("error: model 'vit_small_patch16_224': attention_impl='cudnn' "
+                                   "runs on an NVIDIA GPU; JAX's backend here is cpu")

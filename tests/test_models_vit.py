@@ -295,3 +295,42 @@ def test_cpu_forms_same_loss_and_every_gradient_as_the_plain_forms():
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
                                atol=1e-5 * float(jnp.max(jnp.abs(b))) + 1e-8)
   assert sum(float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(results["auto"][1])) > 10
+
+
+def test_attention_by_jax_nn_same_loss_and_every_gradient_as_the_models_own():
+  """attention_impl="xla" calls jax.nn.dot_product_attention (tokens before heads) where "auto"
+  calls layers.attention: the same loss and gradients, the same parameters. "cudnn" differs from
+  "xla" only in the implementation jax.nn is asked for, which needs a GPU."""
+  x = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
+  labels = jnp.array([0, 3, 4])
+  results = {}
+  for impl in ("auto", "xla"):
+    model = tiny_vit(embed_dim=32, num_heads=4, depth=2, attention_impl=impl)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(p, x, graphdef=graphdef, rest=rest):
+      logits = nnx.merge(graphdef, p, rest)(x)
+      return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(3), labels])
+
+    results[impl] = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
+  (auto_loss, auto_grads), (xla_loss, xla_grads) = results["auto"], results["xla"]
+  np.testing.assert_allclose(float(auto_loss), float(xla_loss), rtol=1e-5)
+  assert jax.tree.structure(auto_grads) == jax.tree.structure(xla_grads)
+  for a, b in zip(jax.tree.leaves(auto_grads), jax.tree.leaves(xla_grads)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
+                               atol=1e-5 * float(jnp.max(jnp.abs(b))) + 1e-8)
+  # The attention's own gradients are in the comparison: qkv's kernel moves the loss.
+  assert float(jnp.abs(xla_grads[0]["blocks"][0]["attn"]["qkv"]["kernel"].value).max()) > 0
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"attention_impl": "flash"}, "attention_impl='flash' is not one of auto, xla, cudnn"),
+    ({"attention_impl": "cudnn", "dtype": "bfloat16"},
+     "attention_impl='cudnn' runs on an NVIDIA GPU; JAX's backend here is cpu"),
+    ({"attention_impl": "xla", "attn_dropout_rate": 0.1}, "has no dropout on the attention"),
+])
+def test_attention_impl_that_cannot_run_is_a_one_line_user_error(options, message):
+  if "dtype" in options:
+    options = {**options, "dtype": jnp.dtype(options["dtype"])}
+  with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    create_model("vit_tiny_patch4_32", **options)

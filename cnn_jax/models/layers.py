@@ -554,6 +554,32 @@ def _attention_backward(scale, kept, dout):
 _attention_keeping_weights.defvjp(_attention_forward, _attention_backward)
 
 
+# ViT's `attention_impl`: "auto" = `attention` below (the CPU forms on CPU, the plain
+# einsum-softmax-einsum elsewhere); "xla" / "cudnn" = `jax.nn.dot_product_attention` with that
+# implementation ("cudnn": cuDNN's fused flash attention, NVIDIA GPUs, bfloat16 or float16).
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+
+
+def check_attention_impl(impl: str, *, dtype: Dtype | None, attn_dropout_rate: float) -> None:
+  """ValueError, in one line, for an `attention_impl` that this process or model cannot run."""
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f"attention_impl={impl!r} is not one of {', '.join(ATTENTION_IMPLS)}")
+  if impl == "auto":
+    return
+  if attn_dropout_rate:
+    raise ValueError(f"attention_impl={impl!r} has no dropout on the attention weights "
+                     f"(attn_dropout_rate={attn_dropout_rate}); use attention_impl='auto'")
+  if impl == "cudnn":
+    backend = jax.default_backend()
+    if backend != "gpu":
+      raise ValueError(f"attention_impl='cudnn' runs on an NVIDIA GPU; JAX's backend here is "
+                       f"{backend}")
+    compute = jnp.dtype(dtype or jnp.float32)
+    if compute not in (jnp.bfloat16, jnp.float16):
+      raise ValueError(f"attention_impl='cudnn' needs dtype bfloat16 or float16 (cuDNN's "
+                       f"flash attention), not {compute}")
+
+
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float,
               dropout: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
   """softmax(q k^T * scale) v for q, k, v laid out (B, heads, N, head_dim), returned token-major

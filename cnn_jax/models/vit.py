@@ -23,6 +23,12 @@ conv keeps flax's default (lecun normal; timm leaves PyTorch's default there).
 Dropout: `dropout_rate` is applied after the position embeddings, after the attention output
 projection and after both MLP layers (the paper's placement; timm's pos_drop/proj_drop);
 `attn_dropout_rate` drops attention probabilities. `drop_path_rate` rises linearly over blocks.
+
+`attention_impl` (`layers.ATTENTION_IMPLS`): "auto" computes softmax(q k^T s) v with
+`layers.attention`; "xla" and "cudnn" call `jax.nn.dot_product_attention` with that
+implementation, "cudnn" being cuDNN's fused flash attention (an NVIDIA GPU, bfloat16 or
+float16), as PyTorch's timm ViT calls its fused scaled-dot-product attention. Same function and
+parameters; the rounding differs.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cnn_jax.models.layers import (ACTIVATIONS, DropPath, Dtype, Linear, PatchEmbed, attention,
-                                   layer_norm, trunc_normal)
+                                   check_attention_impl, layer_norm, trunc_normal)
 from cnn_jax.models.registry import register_model
 
 LN_EPS = 1e-6
@@ -50,10 +56,12 @@ class Attention(nnx.Module):
   """Multi-head self-attention with one fused qkv projection (timm `Attention`)."""
 
   def __init__(self, dim: int, num_heads: int, *, attn_dropout_rate: float = 0.0,
-               proj_dropout_rate: float = 0.0, dtype: Dtype | None = None,
-               param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+               proj_dropout_rate: float = 0.0, attention_impl: str = "auto",
+               dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
     if dim % num_heads:
       raise ValueError(f"embed dim {dim} is not divisible by num_heads {num_heads}")
+    check_attention_impl(attention_impl, dtype=dtype, attn_dropout_rate=attn_dropout_rate)
+    self.attention_impl = attention_impl
     self.num_heads = num_heads
     self.head_dim = dim // num_heads
     self.scale = self.head_dim ** -0.5
@@ -65,6 +73,11 @@ class Attention(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     b, n, d = x.shape
+    if self.attention_impl != "auto":  # jax.nn's attention takes tokens before heads.
+      qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim)
+      out = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2],
+                                         scale=self.scale, implementation=self.attention_impl)
+      return self.proj_drop(self.proj(out.reshape(b, n, d)))
     # Heads before tokens, (3, B, H, N, Dh), as timm lays them out. With (B, N, H, Dh), XLA:CPU
     # compiled both attention matmuls and the softmax between them into one YNNPACK kernel
     # that ran ~3x slower than the separate kernels it compiles for this layout
@@ -96,12 +109,12 @@ class Block(nnx.Module):
 
   def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0,
                dropout_rate: float = 0.0, attn_dropout_rate: float = 0.0,
-               drop_path_rate: float = 0.0, dtype: Dtype | None = None,
-               param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+               drop_path_rate: float = 0.0, attention_impl: str = "auto",
+               dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.norm1 = layer_norm(dim, eps=LN_EPS, **kw)
     self.attn = Attention(dim, num_heads, attn_dropout_rate=attn_dropout_rate,
-                          proj_dropout_rate=dropout_rate, **kw)
+                          proj_dropout_rate=dropout_rate, attention_impl=attention_impl, **kw)
     self.drop_path1 = DropPath(drop_path_rate, rngs=rngs)
     self.norm2 = layer_norm(dim, eps=LN_EPS, **kw)
     self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout_rate=dropout_rate, **kw)
@@ -126,8 +139,8 @@ class VisionTransformer(nnx.Module):
                num_heads: int = 12, mlp_ratio: float = 4.0, num_classes: int = 1000,
                in_channels: int = 3, image_size: int = 224, dropout_rate: float = 0.0,
                attn_dropout_rate: float = 0.0, drop_path_rate: float = 0.0,
-               dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32,
-               remat: bool = False, rngs: nnx.Rngs):
+               attention_impl: str = "auto", dtype: Dtype | None = None,
+               param_dtype: Dtype = jnp.float32, remat: bool = False, rngs: nnx.Rngs):
     if image_size % patch_size:
       raise ValueError(
           f"image_size {image_size} is not divisible by the patch size {patch_size}")
@@ -150,7 +163,8 @@ class VisionTransformer(nnx.Module):
     rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
     self.blocks = nnx.List([
         Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, dropout_rate=dropout_rate,
-              attn_dropout_rate=attn_dropout_rate, drop_path_rate=r, **kw)
+              attn_dropout_rate=attn_dropout_rate, drop_path_rate=r,
+              attention_impl=attention_impl, **kw)
         for r in rates])
     self.norm = layer_norm(embed_dim, eps=LN_EPS, **kw)
     self.head = _linear(embed_dim, num_classes, **kw) if num_classes > 0 else None

@@ -40,12 +40,16 @@ class BenchRow:
   batch_size: int
   image_size: int
   pairs_with_torch: bool = True  # --vs_torch: PyTorch has this model under this name.
+  model_options: str = ""  # bench's --model_options (JSON), when not the model's defaults.
 
 
 FULL_ROWS = (
     BenchRow("ResNet-50 train", "resnet50", "train", 256, 224),
     BenchRow("ConvNeXt-T train", "convnext_tiny", "train", 256, 224),
     BenchRow("ViT-S/16 train", "vit_small_patch16_224", "train", 256, 224),
+    # PyTorch's ViT runs its fused attention; this row gives cnn_jax's cuDNN's (models/vit.py).
+    BenchRow("ViT-S/16 train, cuDNN attention", "vit_small_patch16_224", "train", 256, 224,
+             model_options='{"attention_impl": "cudnn"}'),
     BenchRow("ConvNeXt V2-B FCMAE", "convnextv2_base", "fcmae", 256, 224),
     BenchRow("ResNet-50 inference", "resnet50", "infer", 256, 224),
 )
@@ -77,13 +81,18 @@ def _last_line(text: str) -> str:
   return lines[-1] if lines else ""
 
 
+def bench_command(row: BenchRow, *, dtype: str, steps: int, warmup: int) -> list[str]:
+  cmd = [sys.executable, "-m", "cnn_jax.bench", "--model", row.model, "--mode", row.mode,
+         "--batch_size", str(row.batch_size), "--image_size", str(row.image_size),
+         "--dtype", dtype, "--steps", str(steps), "--warmup", str(warmup), "--json"]
+  return cmd + (["--model_options", row.model_options] if row.model_options else [])
+
+
 def bench_row(row: BenchRow, *, dtype: str, steps: int, warmup: int, timeout: float,
               torch_python: str | None = None) -> dict[str, Any]:
   """One `cnn_jax.bench` process; with `torch_python`, a train row is also timed in PyTorch
   eager on the same device, in turns (`bench --vs_torch`), train and inference."""
-  cmd = [sys.executable, "-m", "cnn_jax.bench", "--model", row.model, "--mode", row.mode,
-         "--batch_size", str(row.batch_size), "--image_size", str(row.image_size),
-         "--dtype", dtype, "--steps", str(steps), "--warmup", str(warmup), "--json"]
+  cmd = bench_command(row, dtype=dtype, steps=steps, warmup=warmup)
   env = None
   if torch_python and row.mode == "train" and row.pairs_with_torch:
     cmd += ["--vs_torch", "--torch_python", torch_python]
