@@ -77,6 +77,8 @@ HEAVY_TOOLS = ("cnn_jax.main", "cnn_jax.sweep", "cnn_jax.launch", "cnn_jax.bench
 # Where JAX_PLATFORMS is unset, JAX's default backend is an accelerator whose plugin is installed
 # and whose device is present: (plugin module, device files).
 ACCELERATOR_PLUGINS = (
+    ("jax_plugins.xla_cuda12", ("/dev/nvidiactl",)),  # jax[cuda12]'s PJRT plugin
+    ("jax_plugins.xla_cuda13", ("/dev/nvidiactl",)),
     ("jax_cuda12_plugin", ("/dev/nvidiactl",)),
     ("jax_cuda13_plugin", ("/dev/nvidiactl",)),
     ("libtpu", ("/dev/accel0", "/dev/vfio/0")),
