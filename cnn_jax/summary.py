@@ -345,6 +345,10 @@ def summarize(model_name: str, image_size: int | None = None, batch_size: int = 
     raise UserError(f"batch_size must be >= 1 (got {batch_size})")
   constructor = registry.get_constructor(model_name)  # UserError with close matches
   model_kwargs = {k: v for k, v in model_kwargs.items() if v is not None}
+  if model_kwargs.get("attention_impl") == "cudnn":
+    # The same function counted through JAX's own ops: cuDNN's attention is one call whose
+    # matmuls the jaxpr walk cannot see, and one that only a GPU process may build.
+    model_kwargs["attention_impl"] = "xla"
   if image_size is not None:
     try:
       model = _build_abstract(model_name, {**model_kwargs, "image_size": image_size})

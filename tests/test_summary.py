@@ -116,6 +116,16 @@ def test_remat_does_not_change_counts():
   assert [s["macs"] for s in remat["stages"]] == [s["macs"] for s in plain["stages"]]
 
 
+@pytest.mark.parametrize("impl", ["xla", "cudnn"])
+def test_attention_impl_does_not_change_counts(impl):
+  """jax.nn's attention (and cuDNN's, counted through the same ops on this CPU) has the
+  model's own attention's MACs, to the unit."""
+  plain = summary.summarize("vit_small_patch16_224")
+  other = summary.summarize("vit_small_patch16_224", attention_impl=impl)
+  assert plain["macs"] == vit_macs(384, 12, 16, 224, 1000) == other["macs"]
+  assert other["params"] == plain["params"] == 22_050_664
+
+
 def test_batch_totals_and_options():
   r = summary.summarize("vit_tiny_patch4_32", batch_size=4, num_classes=10)
   assert r["num_classes"] == 10 and r["output_shape"] == [1, 10]
