@@ -71,6 +71,10 @@ def load_run(workdir: str, *, ema: bool = False, best: bool = True
   checkpoint's parameters (`ema`: their EMA) and BatchNorm statistics: the best checkpoint when
   `best` and the run kept one, else the latest (`checkpoint.read_run_weights`)."""
   config = read_run_config(workdir)
+  if config.model.get("attention_impl") == "cudnn" and jax.default_backend() != "gpu":
+    # How a run on a GPU computed its attention, not what it learned: loaded elsewhere (predict,
+    # erf), the same function by this process's own attention.
+    config.model.attention_impl = "auto"
   model = build_model(config, weights_to_load=True)
   model.eval()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)

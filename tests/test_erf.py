@@ -114,6 +114,34 @@ def test_load_run_restores_the_latest_checkpoints_weights(tmp_path):
     assert any(np.array_equal(leaf, s) for s in saved_leaves if np.shape(s) == np.shape(leaf))
 
 
+def test_a_vit_trained_with_cudnns_attention_loads_on_a_cpu(tmp_path):
+  """A run on a GPU with attention_impl='cudnn' (its config.json and a checkpoint written here
+  as such a run writes them; this CPU cannot build that model) loads on a CPU with this
+  process's attention, its weights those saved."""
+  from cnn_jax import checkpoint, train
+  from helpers import load_config
+
+  config = load_config("zoo_digits", "vit_tiny_patch4_32",
+                       **{"model.embed_dim": 16, "model.depth": 1, "model.num_heads": 2})
+  model = train.build_model(config)
+  _, params, model_state = nnx.split(model, nnx.Param, ...)
+  _, schedule = train.run_schedule(config, 10)
+  state = train.create_train_state(config, params, model_state,
+                                   train.build_optimizer(config, schedule, model, params))
+  ckpt = checkpoint.Checkpointer(str(tmp_path), config)
+  ckpt.save(1, state, force=True)
+  ckpt.close()
+  config.model.attention_impl = "cudnn"
+  (tmp_path / "config.json").write_text(config.to_json_best_effort())
+
+  loaded, loaded_config = train.load_run(str(tmp_path), best=False)
+  assert loaded_config.model.attention_impl == "auto"
+  assert loaded.blocks[0].attn.attention_impl == "auto"
+  restored = jax.tree.leaves(nnx.state(loaded, nnx.Param))
+  for saved, loaded_leaf in zip(jax.tree.leaves(params), restored, strict=True):
+    np.testing.assert_array_equal(saved, loaded_leaf)
+
+
 def test_checkpoint_that_is_not_a_workdir_is_a_user_error(tmp_path):
   from cnn_jax import train
 
