@@ -272,3 +272,11 @@ def test_a_near_tie_keeps_the_cpu_form(tuning):
   tuning.seconds = {"rewrite": autotune.MARGIN * 0.99, "xla": 1.0}  # XLA faster, within noise.
   assert "conv_general_dilated" not in _traced()
   assert tuning.calls == 1
+
+
+def test_one_round_decides_only_when_the_fastest_form_is_clearly_ahead_of_every_other():
+  # Two forms close together and one slow call of the third: more rounds tell the two apart.
+  assert not autotune._clear_win([0.020, 0.023, 0.110])
+  assert autotune._clear_win([0.010, 0.020, 0.021])
+  assert autotune._clear_win([0.010, 0.016])
+  assert not autotune._clear_win([0.010, 0.014])

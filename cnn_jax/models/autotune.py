@@ -1,9 +1,9 @@
-"""Which form of a conv or max pool runs fastest on this CPU: XLA's op, the exact CPU form of
-`cpu_ops` or, for float32 convs, oneDNN's conv (`onednn`), measured once per CPU model and
-op shape and cached on disk (as cuDNN's benchmark mode), instead of a fixed rule tuned on one
-kind of CPU.
+"""Which form of a conv, max pool or attention runs fastest on this CPU: XLA's op, the exact CPU
+form of `cpu_ops` (`layers`' for the attention) or, for float32 convs and attention, oneDNN's
+(`onednn`), measured once per CPU model and op shape and cached on disk (as cuDNN's benchmark
+mode), instead of a fixed rule tuned on one kind of CPU.
 
-`layers` asks `choose` while it traces a conv or max pool that has a CPU form, under the
+`layers` asks `choose` while it traces an op that has a CPU form, under the
 "auto" conv impl on CPU. The first time a shape is met on a CPU model, the forms are timed on
 random operands of exactly that shape and dtype, forward alone (what inference runs) and forward
 + backward (what a train step runs, where the gradient dominates), and the fastest of each is
@@ -51,7 +51,9 @@ PARTS = ("forward", "gradient")  # Timed: the op alone; the op with its backward
 DEFAULT = "rewrite"  # Where nothing is measured: the forms won on every CPU measured so far.
 
 # Timed rounds (each form once per round, alternating, so a change in load hits both); one round
-# decides when a form is this many times faster, as XLA's depthwise conv or max pool usually is.
+# decides when a form is this many times faster than every other, as XLA's depthwise conv or max
+# pool usually is. (Not when only the slowest is that far behind: one slow call of one form, a
+# first call's fresh memory, would end the timing with the other two untold apart.)
 ROUNDS = 3
 CLEAR_WIN = 1.5
 # Another form replaces the CPU form only when it is this much faster alone: within that, timings on
@@ -185,7 +187,8 @@ def measure(candidates: Mapping[str, Callable[..., jax.Array]], avals: Sequence[
 
 
 def _clear_win(seconds: Sequence[float]) -> bool:
-  return max(seconds) > CLEAR_WIN * min(seconds)
+  fastest, runner_up = sorted(seconds)[:2]
+  return runner_up > CLEAR_WIN * fastest
 
 
 class Choice(NamedTuple):
@@ -272,7 +275,7 @@ def _measured_or_cached(description: str, candidates: Mapping[str, Callable[...,
     record.update({f"{name}_{part}_s": round(seconds[name][part], 6)
                    for name in candidates for part in PARTS})
     if not _announced:
-      print(f"conv autotune: timing the forms of each new conv shape ("
+      print(f"conv autotune: timing the forms of each new conv (or attention) shape ("
             f"{', '.join(_NAMES[name] for name in candidates)}), once for this CPU; cached in "
             f"{path}", file=sys.stderr, flush=True)
       _announced.append(path)
