@@ -1,5 +1,6 @@
-"""oneDNN's conv in XLA programs (cnn_jax/models/onednn.py): the FFI handler built from
-csrc/onednn_conv.cc computes XLA's conv and its gradients, models and a training run under the
+"""oneDNN's conv and batched matmul in XLA programs (cnn_jax/models/onednn.py): the FFI handlers
+built from csrc/onednn.cc compute XLA's conv and its gradients and XLA's batched dots, the
+attention with its backward on oneDNN is the attention, models and a training run under the
 "onednn" conv impl match XLA's, and where it cannot run it says why in one line."""
 
 import shutil
@@ -128,12 +129,56 @@ def test_turned_off_it_says_so_and_the_run_refuses_the_impl(monkeypatch, tmp_pat
     onednn.conv(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2)), 1, ((1, 1), (1, 1)))
 
 
+@pytest.mark.parametrize("spec,transpose_a,transpose_b", [
+    ("bhmk,bhkn->bhmn", False, False),   # P v
+    ("bhkm,bhkn->bhmn", True, False),    # Pᵀ dO: a read transposed
+    ("bhmk,bhnk->bhmn", False, True),    # q kᵀ: b read transposed
+    ("bhkm,bhnk->bhmn", True, True),
+])
+def test_batched_matmul_equals_xlas_dot_over_the_leading_axes(spec, transpose_a, transpose_b):
+  m, k, n = 13, 9, 7  # Odd sizes: no kernel's favourite.
+  a_shape = (2, 3, k, m) if transpose_a else (2, 3, m, k)
+  b_shape = (2, 3, n, k) if transpose_b else (2, 3, k, n)
+  ka, kb = jax.random.split(jax.random.key(0))
+  a, b = jax.random.normal(ka, a_shape), jax.random.normal(kb, b_shape)
+  got = jax.jit(lambda a, b: onednn.batched_matmul(a, b, transpose_a, transpose_b))(a, b)
+  want = jnp.einsum(spec, a, b, precision="highest")
+  assert got.shape == (2, 3, m, n)
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(want))))
+
+
+def test_the_attention_with_its_backward_on_onednn_is_the_attention():
+  """`layers.attention` under "onednn" (its backward's dots by oneDNN) against "xla" (the
+  plain softmax attention): the same output and the same gradients of q, k and v."""
+  b, heads, n, d = 2, 3, 17, 8
+  kq, kk, kv, kg = jax.random.split(jax.random.key(1), 4)
+  q, k, v = (jax.random.normal(key, (b, heads, n, d)) for key in (kq, kk, kv))
+  cotangent = jax.random.normal(kg, (b, n, heads, d))
+
+  def value_and_grads(impl):
+    with layers.conv_impl(impl):  # Read when the function is traced.
+      return jax.jit(lambda q, k, v: jax.vjp(
+          lambda q, k, v: layers.attention(q, k, v, d ** -0.5), q, k, v)[1](cotangent)
+          + (layers.attention(q, k, v, d ** -0.5),))(q, k, v)
+
+  jaxpr = str(jax.make_jaxpr(lambda q, k, v: jax.vjp(
+      lambda q, k, v: layers.attention(q, k, v, 0.5), q, k, v)[1](cotangent))(q, k, v))
+  with layers.conv_impl("onednn"):
+    onednn_jaxpr = str(jax.make_jaxpr(lambda q, k, v: jax.vjp(
+        lambda q, k, v: layers.attention(q, k, v, 0.5), q, k, v)[1](cotangent))(q, k, v))
+  assert onednn.MATMUL_TARGET not in jaxpr
+  assert onednn_jaxpr.count(onednn.MATMUL_TARGET) == 4  # dv, dweights, dq, dk
+  got, want = value_and_grads("onednn"), value_and_grads("xla")
+  for g, w in zip(got, want, strict=True):
+    np.testing.assert_allclose(g, w, rtol=0, atol=2e-6 * float(jnp.max(jnp.abs(w))))
+
+
 def test_without_a_compiler_the_build_says_so_in_one_line(monkeypatch, tmp_path):
   monkeypatch.setenv("CNN_JAX_CACHE_DIR", str(tmp_path))  # Nothing built here yet.
   monkeypatch.setenv("CXX", "no-such-compiler")
   with pytest.raises(onednn.Unavailable) as raised:
-    onednn._library_path()
-  assert str(raised.value) == "no C++ compiler ('no-such-compiler') to build onednn_conv.cc"
+    onednn.library_path()
+  assert str(raised.value) == "no C++ compiler ('no-such-compiler') to build onednn.cc"
 
 
 def test_over_8_devices_with_a_sharded_batch_it_gives_the_values_of_one():

@@ -86,7 +86,8 @@ _conv_impl = contextvars.ContextVar("conv_impl", default="auto")
 def conv_impl(impl: str) -> Iterator[None]:
   """Within the block, `conv_general_dilated` and `max_pool` trace as `impl`: "xla" (always
   XLA's op), "rewrite" (the exact CPU forms of `cpu_ops` where an op has one), "onednn"
-  (oneDNN's conv for every float32 NHWC conv, `onednn.applies`; the CPU forms for the rest) or
+  (oneDNN's conv for every float32 NHWC conv, `onednn.applies`, and oneDNN's matmul for the
+  float32 attention's backward; the CPU forms for the rest) or
   "auto" (XLA's op off CPU; on CPU, per op shape, whichever form `autotune` measured fastest on
   this CPU model, once, cached).
 
@@ -554,6 +555,30 @@ def _attention_backward(scale, kept, dout):
 _attention_keeping_weights.defvjp(_attention_forward, _attention_backward)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _attention_by_onednn(q, k, v, scale):
+  """`_attention_keeping_weights` with the backward's four batched dots by oneDNN's matmul
+  (`onednn.batched_matmul`, transposed operands read in place): the same values and gradients
+  to float rounding."""
+  return _attention_forward(q, k, v, scale)[0]
+
+
+def _attention_backward_by_onednn(scale, kept, dout):
+  q, k, v, exps, inv_sums, out = kept
+  weights = exps * inv_sums
+  dout_heads = dout.transpose(0, 2, 1, 3)  # (B, heads, N, Dh), as the matmuls take it.
+  dv = onednn.batched_matmul(weights, dout_heads, transpose_a=True)
+  dweights = onednn.batched_matmul(dout_heads, v, transpose_b=True)
+  row_dot = jnp.einsum("bqhd,bqhd->bhq", dout, out)[..., None]
+  dlogits = weights * (dweights - row_dot)
+  dq = onednn.batched_matmul(dlogits, k) * jnp.asarray(scale, q.dtype)
+  dk = onednn.batched_matmul(dlogits, q, transpose_a=True)
+  return dq, dk, dv
+
+
+_attention_by_onednn.defvjp(_attention_forward, _attention_backward_by_onednn)
+
+
 # ViT's `attention_impl`: "auto" = `attention` below (the CPU forms on CPU, the plain
 # einsum-softmax-einsum elsewhere); "xla" / "cudnn" = `jax.nn.dot_product_attention` with that
 # implementation ("cudnn": cuDNN's fused flash attention, NVIDIA GPUs, bfloat16 or float16).
@@ -592,10 +617,15 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float,
   head_dim instead of N (FlashAttention's backward). Autodiff of the plain form kept the
   softmax's unnormalised exponentials and 1/sum, which XLA:CPU wrote out at the
   (B, heads, N, N) size and read back in several passes (experiments/cpu_speed, vit_micro).
-  Same function and derivatives; float32 rounding differs (tested)."""
-  if (dropout is None and _use_cpu_forms()
-      and all(a.dtype == jnp.float32 for a in (q, k, v))):
-    return _attention_keeping_weights(q, k, v, scale)
+  That backward's four batched dots may run on oneDNN's matmul instead: under "onednn", and
+  under "auto" where the autotune measured it faster for these shapes on this CPU (as for a
+  conv, `_dispatch`). Same function and derivatives; float32 rounding differs (tested)."""
+  if dropout is None and all(a.dtype == jnp.float32 for a in (q, k, v)):
+    return _dispatch(
+        f"attention q {_shape(q)}, k {_shape(k)}, v {_shape(v)}, scale {scale!r}",
+        lambda q, k, v: _attention_keeping_weights(q, k, v, scale),
+        lambda q, k, v: _attention_plain(q, k, v, scale), q, k, v,
+        onednn_form=lambda q, k, v: _attention_by_onednn(q, k, v, scale))
   return _attention_plain(q, k, v, scale, dropout)
 
 

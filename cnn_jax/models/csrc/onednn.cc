@@ -1,8 +1,11 @@
-// One XLA FFI handler for a 2-D float32 convolution (dense, grouped or depthwise) through
-// oneDNN, the library PyTorch runs its CPU convolutions on: the forward (x, w -> y), the input
-// gradient (dy, w -> dx) or the kernel gradient (x, dy -> dw), with NHWC activations and HWIO
-// kernels, as XLA lays them out.
-// cnn_jax/models/onednn.py builds it, registers it and gives it a custom gradient.
+// XLA FFI handlers that run ops through oneDNN, the library PyTorch runs its CPU convolutions
+// and matmuls on:
+//  - CnnJaxOnednnConv: a 2-D float32 convolution (dense, grouped or depthwise): the forward
+//    (x, w -> y), the input gradient (dy, w -> dx) or the kernel gradient (x, dy -> dw), with
+//    NHWC activations and HWIO kernels, as XLA lays them out;
+//  - CnnJaxOnednnBatchedMatmul: c[i] = op(a[i]) @ op(b[i]) over a leading batch axis, float32,
+//    op a transpose where asked, read in place through its strides.
+// cnn_jax/models/onednn.py builds them, registers them and gives the conv a custom gradient.
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -168,7 +171,68 @@ ffi::Error Convolve(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
   return ffi::Error::Success();
 }
 
+// A matmul primitive per (batch, m, k, n, transpositions), made once.
+std::mutex matmuls_mutex;
+std::map<Key, std::shared_ptr<dnnl::matmul>>& Matmuls() {
+  static auto* matmuls = new std::map<Key, std::shared_ptr<dnnl::matmul>>();
+  return *matmuls;
+}
+
+ffi::Error BatchedMatmul(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
+                         ffi::ResultBuffer<ffi::F32> c, int64_t transpose_a,
+                         int64_t transpose_b) {
+  auto a_dims = a.dimensions(), b_dims = b.dimensions();
+  if (a_dims.size() != 3 || b_dims.size() != 3 || a_dims[0] != b_dims[0]) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "onednn matmul: need (batch, rows, cols) operands of one batch size");
+  }
+  const int64_t batch = a_dims[0];
+  const int64_t m = transpose_a ? a_dims[2] : a_dims[1];
+  const int64_t k = transpose_a ? a_dims[1] : a_dims[2];
+  const int64_t n = transpose_b ? b_dims[1] : b_dims[2];
+  try {
+    dnnl::memory::desc a_desc({batch, m, k}, dt::f32, transpose_a ? tag::acb : tag::abc);
+    dnnl::memory::desc b_desc({batch, k, n}, dt::f32, transpose_b ? tag::acb : tag::abc);
+    dnnl::memory::desc c_desc({batch, m, n}, dt::f32, tag::abc);
+    const Key key{batch, m, k, n, transpose_a, transpose_b};
+    std::shared_ptr<dnnl::matmul> matmul;
+    {
+      std::lock_guard<std::mutex> lock(matmuls_mutex);
+      auto found = Matmuls().find(key);
+      if (found != Matmuls().end()) matmul = found->second;
+    }
+    if (!matmul) {
+      matmul = std::make_shared<dnnl::matmul>(
+          dnnl::matmul::primitive_desc(Engine(), a_desc, b_desc, c_desc));
+      std::lock_guard<std::mutex> lock(matmuls_mutex);
+      Matmuls()[key] = matmul;
+    }
+    dnnl::stream stream(Engine());
+    dnnl::memory a_mem(a_desc, Engine(), a.untyped_data());
+    dnnl::memory b_mem(b_desc, Engine(), b.untyped_data());
+    dnnl::memory c_mem(c_desc, Engine(), c->untyped_data());
+    // One matmul at a time: each runs on an OpenMP team as wide as the machine, and XLA may call
+    // two independent ones at once; two teams on the same cores stall at their barriers.
+    static std::mutex run_mutex;
+    std::lock_guard<std::mutex> run_lock(run_mutex);
+    matmul->execute(stream, {{DNNL_ARG_SRC, a_mem}, {DNNL_ARG_WEIGHTS, b_mem},
+                             {DNNL_ARG_DST, c_mem}});
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("onednn matmul: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnBatchedMatmul, BatchedMatmul,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("transpose_a")
+                                  .Attr<int64_t>("transpose_b"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnJaxOnednnConv, Convolve,
                               ffi::Ffi::Bind()
