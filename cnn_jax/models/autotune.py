@@ -87,14 +87,19 @@ def op_key(description: str) -> str:
 
 @functools.cache
 def _forms_version() -> str:
-  """A digest of the forms' sources (cpu_ops, and oneDNN's handler and its wrapper): a choice
-  timed against an earlier form is timed again."""
-  from cnn_jax.models import cpu_ops, onednn  # pylint: disable=import-outside-toplevel
+  """A digest of the forms' sources (cpu_ops, oneDNN's handlers and their wrapper, and the
+  attention's forms in layers): a choice timed against an earlier form is timed again."""
+  import inspect  # pylint: disable=import-outside-toplevel
+
+  from cnn_jax.models import cpu_ops, layers, onednn  # pylint: disable=import-outside-toplevel
 
   digest = hashlib.sha256()
   for path in (cpu_ops.__file__, onednn.__file__, onednn.SOURCE):
     with open(path, "rb") as f:
       digest.update(f.read())
+  for form in (layers._attention_plain, layers._attention_forward, layers._attention_backward,
+               layers._attention_backward_by_onednn):
+    digest.update(inspect.getsource(form).encode())
   return digest.hexdigest()[:12]
 
 
