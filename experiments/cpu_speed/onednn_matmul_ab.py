@@ -24,6 +24,7 @@ import os
 import statistics
 import sys
 import time
+from unittest import mock
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -90,17 +91,11 @@ def attention(shape: tuple[int, int, int, int]) -> dict[str, float]:
   return {"code_ms": code_ms, "onednn_backward_ms": onednn_ms, "max_relative_difference": error}
 
 
-class onednn_backward:  # noqa: N801  (a context manager, named as one reads it)
-  """`layers.attention`'s backward with its dots by oneDNN, while in the `with` (read when a
-  step is traced)."""
-
-  def __enter__(self):
-    layers._attention_keeping_weights.defvjp(layers._attention_forward,
-                                             layers._attention_backward_by_onednn)
-
-  def __exit__(self, *exc):
-    layers._attention_keeping_weights.defvjp(layers._attention_forward,
-                                             layers._attention_backward)
+def onednn_backward():
+  """Within the `with`, `layers.attention`'s CPU form is the one whose backward's dots are
+  oneDNN's (`layers._attention_by_onednn`, the form the autotune may choose), read when a step
+  is traced; the convs keep their forms."""
+  return mock.patch.object(layers, "_attention_keeping_weights", layers._attention_by_onednn)
 
 
 def step(args: argparse.Namespace) -> dict[str, dict[str, float]]:
