@@ -280,3 +280,45 @@ def test_one_round_decides_only_when_the_fastest_form_is_clearly_ahead_of_every_
   assert autotune._clear_win([0.010, 0.020, 0.021])
   assert autotune._clear_win([0.010, 0.016])
   assert not autotune._clear_win([0.010, 0.014])
+
+
+def _scripted_rounds(monkeypatch, timings):
+  """`_best_of_rounds` on runs whose n-th call takes timings[(form, part)][n] seconds (the last
+  repeated); returns the best seconds and each run's number of calls."""
+  monkeypatch.setattr(autotune, "_seconds", lambda run: run())
+  calls = dict.fromkeys(timings, 0)
+
+  def run(key):
+    calls[key] += 1
+    return timings[key][min(calls[key], len(timings[key])) - 1]
+
+  runs = {key: (lambda key=key: run(key)) for key in timings}
+  return autotune._best_of_rounds(runs), calls
+
+
+def test_a_choice_near_the_margin_is_timed_for_more_rounds_until_it_is_clear(monkeypatch):
+  # oneDNN's gradient: slow calls in the first rounds, its best only later; the CPU form's
+  # steady. Three rounds would keep the CPU form (1.04x); the later calls give oneDNN (1.39x).
+  timings = {("rewrite", "forward"): [4.6], ("onednn", "forward"): [5.4, 5.3],
+             ("xla", "forward"): [9.4],
+             ("rewrite", "gradient"): [25.0], ("onednn", "gradient"): [24.0, 26.0, 24.5, 18.0],
+             ("xla", "gradient"): [29.0]}
+  best, calls = _scripted_rounds(monkeypatch, timings)
+  seconds = {name: {part: best[name, part] for part in autotune.PARTS}
+             for name in ("rewrite", "onednn", "xla")}
+  assert autotune._pick(seconds, "gradient") == "onednn"
+  assert best["onednn", "gradient"] == 18.0
+  # The forward: no form 1.5x ahead of all, but the CPU form the fastest, far from the margin's
+  # edge: the usual rounds.
+  assert autotune._pick(seconds, "forward") == "rewrite"
+  assert calls["rewrite", "forward"] == autotune.ROUNDS
+  assert calls["onednn", "gradient"] == 4  # Settled once oneDNN was 1.39x ahead.
+
+
+def test_the_rounds_end_at_one_for_a_clear_win_and_at_the_cap_for_a_tie(monkeypatch):
+  _, calls = _scripted_rounds(monkeypatch, {("rewrite", "forward"): [1.0],
+                                            ("xla", "forward"): [2.0]})
+  assert set(calls.values()) == {1}
+  _, calls = _scripted_rounds(monkeypatch, {("rewrite", "gradient"): [1.1],
+                                            ("xla", "gradient"): [1.0]})
+  assert set(calls.values()) == {autotune.MAX_ROUNDS}
