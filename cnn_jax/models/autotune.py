@@ -50,10 +50,12 @@ _NAMES = {"rewrite": "CPU form", "xla": "XLA", "onednn": "oneDNN"}
 PARTS = ("forward", "gradient")  # Timed: the op alone; the op with its backward.
 DEFAULT = "rewrite"  # Where nothing is measured: the forms won on every CPU measured so far.
 
-# Timed rounds (each form once per round, alternating, so a change in load hits both); one round
-# decides when a form is this many times faster than every other, as XLA's depthwise conv or max
-# pool usually is. (Not when only the slowest is that far behind: one slow call of one form, a
-# first call's fresh memory, would end the timing with the other two untold apart.)
+# Timed rounds (each form once per round, alternating, so a change in load hits both). Two rounds
+# decide when a form is this many times faster than every other, as XLA's depthwise conv or max
+# pool usually is: not one, since one of a form's first calls after compiling is now and then
+# 2-4x slow (seen with every form; it chose the CPU form for the attention in 6 of 13 `bench`
+# processes), and not when only the slowest is that far behind, which one such call would do.
+EARLY_ROUNDS = 2
 ROUNDS = 3
 CLEAR_WIN = 1.5
 # Another form replaces the CPU form only when it is this much faster alone: within that, timings on
@@ -211,13 +213,13 @@ def _best_of_rounds(runs: Mapping[tuple[str, str], Callable[[], Any]]
 
 
 def _settled(seconds: Mapping[str, float], rounds: int) -> bool:
-  """Whether `rounds` rounds of the forms' best `seconds` for one part decide it: one round
+  """Whether `rounds` rounds of the forms' best `seconds` for one part decide it: `EARLY_ROUNDS`
   where a form is clearly fastest, `ROUNDS` unless the CPU form and the fastest other are near
   the margin that `_pick` applies, `MAX_ROUNDS` in any case."""
-  if rounds == 1:
-    return _clear_win(list(seconds.values()))
-  if rounds < ROUNDS:
+  if rounds < EARLY_ROUNDS:
     return False
+  if rounds < ROUNDS:
+    return _clear_win(list(seconds.values()))
   return rounds >= MAX_ROUNDS or not _near_margin(seconds)
 
 
