@@ -3,6 +3,7 @@ pool with a CPU form takes the form measured faster for this CPU model and shape
 and then read from the cache; "xla" and "rewrite" force a form without measuring; either
 choice computes the same values and gradients."""
 
+import functools
 import json
 import shutil
 import threading
@@ -80,6 +81,17 @@ def test_the_choice_is_measured_once_then_read_from_the_cache(tuning):
   (record,) = records.values()
   assert record["forward"] == record["gradient"] == "xla"
   assert record["xla_gradient_s"] < record["rewrite_gradient_s"]
+
+
+def test_a_choice_made_by_another_measuring_rule_is_measured_again(tuning, monkeypatch):
+  assert "conv_general_dilated" in _traced()
+  monkeypatch.setattr(autotune, "_forms_version",
+                      functools.cache(autotune._forms_version.__wrapped__))  # Restored after.
+  monkeypatch.setattr(autotune, "NEAR_MARGIN", autotune.NEAR_MARGIN * 1.1)
+  autotune._memo.clear()
+  assert "conv_general_dilated" in _traced(scale=2.0)
+  assert tuning.calls == 2
+  assert len(json.loads(open(autotune.cache_path()).read()).popitem()[1]) == 2
 
 
 def test_each_shape_is_measured_and_the_faster_form_taken(tuning):

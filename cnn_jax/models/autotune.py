@@ -97,7 +97,8 @@ def op_key(description: str) -> str:
 @functools.cache
 def _forms_version() -> str:
   """A digest of the forms' sources (cpu_ops, oneDNN's handlers and their wrapper, and the
-  attention's forms in layers): a choice timed against an earlier form is timed again."""
+  attention's forms in layers) and of the rule that times them and picks one: a choice timed
+  against an earlier form, or by an earlier rule, is timed again."""
   import inspect  # pylint: disable=import-outside-toplevel
 
   from cnn_jax.models import cpu_ops, layers, onednn  # pylint: disable=import-outside-toplevel
@@ -107,8 +108,10 @@ def _forms_version() -> str:
     with open(path, "rb") as f:
       digest.update(f.read())
   for form in (layers._attention_plain, layers._attention_forward, layers._attention_backward,
-               layers._attention_backward_by_onednn):
+               layers._attention_backward_by_onednn, _best_of_rounds, _settled, _near_margin,
+               _clear_win, _pick):
     digest.update(inspect.getsource(form).encode())
+  digest.update(repr((EARLY_ROUNDS, ROUNDS, CLEAR_WIN, MARGIN, NEAR_MARGIN, MAX_ROUNDS)).encode())
   return digest.hexdigest()[:12]
 
 
