@@ -53,8 +53,9 @@ DEFAULT = "rewrite"  # Where nothing is measured: the forms won on every CPU mea
 # Timed rounds (each form once per round, alternating, so a change in load hits both). Two rounds
 # decide when a form is this many times faster than every other, as XLA's depthwise conv or max
 # pool usually is: not one, since one of a form's first calls after compiling is now and then
-# 2-4x slow (seen with every form; it chose the CPU form for the attention in 6 of 13 `bench`
-# processes), and not when only the slowest is that far behind, which one such call would do.
+# 2-4x slow (seen with every form; one round so chose the CPU form for the attention in 6 of 13
+# `bench` processes), and not when only the slowest is that far behind, which one such call
+# would do.
 EARLY_ROUNDS = 2
 ROUNDS = 3
 CLEAR_WIN = 1.5
@@ -64,8 +65,8 @@ CLEAR_WIN = 1.5
 MARGIN = 1.1
 # Where the CPU form and the fastest other are within this factor of `MARGIN` after `ROUNDS`, the
 # choice is timed on, up to `MAX_ROUNDS`: a form whose calls vary (oneDNN's, its OpenMP team
-# woken per call) shows its best only over more calls, and three flipped the attention's choice
-# between runs (experiments/cpu_speed, stop 39).
+# woken per call) shows its best only over more calls, and three rounds flipped the attention's
+# choice between runs (experiments/cpu_speed, stop 39).
 NEAR_MARGIN = 1.2
 MAX_ROUNDS = 9
 
@@ -107,10 +108,10 @@ def _forms_version() -> str:
   for path in (cpu_ops.__file__, onednn.__file__, onednn.SOURCE):
     with open(path, "rb") as f:
       digest.update(f.read())
-  for form in (layers._attention_plain, layers._attention_forward, layers._attention_backward,
+  for code in (layers._attention_plain, layers._attention_forward, layers._attention_backward,
                layers._attention_backward_by_onednn, _best_of_rounds, _settled, _near_margin,
                _clear_win, _pick):
-    digest.update(inspect.getsource(form).encode())
+    digest.update(inspect.getsource(code).encode())
   digest.update(repr((EARLY_ROUNDS, ROUNDS, CLEAR_WIN, MARGIN, NEAR_MARGIN, MAX_ROUNDS)).encode())
   return digest.hexdigest()[:12]
 
