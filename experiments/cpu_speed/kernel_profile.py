@@ -8,9 +8,10 @@ oneDNN convs' `ffi_call`, YNNPACK's `ynn_fusion`, XLA's own fusions and dots), f
       --image_size 96 --num_classes 2 --model_options '{"in_channels": 1}' --top 30
 
 Prints the step's wall time under the profiler, each kind's time per step summed over XLA's
-worker threads with its share and count, and how much of the custom calls' time ran beside
-another custom call (XLA runs independent kernels at once: two oneDNN calls then share the
-cores). Times under the profiler run above the bench's; the shares are what to read. Run it
+worker threads (from each kernel's launch to its end) with its share and count, the kinds that
+ran side by side most, and how much of the custom calls' time ran beside another custom call
+(XLA runs independent kernels at once: they then share the cores; two oneDNN calls, two
+OpenMP teams). Times under the profiler run above the bench's; the shares are what to read. Run it
 with `GLIBC_TUNABLES` holding `hostenv.MALLOC_TUNABLES`, as `bench` runs itself.
 """
 
@@ -55,13 +56,33 @@ def trace_events(trace_dir: str) -> list[dict]:
   return trace["traceEvents"] if isinstance(trace, dict) else trace
 
 
+# Spans of XLA's thread pool and of YNNPACK's waits inside a kernel, not kernels of their own.
+NOT_KERNELS = ("ThunkExecutor", "ThreadpoolListener", "SlinkyThreadPool")
+
+
 def worker_kernels(events: list[dict]) -> list[dict]:
-  """The kernel events on XLA's worker threads (not the executor's own spans)."""
+  """The kernel events on XLA's worker threads (not the executor's or the pool's own spans),
+  each lasting from its launch to its `end: NAME` event where it has one.
+
+  XLA:CPU runs its own dots and its parallel loop fusions asynchronously: their event spans only
+  the launch (microseconds), their work runs as pool tasks after it, and an `end: NAME` event
+  marks when the kernel finished. Counted at their launch spans, a ConvNeXt-T step's 41 weight-
+  gradient dots came to 28 ms instead of about 2 s (experiments/cpu_speed/README.md, stop 41)."""
   names = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
            if e.get("ph") == "M" and e.get("name") == "thread_name"}
-  return [e for e in events
-          if e.get("ph") == "X" and WORKER_THREAD in names.get((e["pid"], e["tid"]), "")
-          and not e["name"].startswith(("ThunkExecutor", "end: "))]
+  on_workers = sorted((e for e in events if e.get("ph") == "X"
+                       and WORKER_THREAD in names.get((e["pid"], e["tid"]), "")
+                       and not e["name"].startswith(NOT_KERNELS)), key=lambda e: e["ts"])
+  kernels, running = [], {}
+  for e in on_workers:
+    if e["name"].startswith("end: "):
+      launched = running.pop(e["name"][len("end: "):], None)
+      if launched is not None:
+        launched["dur"] = max(launched["dur"], e["ts"] + e["dur"] - launched["ts"])
+    else:
+      kernels.append(dict(e))
+      running[e["name"]] = kernels[-1]
+  return kernels
 
 
 def concurrent_time(spans: list[tuple[float, float, int]]) -> float:
@@ -74,6 +95,22 @@ def concurrent_time(spans: list[tuple[float, float, int]]) -> float:
       if other_thread != thread:
         total += max(0.0, min(end, other_end) - other_start)
   return total
+
+
+def overlaps(kernels: list[dict]) -> collections.Counter:
+  """{(kind, kind): time (us) during which exactly these two kernels ran at once}: where XLA
+  ran independent kernels side by side on the two threads (they then share the cores)."""
+  edges = sorted([(e["ts"], 1, kernel_kind(e["name"])) for e in kernels]
+                 + [(e["ts"] + e["dur"], -1, kernel_kind(e["name"])) for e in kernels])
+  running: collections.Counter[str] = collections.Counter()
+  pairs: collections.Counter[tuple[str, str]] = collections.Counter()
+  previous = edges[0][0] if edges else 0.0
+  for ts, change, kind in edges:
+    if sum(running.values()) == 2:
+      pairs[tuple(sorted(running.elements()))] += ts - previous
+    running[kind] += change
+    previous = ts
+  return pairs
 
 
 def main() -> None:
@@ -116,6 +153,10 @@ def main() -> None:
   for kind, ms in per_kind.most_common(args.top):
     share, calls_a_step = 100 * ms / total, count[kind] // args.steps
     print(f"  {ms:9.2f} ms {share:5.1f} %  {calls_a_step:5d} a step  {kind}")
+  pairs = overlaps(kernels)
+  print(f"two kernels at once: {sum(pairs.values()) / 1e3 / args.steps:.1f} ms a step; most:")
+  for (first, second), us in pairs.most_common(5):
+    print(f"  {us / 1e3 / args.steps:9.2f} ms  {first} beside {second}")
   calls = sorted((e["ts"], e["ts"] + e["dur"], e["tid"]) for e in kernels
                  if kernel_kind(e["name"]) == "ffi_call")
   if calls:
