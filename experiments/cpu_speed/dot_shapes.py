@@ -16,27 +16,24 @@ import time
 
 import numpy as np
 
-# (name, lhs, rhs, lhs read transposed) of ConvNeXt-T at batch 32, 224 px: the inverted
-# bottleneck's two dots and a kernel gradient (its lhs laid out transposed) at stage 1 (56x56,
-# 96 -> 384 channels) and stage 3 (14x14, 384 -> 1536), a square matmul (bench's peak probe),
-# the other stages' forward dots, and every Linear's kernel gradient as the train step computes it, x^T dy with x (rows, C)
-# read in place: XLA:CPU's YNNPACK dots take no transposed lhs, so these run on Eigen (PyTorch's
-# autograd runs dy^T x on its sgemm, the same product transposed).
-SHAPES = (("stage 1 expand", (100352, 96), (96, 384), False),
-          ("stage 1 project", (100352, 384), (384, 96), False),
+# ConvNeXt-T's stages at batch 32, 224 px: (stage, rows = 32 x H x W, width); each block's
+# inverted bottleneck expands width -> 4 x width and projects back.
+STAGES = ((1, 100352, 96), (2, 25088, 192), (3, 6272, 384), (4, 1568, 768))
+# (name, lhs, rhs, lhs read transposed): every stage's two forward dots; a kernel gradient at
+# stages 1 and 3 with its lhs laid out transposed; a square matmul (bench's peak probe); and every
+# Linear's kernel gradient as the train step computes it, x^T dy with x (rows, C) read in place:
+# XLA:CPU's YNNPACK dots take no transposed lhs, so these run on Eigen (PyTorch's autograd runs
+# dy^T x on its sgemm, the same product transposed).
+_BOTTLENECK = tuple((stage, rows, name, cin, cout) for stage, rows, width in STAGES
+                    for name, cin, cout in (("expand", width, 4 * width),
+                                            ("project", 4 * width, width)))
+SHAPES = (*((f"stage {stage} {name}", (rows, cin), (cin, cout), False)
+            for stage, rows, name, cin, cout in _BOTTLENECK),
           ("stage 1 kernel grad", (96, 100352), (100352, 384), False),
-          ("stage 3 expand", (6272, 384), (384, 1536), False),
           ("stage 3 kernel grad", (384, 6272), (6272, 1536), False),
           ("square 2048", (2048, 2048), (2048, 2048), False),
-          *((f"stage {stage} {name}", (rows, cin), (cin, cout), False)
-            for stage, rows, width in ((2, 25088, 192), (3, 6272, 384), (4, 1568, 768))
-            for name, cin, cout in (("expand", width, 4 * width), ("project", 4 * width, width))
-            if (stage, name) != (3, "expand")),
           *((f"stage {stage} {name} x^T dy", (rows, cin), (rows, cout), True)
-            for stage, rows, width in ((1, 100352, 96), (2, 25088, 192), (3, 6272, 384),
-                                       (4, 1568, 768))
-            for name, cin, cout in (("expand", width, 4 * width),
-                                    ("project", 4 * width, width))))
+            for stage, rows, name, cin, cout in _BOTTLENECK))
 CALLS = 8
 
 
