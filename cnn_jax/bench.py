@@ -86,8 +86,8 @@ def _build_model(task: Any, config: Any) -> tuple[Any, Any]:
 class FeedCheck:
   """Whether the input pipeline keeps up with the step (`--with_data`): steps run back to
   back as the loop runs them (one wait at the end, so host work may overlap the step) on the
-  fixed batch, on the pipeline's batches, and the pipeline's batches (copied to the devices)
-  with no step. Each callable does one unit and returns what to wait on."""
+  fixed batch, on the pipeline's batches, and the pipeline's batches (as the loop hands them
+  to the step, `parallel.feed_batch`) with no step. Each callable does one unit and returns what to wait on."""
   step_alone: Callable[[], Any]
   step_with_data: Callable[[], Any]
   pipeline_alone: Callable[[], Any]
@@ -244,15 +244,16 @@ def prepare_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
     step_fn = train.jit_train_step(task, config, data_info, mesh, train_graphdef, tx,
                                    schedule, state_shardings)
 
-  def device_batch(batch: dict[str, Any]) -> dict[str, Any]:
+  def host_batch(batch: dict[str, Any]) -> dict[str, Any]:
     if mode == "infer":  # eval_step sums over the valid rows: here every row is.
       batch = {**batch, "mask": np.ones(batch["label"].shape, np.float32)}
-    return parallel.shard_batch(batch, mesh)
+    return batch
 
-  fixed = device_batch(train_batches.batch(0))
+  fixed = parallel.shard_batch(host_batch(train_batches.batch(0)), mesh)
   if with_data:  # Fed as the loop feeds its steps, copies issued a few batches ahead.
-    batches = data.prefetch_to_device(train_batches.iterate(0), device_batch,
-                                      config.data.prefetch_to_device)
+    batches = data.prefetch_to_device(
+        train_batches.iterate(0), lambda b: parallel.feed_batch(host_batch(b), mesh),
+        config.data.prefetch_to_device)
     next_batch = lambda: next(batches)  # noqa: E731
   else:
     next_batch = lambda: fixed  # noqa: E731

@@ -156,6 +156,38 @@ def initialize_distributed(coordinator_address: str | None, num_processes: int |
                              num_processes=num_processes, process_id=process_id)
 
 
+# XLA:CPU takes a host array without copying it when its data starts on a 64-byte boundary.
+_CPU_ZERO_COPY_ALIGNMENT = 64
+
+
+def _zero_copy_aligned(array: np.ndarray) -> np.ndarray:
+  """`array`, or a copy of it whose data starts on XLA:CPU's zero-copy boundary."""
+  array = np.asarray(array)
+  if array.flags.c_contiguous and array.ctypes.data % _CPU_ZERO_COPY_ALIGNMENT == 0:
+    return array
+  buffer = np.empty(array.nbytes + _CPU_ZERO_COPY_ALIGNMENT, np.uint8)
+  start = -buffer.ctypes.data % _CPU_ZERO_COPY_ALIGNMENT
+  aligned = buffer[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
+  np.copyto(aligned, array)
+  return aligned
+
+
+def feed_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, Any]:
+  """What the loop hands its jitted steps for a batch of host arrays.
+
+  On a one-process CPU mesh: the host arrays, each starting on a 64-byte boundary, which
+  XLA:CPU takes without a copy. Both copies cost a small step (experiments/cpu_speed/, stop 42):
+  put on the devices first (`jax.device_put`), LeNet-5's ~9 ms step fed by the pipeline took
+  14 % longer than on a fixed batch, against 8 % here; handed to the call unaligned, ResNet-20's
+  step page-faulted 600-900 times a step (80 ms of system time) and ran 13-19 % slower.
+  Elsewhere `shard_batch`, issued ahead of the step by `data.prefetch_to_device`, so that the
+  copy overlaps the step before it.
+  """
+  if jax.process_count() == 1 and all(d.platform == "cpu" for d in mesh.devices.flat):
+    return {k: _zero_copy_aligned(v) for k, v in local_batch.items()}
+  return shard_batch(local_batch, mesh)
+
+
 def shard_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Assembles the global batch from each process's rows, split over the `data` axis."""
   sharding = batch_sharding(mesh)

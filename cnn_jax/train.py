@@ -205,7 +205,7 @@ def evaluate(eval_fn: Callable[..., Any], state: TrainState, eval_batches: data.
   classification loss and accuracy)."""
   totals = None
   for batch in eval_batches:
-    out = eval_fn(state, parallel.shard_batch(batch, mesh))
+    out = eval_fn(state, parallel.feed_batch(batch, mesh))
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
   return (summarize or classification_metrics)(jax.device_get(totals))
 
@@ -626,7 +626,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   halt_at = start_step + config.halt_after_steps if config.halt_after_steps else total_steps
   halt_at = min(halt_at, total_steps)
   train_iter = data.prefetch_to_device(train_batches.iterate(start_step),
-                                       functools.partial(parallel.shard_batch, mesh=mesh),
+                                       functools.partial(parallel.feed_batch, mesh=mesh),
                                        config.data.prefetch_to_device)
   window_metrics: list[dict[str, jax.Array]] = []
   last_log_time, last_log_step = time.perf_counter(), start_step
