@@ -91,6 +91,7 @@ class FeedCheck:
   step_alone: Callable[[], Any]
   step_with_data: Callable[[], Any]
   pipeline_alone: Callable[[], Any]
+  step_on: Callable[[Any], Any]  # The step on a batch given (experiments feed their own).
 
   def measure(self, steps: int, rounds: int = 2) -> dict[str, Any]:
     """Seconds per unit of each kind, `rounds` rounds taken in turns (machine load drifts),
@@ -285,7 +286,7 @@ def prepare_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
             "compile_time_s": compile_s, "forward_flops_per_step": forward_flops,
             "model_flops_per_step": forward_flops if mode == "infer" else 3 * forward_flops}
   feed = (FeedCheck(step_alone=lambda: step_on(fixed), step_with_data=run_step,
-                    pipeline_alone=next_batch) if with_data else None)
+                    pipeline_alone=next_batch, step_on=step_on) if with_data else None)
   return PreparedStep(run_step, compiled, list(mesh.devices.flat), fields, peak_flops, feed)
 
 

@@ -2,8 +2,11 @@
 the loop's own functions) timed in alternating rounds of back-to-back steps, each round one of
 
   fixed    the step on one batch already on the device (bench's bare step);
-  fed      the step on the input pipeline's batches, copied ahead by `data.prefetch_to_device`
-           as the loop copies them;
+  fed      the step on the input pipeline's batches, handed over by `parallel.feed_batch`
+           (on a CPU, host arrays the step takes without a copy) and fetched ahead by
+           `data.prefetch_to_device`, as the loop does;
+  put      the same, each batch put on the devices by `parallel.shard_batch` instead (the
+           loop's feed on a CPU before stop 42, and its feed on an accelerator);
   loop     `fed` plus the loop's per-step bookkeeping: the step's metrics kept in a window and
            read at `log_every_steps` (`metrics.window_means`), the checkpoint manager asked
            whether a save is due (`Checkpointer.is_due`, no save made).
@@ -41,9 +44,9 @@ hostenv.configure_jax()  # As a tool's process: XLA:CPU flags, compilation cache
 
 import jax  # noqa: E402  (after the XLA flags)
 
-from cnn_jax import bench, checkpoint, cli, metrics  # noqa: E402
+from cnn_jax import bench, checkpoint, cli, data, metrics, parallel  # noqa: E402
 
-PARTS = ("fixed", "fed", "loop")
+PARTS = ("fixed", "fed", "put", "loop")
 
 
 def build_parts(config: Any, workdir: str) -> dict[str, Callable[[int], Any]]:
@@ -51,7 +54,13 @@ def build_parts(config: Any, workdir: str) -> dict[str, Callable[[int], Any]]:
   the state carried from one call to the next)."""
   feed = bench.prepare_jax(config.model.name, config=config, with_data=True).feed
   ckpt = checkpoint.Checkpointer(workdir, config)
-  unit = {"fixed": feed.step_alone, "fed": feed.step_with_data, "loop": feed.step_with_data}
+  train_batches = data.create_datasets(config)[0]
+  put_batches = data.prefetch_to_device(
+      train_batches.iterate(0), functools.partial(parallel.shard_batch,
+                                                  mesh=parallel.create_mesh(config)),
+      config.data.prefetch_to_device)
+  unit = {"fixed": feed.step_alone, "fed": feed.step_with_data,
+          "put": lambda: feed.step_on(next(put_batches)), "loop": feed.step_with_data}
   done = {"steps": 0}
 
   def run(part: str, steps: int) -> Any:
