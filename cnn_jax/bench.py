@@ -87,7 +87,8 @@ class FeedCheck:
   """Whether the input pipeline keeps up with the step (`--with_data`): steps run back to
   back as the loop runs them (one wait at the end, so host work may overlap the step) on the
   fixed batch, on the pipeline's batches, and the pipeline's batches (as the loop hands them
-  to the step, `parallel.feed_batch`) with no step. Each callable does one unit and returns what to wait on."""
+  to the step, `parallel.feed_batch`) with no step. Each callable does one unit and returns
+  what to wait on."""
   step_alone: Callable[[], Any]
   step_with_data: Callable[[], Any]
   pipeline_alone: Callable[[], Any]

@@ -178,8 +178,8 @@ def feed_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, Any]
   On a one-process CPU mesh: the host arrays, each starting on a 64-byte boundary, which
   XLA:CPU takes without a copy. Both copies cost a small step (experiments/cpu_speed/, stop 42):
   put on the devices first (`jax.device_put`), LeNet-5's ~9 ms step fed by the pipeline took
-  14 % longer than on a fixed batch, against 8 % here; handed to the call unaligned, ResNet-20's
-  step page-faulted 600-900 times a step (80 ms of system time) and ran 13-19 % slower.
+  12-19 % longer than on a fixed batch, against 0-12 % here; handed to the call unaligned,
+  ResNet-20's step page-faulted 600-900 times a step (80 ms of system time), 13-19 % slower.
   Elsewhere `shard_batch`, issued ahead of the step by `data.prefetch_to_device`, so that the
   copy overlaps the step before it.
   """
