@@ -252,7 +252,7 @@ def prepare_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
     return batch
 
   fixed = parallel.shard_batch(host_batch(train_batches.batch(0)), mesh)
-  if with_data:  # Fed as the loop feeds its steps, copies issued a few batches ahead.
+  if with_data:  # Fed as the loop feeds its steps (`parallel.feed_batch`), a few batches ahead.
     batches = data.prefetch_to_device(
         train_batches.iterate(0), lambda b: parallel.feed_batch(host_batch(b), mesh),
         config.data.prefetch_to_device)
