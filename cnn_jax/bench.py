@@ -44,6 +44,9 @@ from cnn_jax.timing import step_time_stats
 
 MODES = ("train", "infer", "fcmae")
 DTYPES = ("float32", "bfloat16", "float16")
+# `--with_data`'s rounds of each kind: enough that one slow stretch of a shared host does not
+# decide the fed-against-alone figure (`FeedCheck.measure`).
+FEED_ROUNDS = 6
 
 # ----------------------------------------------------------------------------- JAX side
 
@@ -94,16 +97,20 @@ class FeedCheck:
   pipeline_alone: Callable[[], Any]
   step_on: Callable[[Any], Any]  # The step on a batch given (experiments feed their own).
 
-  def measure(self, steps: int, rounds: int = 2) -> dict[str, Any]:
-    """Seconds per unit of each kind, `rounds` rounds taken in turns (machine load drifts),
-    and step_with_data / step_alone of the totals."""
+  def measure(self, steps: int, rounds: int = 6) -> dict[str, Any]:
+    """Seconds per unit of each kind, `rounds` rounds taken in turns, in order and reverse
+    order (machine load drifts), step_with_data / step_alone of the totals, and the median of
+    that ratio within each round (on a noisy host two rounds moved the ratio by 14 points
+    between runs of the same code; experiments/cpu_speed/, stop 42)."""
+    import statistics
+
     import jax
 
     kinds = ("step_alone", "step_with_data", "pipeline_alone")
     per_round: dict[str, list[float]] = {kind: [] for kind in kinds}
     cpu: dict[str, float] = {kind: 0.0 for kind in kinds}
-    for _ in range(rounds):
-      for kind in kinds:
+    for round_ in range(rounds):
+      for kind in (kinds if round_ % 2 == 0 else kinds[::-1]):
         unit = getattr(self, kind)
         start, start_cpu = time.perf_counter(), time.process_time()
         for _ in range(steps):
@@ -112,12 +119,15 @@ class FeedCheck:
         per_round[kind].append((time.perf_counter() - start) / steps)
         cpu[kind] += (time.process_time() - start_cpu) / steps / rounds
     mean = {kind: sum(times) / len(times) for kind, times in per_round.items()}
+    round_ratios = [fed / alone for fed, alone in zip(per_round["step_with_data"],
+                                                      per_round["step_alone"])]
     # CPU seconds of this process (every thread: XLA's, the pipeline's) per unit: the figure
     # that holds on a shared machine.
     return {"steps_per_round": steps, "rounds": rounds, "seconds_per_round": per_round,
             **{f"{kind}_s": mean[kind] for kind in kinds},
             **{f"{kind}_cpu_s": cpu[kind] for kind in kinds},
             "with_data_vs_alone": mean["step_with_data"] / mean["step_alone"],
+            "with_data_vs_alone_round_median": statistics.median(round_ratios),
             "pipeline_faster": mean["pipeline_alone"] < mean["step_alone"]}
 
 
@@ -292,24 +302,27 @@ def prepare_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
 
 
 def benchmark_jax(model_name: str, *, steps: int = 20, warmup: int = 3,
-                  **kwargs: Any) -> dict[str, Any]:
+                  feed_rounds: int = FEED_ROUNDS, **kwargs: Any) -> dict[str, Any]:
   """Times `mode` for one model in JAX; returns every figure as a JSON-serialisable dict.
 
+  feed_rounds: rounds of each kind of `FeedCheck.measure` (with `with_data`).
   kwargs: those of `prepare_jax`."""
-  if steps < 1 or warmup < 0:
-    raise UserError(f"need steps >= 1 and warmup >= 0 (got {steps}, {warmup})")
+  if steps < 1 or warmup < 0 or feed_rounds < 1:
+    raise UserError(f"need steps >= 1, warmup >= 0 and feed_rounds >= 1 (got {steps}, "
+                    f"{warmup}, {feed_rounds})")
   prepared = prepare_jax(model_name, **kwargs)
   warm_times = prepared.time_steps(warmup)
   result = prepared.result(warm_times, prepared.time_steps(steps))
   if prepared.feed is not None:
-    result["feed"] = prepared.feed.measure(steps)
+    result["feed"] = prepared.feed.measure(steps, feed_rounds)
   return result
 
 
 def run(model_name: str, *, mode: str = "train", vs_torch: bool = False,
         torch_python: str | None = None, torch_model: str | None = None,
         torch_options: dict[str, Any] | None = None, steps: int = 20, warmup: int = 3,
-        conv_impl: str = "auto", **kwargs: Any) -> dict[str, Any]:
+        conv_impl: str = "auto", feed_rounds: int = FEED_ROUNDS, **kwargs: Any
+        ) -> dict[str, Any]:
   """The whole benchmark: `mode` in JAX; with `vs_torch`, train and infer in both frameworks,
   the PyTorch side `torch_model` (default: `model_name`) built with `torch_options`
   (bench_torch.create_model). `conv_impl` is the training config's field of that name
@@ -331,7 +344,7 @@ def run(model_name: str, *, mode: str = "train", vs_torch: bool = False,
                                    options=torch_options)
     else:
       report = {"jax": [benchmark_jax(model_name, mode=mode, steps=steps, warmup=warmup,
-                                      **kwargs)],
+                                      feed_rounds=feed_rounds, **kwargs)],
                 "torch": None, "ratio_vs_torch": None, "ratio_vs_torch_per_pair": None}
   for result in report["jax"]:
     result["conv_impl"] = conv_impl
@@ -377,7 +390,8 @@ def format_report(report: dict[str, Any]) -> str:
       lines.append(
           f"  input pipeline  steps back to back: {f['step_alone_s'] * 1e3:.1f} ms alone, "
           f"{f['step_with_data_s'] * 1e3:.1f} ms fed by the pipeline "
-          f"({100 * (f['with_data_vs_alone'] - 1):+.1f} %); the pipeline alone "
+          f"({100 * (f['with_data_vs_alone'] - 1):+.1f} %, median of the rounds "
+          f"{100 * (f['with_data_vs_alone_round_median'] - 1):+.1f} %); the pipeline alone "
           f"{f['pipeline_alone_s'] * 1e3:.1f} ms/batch ({f['rounds']} rounds of "
           f"{f['steps_per_round']}); CPU {f['step_alone_cpu_s'] * 1e3:.1f}, "
           f"{f['step_with_data_cpu_s'] * 1e3:.1f}, {f['pipeline_alone_cpu_s'] * 1e3:.1f} ms")
@@ -391,7 +405,7 @@ FLAGS = flags.FLAGS
 # The flags passed to `run` under their own names.
 RUN_FLAGS = ("mode", "vs_torch", "torch_python", "torch_model", "batch_size", "image_size",
              "dtype", "steps", "warmup", "with_data", "num_devices", "num_classes", "peak_flops",
-             "conv_impl")
+             "conv_impl", "feed_rounds")
 
 
 def define_flags() -> None:
@@ -411,6 +425,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("num_classes", None, "Classes of the head (default: the model's own).")
   flags.DEFINE_integer("num_devices", -1, "Devices of the data-parallel mesh (-1 = all).")
   flags.DEFINE_bool("with_data", False, "Feed every step from the synthetic input pipeline.")
+  flags.DEFINE_integer("feed_rounds", FEED_ROUNDS, "With --with_data: rounds of --steps units "
+                       "of each kind (alone, fed, pipeline alone), taken in turns.")
   flags.DEFINE_bool("vs_torch", False, "Also time train and infer in PyTorch; print the ratios.")
   flags.DEFINE_string("model_options", None, "JSON object of the model's constructor options, "
                       'e.g. \'{"patch_size": 1}\' (as --config.model.* in training).')

@@ -79,22 +79,38 @@ def test_config_times_the_runs_step_and_its_feed():
   # check of a real process.
   result = run_cli_in_process("cnn_jax.bench", "--config=configs/lenet5_digits.py",
                               "--config.data.batch_size=16", "--config.mesh.num_devices=1",
-                              "--with_data", "--steps=2", "--warmup=1", "--json")
+                              "--with_data", "--steps=2", "--warmup=1", "--feed_rounds=3",
+                              "--json")
   assert result.returncode == 0, result.stderr
   [r] = json.loads(result.stdout)["jax"]
   _check_jax_result(r, "train", 2)
   assert (r["model"], r["batch_size"], r["in_channels"], r["num_devices"]) == \
       ("lenet5", 16, 1, 1)
   feed = r["feed"]
-  assert feed["rounds"] == 2 and feed["steps_per_round"] == 2
-  assert all(len(feed["seconds_per_round"][k]) == 2 and feed[f"{k}_s"] > 0
+  assert feed["rounds"] == 3 and feed["steps_per_round"] == 2
+  assert all(len(feed["seconds_per_round"][k]) == 3 and feed[f"{k}_s"] > 0
              and feed[f"{k}_cpu_s"] >= 0
              for k in ("step_alone", "step_with_data", "pipeline_alone"))
   assert feed["with_data_vs_alone"] == pytest.approx(
       feed["step_with_data_s"] / feed["step_alone_s"])
+  rounds = feed["seconds_per_round"]
+  assert feed["with_data_vs_alone_round_median"] == pytest.approx(sorted(
+      fed / alone for fed, alone in zip(rounds["step_with_data"], rounds["step_alone"]))[1])
   assert "input pipeline" in bench.format_report(
       {"jax": [r], "torch": None, "host": {"cpus": 2, "load_avg_1m_start": 0.0,
                                            "load_avg_1m_end": 0.0}})
+
+
+def test_feed_rounds_alternate_their_order_so_drift_falls_on_every_kind():
+  calls = []
+  feed = bench.FeedCheck(step_alone=lambda: calls.append("alone"),
+                         step_with_data=lambda: calls.append("fed"),
+                         pipeline_alone=lambda: calls.append("pipeline"),
+                         step_on=lambda batch: None)
+  result = feed.measure(steps=1, rounds=3)
+  assert calls == ["alone", "fed", "pipeline", "pipeline", "fed", "alone",
+                   "alone", "fed", "pipeline"]
+  assert result["rounds"] == 3 and len(result["seconds_per_round"]["step_alone"]) == 3
 
 
 def test_config_without_model_image_size_in_process():
