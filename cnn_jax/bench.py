@@ -95,13 +95,15 @@ class FeedCheck:
   step_alone: Callable[[], Any]
   step_with_data: Callable[[], Any]
   pipeline_alone: Callable[[], Any]
-  step_on: Callable[[Any], Any]  # The step on a batch given (experiments feed their own).
+  # A twin of step_with_data on its own pass over the pipeline, whose batches go to the step
+  # through `put(batch, mesh)` instead of `parallel.feed_batch` (experiments compare feeds).
+  step_fed_by: Callable[[Callable[..., Any]], Callable[[], Any]]
 
   def measure(self, steps: int, rounds: int = 6) -> dict[str, Any]:
     """Seconds per unit of each kind, `rounds` rounds taken in turns, in order and reverse
     order (machine load drifts), step_with_data / step_alone of the totals, and the median of
-    that ratio within each round (on a noisy host two rounds moved the ratio by 14 points
-    between runs of the same code; experiments/cpu_speed/, stop 42)."""
+    that ratio within each round, which one slow stretch of a shared host does not move
+    (experiments/cpu_speed/, stop 42)."""
     import statistics
 
     import jax
@@ -261,11 +263,14 @@ def prepare_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
       batch = {**batch, "mask": np.ones(batch["label"].shape, np.float32)}
     return batch
 
+  def batches_put_by(put: Callable[..., Any]) -> Any:
+    return data.prefetch_to_device(train_batches.iterate(0),
+                                   lambda b: put(host_batch(b), mesh),
+                                   config.data.prefetch_to_device)
+
   fixed = parallel.shard_batch(host_batch(train_batches.batch(0)), mesh)
   if with_data:  # Fed as the loop feeds its steps (`parallel.feed_batch`), a few batches ahead.
-    batches = data.prefetch_to_device(
-        train_batches.iterate(0), lambda b: parallel.feed_batch(host_batch(b), mesh),
-        config.data.prefetch_to_device)
+    batches = batches_put_by(parallel.feed_batch)
     next_batch = lambda: next(batches)  # noqa: E731
   else:
     next_batch = lambda: fixed  # noqa: E731
@@ -290,6 +295,10 @@ def prepare_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
   def run_step() -> Any:
     return step_on(next_batch())
 
+  def step_fed_by(put: Callable[..., Any]) -> Callable[[], Any]:
+    put_batches = batches_put_by(put)
+    return lambda: step_on(next(put_batches))
+
   fields = {"framework": "jax", "model": model_name, "model_options": model_options,
             "mode": mode, "batch_size": batch_size,
             "image_size": image_size, "in_channels": in_channels, "num_classes": num_classes,
@@ -297,7 +306,7 @@ def prepare_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
             "compile_time_s": compile_s, "forward_flops_per_step": forward_flops,
             "model_flops_per_step": forward_flops if mode == "infer" else 3 * forward_flops}
   feed = (FeedCheck(step_alone=lambda: step_on(fixed), step_with_data=run_step,
-                    pipeline_alone=next_batch, step_on=step_on) if with_data else None)
+                    pipeline_alone=next_batch, step_fed_by=step_fed_by) if with_data else None)
   return PreparedStep(run_step, compiled, list(mesh.devices.flat), fields, peak_flops, feed)
 
 

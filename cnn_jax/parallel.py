@@ -176,10 +176,9 @@ def feed_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, Any]
   """What the loop hands its jitted steps for a batch of host arrays.
 
   On a one-process CPU mesh: the host arrays, each starting on a 64-byte boundary, which
-  XLA:CPU takes without a copy. Both copies cost a small step (experiments/cpu_speed/, stop 42):
-  put on the devices first (`jax.device_put`), LeNet-5's ~9 ms step fed by the pipeline took
-  12-19 % longer than on a fixed batch, against 0-12 % here; handed to the call unaligned,
-  ResNet-20's step page-faulted 600-900 times a step (80 ms of system time), 13-19 % slower.
+  XLA:CPU takes without a copy. Either copy costs a small step more than it saves: a put on the
+  devices before the step slowed LeNet-5's feed, and arrays off the boundary, copied in the
+  call, made ResNet-20's step fault its temporaries in again (experiments/cpu_speed/, stop 42).
   Elsewhere `shard_batch`, issued ahead of the step by `data.prefetch_to_device`, so that the
   copy overlaps the step before it.
   """

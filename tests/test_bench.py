@@ -106,7 +106,7 @@ def test_feed_rounds_alternate_their_order_so_drift_falls_on_every_kind():
   feed = bench.FeedCheck(step_alone=lambda: calls.append("alone"),
                          step_with_data=lambda: calls.append("fed"),
                          pipeline_alone=lambda: calls.append("pipeline"),
-                         step_on=lambda batch: None)
+                         step_fed_by=lambda put: lambda: None)
   result = feed.measure(steps=1, rounds=3)
   assert calls == ["alone", "fed", "pipeline", "pipeline", "fed", "alone",
                    "alone", "fed", "pipeline"]

@@ -341,8 +341,8 @@ def test_prefetch_to_device_keeps_order_and_puts_batches_ahead():
 
 def test_a_cpu_mesh_is_fed_aligned_host_arrays_that_need_no_copy_and_split_as_put_ones():
   # On a one-process CPU mesh the loop hands the step host arrays that XLA:CPU takes without a
-  # copy (stop 42: the copies cost a small step up to 19 %); the jitted step must split them
-  # over the devices as it splits a batch put there.
+  # copy (experiments/cpu_speed/, stop 42); the jitted step must split them over the devices as
+  # it splits a batch put there.
   import jax
 
   from cnn_jax import parallel

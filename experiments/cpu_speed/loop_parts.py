@@ -44,7 +44,7 @@ hostenv.configure_jax()  # As a tool's process: XLA:CPU flags, compilation cache
 
 import jax  # noqa: E402  (after the XLA flags)
 
-from cnn_jax import bench, checkpoint, cli, data, metrics, parallel  # noqa: E402
+from cnn_jax import bench, checkpoint, cli, metrics, parallel  # noqa: E402
 
 PARTS = ("fixed", "fed", "put", "loop")
 
@@ -54,13 +54,8 @@ def build_parts(config: Any, workdir: str) -> dict[str, Callable[[int], Any]]:
   the state carried from one call to the next)."""
   feed = bench.prepare_jax(config.model.name, config=config, with_data=True).feed
   ckpt = checkpoint.Checkpointer(workdir, config)
-  train_batches = data.create_datasets(config)[0]
-  put_batches = data.prefetch_to_device(
-      train_batches.iterate(0), functools.partial(parallel.shard_batch,
-                                                  mesh=parallel.create_mesh(config)),
-      config.data.prefetch_to_device)
   unit = {"fixed": feed.step_alone, "fed": feed.step_with_data,
-          "put": lambda: feed.step_on(next(put_batches)), "loop": feed.step_with_data}
+          "put": feed.step_fed_by(parallel.shard_batch), "loop": feed.step_with_data}
   done = {"steps": 0}
 
   def run(part: str, steps: int) -> Any:
