@@ -227,6 +227,8 @@ def prepare_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
   else:  # A config file's is locked; `_build_model` and the fcmae mode add fields.
     config = config.copy_and_resolve_references()
     config.unlock()
+    if mode == "infer":  # The eval step takes whole images, as `evaluate`'s batches are.
+      config.data.crop_on_device = False
   mesh = parallel.create_mesh(config)
   parallel.check_batch_divisible(batch_size, mesh, "--batch_size")
   if mode == "fcmae":
@@ -269,6 +271,9 @@ def prepare_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
                                    config.data.prefetch_to_device)
 
   fixed = parallel.shard_batch(host_batch(train_batches.batch(0)), mesh)
+  # The train step's third argument (`train.jit_train_step`); the eval step has none.
+  resident = () if mode == "infer" else (
+      jax.device_put(train_batches.resident(), parallel.replicated(mesh)),)
   if with_data:  # Fed as the loop feeds its steps (`parallel.feed_batch`), a few batches ahead.
     batches = batches_put_by(parallel.feed_batch)
     next_batch = lambda: next(batches)  # noqa: E731
@@ -279,7 +284,7 @@ def prepare_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
   # The train step takes the state's leaves, as the loop calls it (train.jit_train_step).
   step_state = state if mode == "infer" else jax.tree.leaves(state)
   start = time.perf_counter()
-  lowered = step_fn.lower(step_state, example)
+  lowered = step_fn.lower(step_state, example, *resident)
   lower_s, start = time.perf_counter() - start, time.perf_counter()
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
@@ -289,7 +294,7 @@ def prepare_jax(model_name: str, *, mode: str = "train", batch_size: int = 64,
   def step_on(batch: Any) -> Any:
     if mode == "infer":
       return compiled(holder["state"], batch)
-    holder["state"], out = compiled(holder["state"], batch)
+    holder["state"], out = compiled(holder["state"], batch, *resident)
     return out
 
   def run_step() -> Any:

@@ -307,10 +307,12 @@ def jit_train_step(task: Task, config: ml_collections.ConfigDict, info: data.Dat
                    mesh: jax.sharding.Mesh, graphdef: nnx.GraphDef,
                    tx: optax.GradientTransformation, schedule: optax.Schedule,
                    state_shardings: Any) -> Callable[..., tuple[list[jax.Array], dict[str, Any]]]:
-  """The loop's train step on the state's leaves: `(jax.tree.leaves(state), batch)` -> (the
-  new state's leaves, metrics); `jax.tree.unflatten(jax.tree.structure(state), leaves)` is the
-  state. The leaves sharded per `state_shardings` and donated, the batch split over the `data`
-  axis, the metrics replicated.
+  """The loop's train step on the state's leaves: `(jax.tree.leaves(state), batch, resident)`
+  -> (the new state's leaves, metrics); `jax.tree.unflatten(jax.tree.structure(state), leaves)`
+  is the state. The leaves sharded per `state_shardings` and donated, the batch split over the
+  `data` axis, `resident` (the train batches' `resident()`, `{}` for most sources) replicated,
+  the metrics replicated. A `data.crop_on_device` batch gets its images cut from `resident`
+  before the task's step sees it.
 
   Leaves, not the TrainState: jit flattens its arguments and results at every call, and a
   TrainState's nnx Variables flatten in Python, a list of arrays in C++: host time that a
@@ -320,14 +322,18 @@ def jit_train_step(task: Task, config: ml_collections.ConfigDict, info: data.Dat
                            **task.step_options(config, info))
 
   # Its name is what compile logs and profiles show.
-  def train_step_on_leaves(leaves: list[jax.Array], batch: dict[str, jax.Array]
+  def train_step_on_leaves(leaves: list[jax.Array], batch: dict[str, jax.Array],
+                           resident: dict[str, jax.Array]
                            ) -> tuple[list[jax.Array], dict[str, Any]]:
+    if "crop_index" in batch:
+      batch = data.mixing.cut_crops(batch, resident["crop_source"], info.image_shape)
     state, step_metrics = step(jax.tree.unflatten(state_def, leaves), batch)
     return jax.tree.leaves(state), step_metrics
 
   leaf_shardings = jax.tree.leaves(state_shardings)
   return jax.jit(train_step_on_leaves,
-                 in_shardings=(leaf_shardings, parallel.batch_sharding(mesh)),
+                 in_shardings=(leaf_shardings, parallel.batch_sharding(mesh),
+                               parallel.replicated(mesh)),
                  out_shardings=(leaf_shardings, parallel.replicated(mesh)), donate_argnums=(0,))
 
 
@@ -603,6 +609,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   train_fn = jit_train_step(task, config, info, mesh, train_graphdef, tx, schedule,
                             state_shardings)
+  resident = jax.device_put(train_batches.resident(), parallel.replicated(mesh))
   eval_fn = jit_eval_step(task, mesh, eval_graphdef, state_shardings,
                           hostenv.forward_compiler_options(model))
 
@@ -647,10 +654,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         batch = next(train_iter)
         if step == start_step:  # The call compiles the step: timed apart from the others.
           with clock.phase("first_step"):
-            leaves, step_metrics = train_fn(leaves, batch)
+            leaves, step_metrics = train_fn(leaves, batch, resident)
             jax.block_until_ready(step_metrics)
         else:
-          leaves, step_metrics = train_fn(leaves, batch)
+          leaves, step_metrics = train_fn(leaves, batch, resident)
         step += 1
         # Kept on device until logging time: no host round-trip, and no op dispatched per
         # step (the eager adds of a running sum cost a small step several per cent).

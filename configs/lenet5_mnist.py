@@ -21,6 +21,9 @@ def get_config() -> ml_collections.ConfigDict:
   # The set is in memory and a batch is one gather: made in the loop's thread, as grain advises
   # for such data; read threads would only take cores from XLA's (experiments/cpu_speed/).
   config.data.num_threads = 0
+  # The shifted crops cut inside the step from the set kept on the device: the same images,
+  # without the host's gather between steps, which on 2 cores costs the step several per cent.
+  config.data.crop_on_device = True
   config.optimizer.name = "adamw"
   config.optimizer.learning_rate = 3e-3
   config.optimizer.weight_decay = 1e-4

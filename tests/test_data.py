@@ -155,6 +155,37 @@ def test_array_batches_are_each_rows_padded_crop_normalised(channels):
   np.testing.assert_array_equal(split.images, before)  # Normalised in place, but a copy.
 
 
+@pytest.mark.parametrize("max_shift", [0, 2])
+def test_crops_cut_on_the_device_are_each_process_rows_host_batch(mnist, max_shift):
+  # data.crop_on_device: a batch is its rows' indices and shifts into the resident padded set,
+  # and the step's cut of them is the host's batch, bit for bit, for every process's rows.
+  import jax
+
+  from cnn_jax.data import mixing
+  kw = dict(global_batch_size=64, seed=1, max_shift=max_shift, mean=mnist.mean, std=mnist.std)
+  cut = jax.jit(mixing.cut_crops, static_argnums=2)
+  for process_index, process_count in ((0, 1), (1, 4)):
+    shares = dict(process_index=process_index, process_count=process_count)
+    host = train_batches(mnist.train, **shares, **kw)
+    device = train_batches(mnist.train, crop_on_device=True, **shares, **kw)
+    assert host.resident() == {}
+    source = device.resident()["crop_source"]
+    assert source.shape == (4000, 32 + 2 * max_shift, 32 + 2 * max_shift, 1)
+    for step in (0, 61, 62):  # Across the epoch boundary (62 steps an epoch).
+      want, rows = host.batch(step), device.batch(step)
+      assert set(rows) == {"crop_index", "crop_offset", "label"}
+      got = cut(rows, source, (32, 32, 1))
+      assert set(got) == {"image", "label"}
+      np.testing.assert_array_equal(np.asarray(got["image"]), want["image"])
+      np.testing.assert_array_equal(np.asarray(got["label"]), want["label"])
+
+
+def test_crop_on_device_is_refused_for_images_decoded_on_the_host(mnist):
+  with pytest.raises(UserError, match="data.crop_on_device is for the in-memory sets"):
+    data.TrainBatches(mnist.train, lambda image, rng: image, global_batch_size=8, seed=0,
+                      crop_on_device=True)
+
+
 def test_random_shift_moves_images_by_at_most_the_max(mnist):
   kw = dict(global_batch_size=50, seed=0, mean=(0.0,), std=(1.0,))
   plain = train_batches(mnist.train, max_shift=0, **kw).batch(0)["image"]

@@ -82,21 +82,28 @@ def test_the_time_line_gives_per_step_figures_only_when_steps_followed_the_first
 
 
 def test_one_device_and_eight_devices_give_the_same_losses(tmp_path):
+  # And on 8 devices with data.crop_on_device (each device cuts its rows' crops from the
+  # replicated set): the same run as the host's crops, bit for bit.
   assert jax.device_count() == 8, "conftest.py sets 8 fake CPU devices"
   runs = {}
-  for n in (1, 8):
+  for n, crop_on_device in ((1, False), (8, False), (8, True)):
     config = load_config("lenet5_digits", log_every_steps=1, eval_every_steps=12,
-                         **{"mesh.num_devices": n, **SHARED_8_DEVICE_RUN})
-    workdir = str(tmp_path / f"dev{n}")
+                         **{"mesh.num_devices": n, "data.max_shift": 2,
+                            "data.crop_on_device": crop_on_device, **SHARED_8_DEVICE_RUN})
+    workdir = str(tmp_path / f"dev{n}_{crop_on_device}")
     final = train.train_and_evaluate(config, workdir)
     losses = [r["train/loss"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))
               if "train/loss" in r]
-    runs[n] = (losses, final, final_params(workdir)[1])
-  assert len(runs[1][0]) == 12
-  np.testing.assert_allclose(runs[1][0], runs[8][0], rtol=2e-5, atol=1e-6)
-  assert runs[1][1]["accuracy"] == pytest.approx(runs[8][1]["accuracy"], abs=1 / 300)
-  for key, value in runs[1][2].items():
-    np.testing.assert_allclose(value, runs[8][2][key], rtol=1e-4, atol=1e-5, err_msg=key)
+    runs[n, crop_on_device] = (losses, final, final_params(workdir)[1])
+  one, eight, cut = runs[1, False], runs[8, False], runs[8, True]
+  assert len(one[0]) == 12
+  np.testing.assert_allclose(one[0], eight[0], rtol=2e-5, atol=1e-6)
+  assert one[1]["accuracy"] == pytest.approx(eight[1]["accuracy"], abs=1 / 300)
+  for key, value in one[2].items():
+    np.testing.assert_allclose(value, eight[2][key], rtol=1e-4, atol=1e-5, err_msg=key)
+  assert cut[0] == eight[0] and cut[1] == eight[1]
+  for key, value in eight[2].items():
+    np.testing.assert_array_equal(value, cut[2][key], err_msg=key)
 
 
 def test_stop_and_resume_equals_uninterrupted(tmp_path):
@@ -304,11 +311,13 @@ def test_the_eval_step_of_a_convnext_without_grn_and_only_of_one_compiles_with_f
 
 def test_the_loops_step_on_the_states_leaves_is_the_train_step_on_the_state():
   # jit_train_step takes and returns the state's leaves (a TrainState flattens in Python at
-  # every call); the leaves must come back in the state's order, each the step's own.
+  # every call); the leaves must come back in the state's order, each the step's own. With
+  # data.crop_on_device it cuts the batch's images from the resident set itself: the same
+  # state, bit for bit, as the step on the host's crops.
   import functools
 
   from cnn_jax import data, parallel
-  config = load_config("lenet5_digits", **ONE_DEVICE)
+  config = load_config("lenet5_digits", **ONE_DEVICE, **{"data.max_shift": 2})
   task = train.CLASSIFICATION
   mesh = parallel.create_mesh(config)
   batches, _, info = data.create_datasets(config)
@@ -322,13 +331,22 @@ def test_the_loops_step_on_the_states_leaves_is_the_train_step_on_the_state():
   on_state = jax.jit(functools.partial(task.train_step, graphdef=graphdef, tx=tx,
                                        schedule=schedule, **task.step_options(config, info)))
   leaves = jax.tree.leaves(jax.tree.map(jnp.copy, state))
+  config.data.crop_on_device = True
+  crop_batches = data.create_datasets(config)[0]
+  resident = jax.device_put(crop_batches.resident(), parallel.replicated(mesh))
+  cropped = jax.tree.leaves(jax.tree.map(jnp.copy, state))
   for step in range(2):
     batch = parallel.shard_batch(batches.batch(step), mesh)
-    leaves, leaf_metrics = on_leaves(leaves, batch)
+    crop_batch = parallel.shard_batch(crop_batches.batch(step), mesh)
+    assert set(crop_batch) == {"crop_index", "crop_offset", "label"}
+    leaves, leaf_metrics = on_leaves(leaves, batch, {})
+    cropped, cropped_metrics = on_leaves(cropped, crop_batch, resident)
     state, state_metrics = on_state(state, batch)
     assert float(leaf_metrics["loss"]) == float(state_metrics["loss"])
+    assert float(cropped_metrics["loss"]) == float(state_metrics["loss"])
   expected = jax.tree.leaves(state)
-  assert len(leaves) == len(expected)
-  for got, want in zip(leaves, expected):
+  assert len(leaves) == len(cropped) == len(expected)
+  for got, got_cropped, want in zip(leaves, cropped, expected):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    np.testing.assert_array_equal(np.asarray(got_cropped), np.asarray(want))
   assert int(jax.tree.unflatten(jax.tree.structure(state), leaves).step) == 2

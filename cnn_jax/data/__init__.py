@@ -41,7 +41,9 @@ def create_datasets(config: ml_collections.ConfigDict
   """Builds this process's train and eval pipelines from `config.data` and `config.seed`.
 
   Returns (train, eval, info): `train.batch(step)` / `train.iterate(start_step)` give
-  host-local {"image": float32 NHWC, "label": int32} batches; iterating `eval` gives fixed-size
+  host-local {"image": float32 NHWC, "label": int32} batches (with `data.crop_on_device`,
+  {"crop_index", "crop_offset", "label"}, cut from `train.resident()` in the step by
+  `mixing.cut_crops`); iterating `eval` gives fixed-size
   {"image", "label", "mask"} batches; `info` is a DatasetInfo.
   """
   data_config = config.data
@@ -66,7 +68,7 @@ def create_datasets(config: ml_collections.ConfigDict
                 num_workers=data_config.num_workers, num_threads=data_config.num_threads,
                 prefetch_batches=data_config.prefetch_batches)
   train = TrainBatches(train_records, train_transform, global_batch_size=data_config.batch_size,
-                       seed=config.seed, **common)
+                       seed=config.seed, crop_on_device=data_config.crop_on_device, **common)
   evaluation = EvalBatches(eval_records, eval_transform, image_shape,
                            global_batch_size=data_config.eval_batch_size, **common)
   info = DatasetInfo(name=data_config.name, num_classes=splits.num_classes,

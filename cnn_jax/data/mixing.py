@@ -93,3 +93,20 @@ def normalise_on_device(images: jax.Array, erase_box: jax.Array | None, rng: jax
   inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
   noise = jax.random.normal(rng, out.shape, jnp.float32)
   return jnp.where(inside, noise, out)
+
+
+def cut_crops(batch: dict[str, jax.Array], source: jax.Array, image_shape: Sequence[int]
+              ) -> dict[str, jax.Array]:
+  """A `data.crop_on_device` batch (`crop_index`, `crop_offset`: rows of `source`, the shift
+  of each crop's top left corner) -> the batch with its `image`s, `image_shape` (H, W, C) crops
+  of `source` (the normalised padded set, `transforms.ArrayTrainTransform.resident`): the
+  host's `train_batch` images, cut on the device."""
+  height, width, channels = image_shape
+  batch = dict(batch)
+  index, offset = batch.pop("crop_index"), batch.pop("crop_offset")
+
+  def crop(row: jax.Array, top: jax.Array, left: jax.Array) -> jax.Array:
+    return jax.lax.dynamic_slice(source, (row, top, left, 0), (1, height, width, channels))[0]
+
+  batch["image"] = jax.vmap(crop)(index, offset[:, 0], offset[:, 1])
+  return batch

@@ -73,9 +73,11 @@ class _TrainBatchFn:
   """step -> this process's rows of the global batch at that step (picklable for workers)."""
 
   def __init__(self, records: Records, transform, *, global_batch_size: int,
-               local_batch_size: int, process_index: int, steps_per_epoch: int, seed: int):
+               local_batch_size: int, process_index: int, steps_per_epoch: int, seed: int,
+               crop_on_device: bool = False):
     self.records = records
     self.transform = transform
+    self.rows_method = "train_crops" if crop_on_device else "train_batch"
     self.global_batch_size = global_batch_size
     self.local_batch_size = local_batch_size
     self.first_row = process_index * local_batch_size
@@ -99,7 +101,7 @@ class _TrainBatchFn:
     # A global batch lies in one epoch (epochs are whole batches), so its rows do too.
     epoch, within = divmod(step * self.global_batch_size + self.first_row, self.epoch_length)
     indices = self.permutation(epoch)[within:within + self.local_batch_size]
-    return self.transform.train_batch(
+    return getattr(self.transform, self.rows_method)(
         self.records, indices, seed=self.seed, step=step, first_row=self.first_row,
         global_batch_size=self.global_batch_size)
 
@@ -177,13 +179,21 @@ class TrainBatches:
   `transform(image, rng)` -> normalised float32 HWC array (wrapped in `PerRecord`), or an object
   whose `train_batch(records, indices, *, seed, step, first_row, global_batch_size)` makes the
   rows at once (`transforms.ArrayTrainTransform`).
+
+  `crop_on_device` (such a transform's `train_crops`): a batch is the rows' indices and shifts
+  into `resident()`'s arrays, which the train step cuts its images from (`mixing.cut_crops`).
   """
 
   def __init__(self, records: Records, transform: Any, *, global_batch_size: int, seed: int,
                process_index: int = 0, process_count: int = 1, num_workers: int = 0,
-               num_threads: int = 1, prefetch_batches: int = 2):
+               num_threads: int = 1, prefetch_batches: int = 2, crop_on_device: bool = False):
     self.local_batch_size = check_global_batch("data.batch_size", global_batch_size,
                                                process_count, len(records))
+    if crop_on_device and not hasattr(transform, "train_crops"):
+      raise UserError("data.crop_on_device is for the in-memory sets (the embedded digits, "
+                      "the long-range task), whose crops the step can cut; this source's "
+                      "images are decoded and augmented on the host: set it False")
+    self.crop_on_device = crop_on_device
     self.records = records
     self.transform = transform if hasattr(transform, "train_batch") else PerRecord(transform)
     self.global_batch_size = global_batch_size
@@ -193,11 +203,16 @@ class TrainBatches:
     self._fn = _TrainBatchFn(
         records, self.transform, global_batch_size=global_batch_size,
         local_batch_size=self.local_batch_size, process_index=process_index,
-        steps_per_epoch=self.steps_per_epoch, seed=seed)
+        steps_per_epoch=self.steps_per_epoch, seed=seed, crop_on_device=crop_on_device)
     self.dataset = grain.MapDataset.range(_MAX_STEPS).map(self._fn)
 
   def batch(self, step: int) -> Batch:
     return self._fn(step)
+
+  def resident(self) -> Batch:
+    """Arrays the train step reads beside each batch, placed on every device once: the set
+    its crops are cut from with `crop_on_device`, else none."""
+    return self.transform.resident(self.records) if self.crop_on_device else {}
 
   def iterate(self, start_step: int) -> Iterator[Batch]:
     return _iterate(self.dataset[start_step:], num_workers=self.num_workers,

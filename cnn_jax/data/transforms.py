@@ -515,6 +515,9 @@ class ArrayTrainTransform:
   pixels are), and each batch is then one gather of whole rows, in NHWC order, from that copy's
   sliding windows (a view): a per-row pad and crop, and a per-batch normalisation, cost a small
   model's step several per cent of its time on a 2-core machine (experiments/cpu_speed/).
+  With `data.crop_on_device` the padded copy stays on the devices instead (`resident`), and a
+  batch is only the rows' indices and offsets (`train_crops`), cut there by
+  `mixing.cut_crops`: the same images, without the host's gather between steps.
   """
 
   def __init__(self, max_shift: int, mean: tuple[float, ...], std: tuple[float, ...]):
@@ -523,18 +526,20 @@ class ArrayTrainTransform:
     self.max_shift = max_shift
     self.mean = np.asarray(mean, np.float32)
     self.std = np.asarray(std, np.float32)
-    self._windows: tuple[np.ndarray, np.ndarray] | None = None  # (the set, its windows)
+    # (the set, its normalised padded copy, that copy's windows)
+    self._padded: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
   def __getstate__(self) -> dict:
     # A worker process makes its own copy: pickled, the windows view would be copied whole,
     # (2 max_shift + 1)^2 times the set.
     state = dict(self.__dict__)
-    state["_windows"] = None
+    state["_padded"] = None
     return state
 
-  def _normalised_windows(self, images: np.ndarray) -> np.ndarray:
-    """(N, 2 pad + 1, 2 pad + 1, H, W, C): every shifted crop of the normalised, padded set."""
-    if self._windows is None or self._windows[0] is not images:
+  def _normalised(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The normalised, padded set (N, H + 2 pad, W + 2 pad, C) and its windows
+    (N, 2 pad + 1, 2 pad + 1, H, W, C): every shifted crop, as a view."""
+    if self._padded is None or self._padded[0] is not images:
       pad = self.max_shift
       # The pixels and the zero fill normalised with the same float32 operations as a batch
       # normalised after its crop: the same values.
@@ -544,23 +549,41 @@ class ArrayTrainTransform:
       padded /= self.std
       n, _, _, c = images.shape
       s_n, s_h, s_w, s_c = padded.strides
-      self._windows = (images, np.lib.stride_tricks.as_strided(
+      self._padded = (images, padded, np.lib.stride_tricks.as_strided(
           padded, (n, 2 * pad + 1, 2 * pad + 1, *images.shape[1:3], c),
           (s_n, s_h, s_w, s_h, s_w, s_c), writeable=False))
-    return self._windows[1]
+    return self._padded[1], self._padded[2]
+
+  def _offsets(self, rows: int, *, seed: int, step: int, first_row: int,
+               global_batch_size: int) -> np.ndarray:
+    """(rows, 2) shifts (top, left) into the padded images of this process's rows."""
+    if not self.max_shift:
+      return np.zeros((rows, 2), np.int64)
+    rng = np.random.default_rng([seed, step, 1])
+    return rng.integers(0, 2 * self.max_shift + 1,
+                        size=(global_batch_size, 2))[first_row:first_row + rows]
 
   def train_batch(self, records: ArraySplit, indices: np.ndarray, *, seed: int, step: int,
                   first_row: int, global_batch_size: int) -> dict[str, np.ndarray]:
-    windows = self._normalised_windows(records.images)
-    if self.max_shift:
-      rng = np.random.default_rng([seed, step, 1])
-      offsets = rng.integers(0, 2 * self.max_shift + 1,
-                             size=(global_batch_size, 2))[first_row:first_row + len(indices)]
-      images = windows[indices, offsets[:, 0], offsets[:, 1]]
-    else:
-      images = windows[indices, 0, 0]
-    return {"image": images,
+    _, windows = self._normalised(records.images)
+    offsets = self._offsets(len(indices), seed=seed, step=step, first_row=first_row,
+                            global_batch_size=global_batch_size)
+    return {"image": windows[indices, offsets[:, 0], offsets[:, 1]],
             "label": records.labels[indices].astype(np.int32, copy=False)}
+
+  def train_crops(self, records: ArraySplit, indices: np.ndarray, *, seed: int, step: int,
+                  first_row: int, global_batch_size: int) -> dict[str, np.ndarray]:
+    """`train_batch`'s rows as the indices of their images in `resident`'s set and their
+    shifts, for `mixing.cut_crops` inside the step."""
+    offsets = self._offsets(len(indices), seed=seed, step=step, first_row=first_row,
+                            global_batch_size=global_batch_size)
+    return {"crop_index": indices.astype(np.int32), "crop_offset": offsets.astype(np.int32),
+            "label": records.labels[indices].astype(np.int32, copy=False)}
+
+  def resident(self, records: ArraySplit) -> dict[str, np.ndarray]:
+    """What `train_crops`' batches are cut from, to be placed on every device once."""
+    padded, _ = self._normalised(records.images)
+    return {"crop_source": padded}
 
 
 class ArrayEvalTransform:

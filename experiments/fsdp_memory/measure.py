@@ -153,7 +153,7 @@ def _measure(config: Any) -> dict[str, Any]:
       "label": jax.ShapeDtypeStruct((config.data.batch_size,), jnp.int32,
                                     sharding=batch_sharding)}
   step_fn = train.jit_train_step(task, config, info, mesh, graphdef, tx, schedule, shardings)
-  lowered = step_fn.lower(jax.tree.leaves(abstract_state), batch)
+  lowered = step_fn.lower(jax.tree.leaves(abstract_state), batch, {})
   lower_s = time.perf_counter() - start
   start = time.perf_counter()
   compiled = lowered.compile()
