@@ -1,4 +1,6 @@
-"""Batch-level mixup / cutmix on device, as timm's `Mixup(mode="batch")` (the ConvNeXt recipe).
+"""What the train step does to a batch on the device: uint8 images normalised (and erased),
+the in-memory sets' crops cut from their resident copy (`cut_crops`), and batch-level mixup /
+cutmix, as timm's `Mixup(mode="batch")` (the ConvNeXt recipe).
 
 Pure jax functions, called inside the jitted train step on the global batch:
 `mix(images, labels_onehot, rng, config) -> (images, soft_labels)`.

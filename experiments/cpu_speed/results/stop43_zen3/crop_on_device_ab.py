@@ -1,0 +1,57 @@
+"""Stop 43: `make train`'s step fed with the host's crops (`data.crop_on_device=False`) and
+with the crops cut in the step (True, the config's), each against the step on one fixed batch
+of its own kind, the four alternated at every step in one process (sound on a one-device CPU,
+where the step runs inline). Percentages are on the fixed image batch's step.
+
+  GLIBC_TUNABLES=... python experiments/cpu_speed/results/stop43_zen3/crop_on_device_ab.py 1200
+"""
+
+import os
+import statistics
+import sys
+import time
+
+REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), *[os.pardir] * 4))
+sys.path.insert(0, REPO_ROOT)
+
+from cnn_jax import hostenv  # noqa: E402
+
+hostenv.configure_jax()
+
+import jax  # noqa: E402
+
+from cnn_jax import bench, cli  # noqa: E402
+
+
+def feed(crop_on_device: bool) -> bench.FeedCheck:
+  config = cli.load_config_file(os.path.join(REPO_ROOT, "configs/lenet5_mnist.py"), "")
+  config.unlock()
+  config.data.crop_on_device = crop_on_device
+  return bench.prepare_jax(config.model.name, config=config, with_data=True).feed
+
+
+def main() -> None:
+  rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 1200
+  host, device = feed(False), feed(True)
+  units = {"fixed_images": host.step_alone, "fed_host_crops": host.step_with_data,
+           "fixed_indices": device.step_alone, "fed_device_crops": device.step_with_data}
+  for unit in units.values():
+    for _ in range(20):
+      out = unit()
+    jax.block_until_ready(out)
+  times = {kind: [] for kind in units}
+  order = list(units)
+  for round_ in range(rounds):
+    for kind in (order if round_ % 2 == 0 else order[::-1]):
+      start = time.perf_counter()
+      jax.block_until_ready(units[kind]())
+      times[kind].append(time.perf_counter() - start)
+  base = statistics.median(times["fixed_images"])
+  for kind, seconds in times.items():
+    median = statistics.median(seconds)
+    print(f"{kind:17s} {median * 1e3:6.2f} ms/step (median of {rounds}), "
+          f"{100 * (median / base - 1):+5.1f} % on fixed_images", flush=True)
+
+
+if __name__ == "__main__":
+  main()
