@@ -82,8 +82,12 @@ def test_a_checkpoint_restores_into_an_abstract_sharded_state(tmp_path):
 
 
 def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
+  # The two processes cut their shifted crops on the devices (data.crop_on_device: each places
+  # the set on its devices and feeds its rows' indices); the one process gathers them on the
+  # host: the same batches, so the same run.
   args = ["--config", DIGITS, "--config.total_steps=6", "--config.log_every_steps=1",
-          "--config.eval_every_steps=6", "--config.schedule.warmup_epochs=0.1"]
+          "--config.eval_every_steps=6", "--config.schedule.warmup_epochs=0.1",
+          "--config.data.max_shift=2", "--config.data.crop_on_device=True"]
   port = free_port()
   env2 = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   procs = [subprocess.Popen(
@@ -95,7 +99,8 @@ def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
   # start-up, and the mesh is the same 4 devices' either way.
   train.train_and_evaluate(load_config("lenet5_digits", total_steps=6, log_every_steps=1,
                                        eval_every_steps=6, **{"schedule.warmup_epochs": 0.1,
-                                                              "mesh.num_devices": 4}),
+                                                              "mesh.num_devices": 4,
+                                                              "data.max_shift": 2}),
                            str(tmp_path / "one"))
   outs = [p.communicate(timeout=HANG_TIMEOUT) for p in procs]
   assert all(p.returncode == 0 for p in procs), outs
