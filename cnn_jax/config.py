@@ -67,9 +67,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Train batches leave the host as uint8 (4x less to copy) and are normalised (and randomly
   # erased) on the accelerator in the train step. Off: normalised float32 on the host.
   config.data.normalise_on_device = False
-  # In-memory sets only (the embedded digits, the long-range task): the normalised, padded set
-  # is placed on every device once, and each batch is its rows' indices and shifts, whose crops
-  # the train step cuts (the same images). Off: the host gathers the crops between steps.
+  # In-memory sets (the embedded digits, the long-range task; other sources ignore it): the
+  # normalised, padded set is placed on every device once, and each batch is its rows' indices
+  # and shifts, whose crops the train step cuts (the same images). Off: the host gathers them.
   config.data.crop_on_device = False
   config.data.on_corrupt = "skip"       # skip (counted warning, next image instead) | fail
   config.data.num_workers = 0           # grain worker processes decoding (0 = threads only)

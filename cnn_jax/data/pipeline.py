@@ -180,8 +180,9 @@ class TrainBatches:
   whose `train_batch(records, indices, *, seed, step, first_row, global_batch_size)` makes the
   rows at once (`transforms.ArrayTrainTransform`).
 
-  `crop_on_device` (such a transform's `train_crops`): a batch is the rows' indices and shifts
-  into `resident()`'s arrays, which the train step cuts its images from (`mixing.cut_crops`).
+  `crop_on_device` (such a transform's `train_crops`; other transforms ignore it): a batch is
+  the rows' indices and shifts into `resident()`'s arrays, which the train step cuts its images
+  from (`mixing.cut_crops`).
   """
 
   def __init__(self, records: Records, transform: Any, *, global_batch_size: int, seed: int,
@@ -189,10 +190,9 @@ class TrainBatches:
                num_threads: int = 1, prefetch_batches: int = 2, crop_on_device: bool = False):
     self.local_batch_size = check_global_batch("data.batch_size", global_batch_size,
                                                process_count, len(records))
-    if crop_on_device and not hasattr(transform, "train_crops"):
-      raise UserError("data.crop_on_device is for the in-memory sets (the embedded digits, "
-                      "the long-range task), whose crops the step can cut; this source's "
-                      "images are decoded and augmented on the host: set it False")
+    # Only the in-memory sets have crops the step can cut; decoded images stay on the host, so
+    # a config that sets it (make train's) still runs on another source.
+    crop_on_device = crop_on_device and hasattr(transform, "train_crops")
     self.crop_on_device = crop_on_device
     self.records = records
     self.transform = transform if hasattr(transform, "train_batch") else PerRecord(transform)
