@@ -80,8 +80,9 @@ def measure(runs: dict[str, Callable[[int], Any]], steps: int, rounds: int
     run(max(steps // 10, 2))
   wall: dict[str, list[float]] = {part: [] for part in runs}
   cpu: dict[str, list[float]] = {part: [] for part in runs}
+  order = list(runs)
   for round_ in range(rounds):
-    for part in (PARTS if round_ % 2 == 0 else PARTS[::-1]):
+    for part in (order if round_ % 2 == 0 else order[::-1]):
       start, start_cpu = time.perf_counter(), time.process_time()
       runs[part](steps)
       wall[part].append((time.perf_counter() - start) / steps)

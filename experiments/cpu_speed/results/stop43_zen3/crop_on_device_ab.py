@@ -1,22 +1,21 @@
 """Stop 43: `make train`'s step fed with the host's crops (`data.crop_on_device=False`) and
 with the crops cut in the step (True, the config's), each against the step on one fixed batch
-of its own kind, the four alternated at every step in one process (sound on a one-device CPU,
-where the step runs inline). Percentages are on the fixed image batch's step.
+of its own kind, the four alternated at every step in one process by `loop_parts.measure`
+(sound on a one-device CPU, where the step runs inline). Percentages are on the fixed image
+batch's step.
 
   GLIBC_TUNABLES=... python experiments/cpu_speed/results/stop43_zen3/crop_on_device_ab.py 1200
 """
 
 import os
-import statistics
 import sys
-import time
+from collections.abc import Callable
+from typing import Any
 
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), *[os.pardir] * 4))
-sys.path.insert(0, REPO_ROOT)
+sys.path[:0] = [REPO_ROOT, os.path.join(REPO_ROOT, "experiments", "cpu_speed")]
 
-from cnn_jax import hostenv  # noqa: E402
-
-hostenv.configure_jax()
+import loop_parts  # noqa: E402  (configures JAX as the tools do)
 
 import jax  # noqa: E402
 
@@ -30,25 +29,23 @@ def feed(crop_on_device: bool) -> bench.FeedCheck:
   return bench.prepare_jax(config.model.name, config=config, with_data=True).feed
 
 
+def steps_of(unit: Callable[[], Any]) -> Callable[[int], Any]:
+  def run(steps: int) -> Any:
+    for _ in range(steps):
+      out = unit()
+    return jax.block_until_ready(out)
+  return run
+
+
 def main() -> None:
   rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 1200
   host, device = feed(False), feed(True)
   units = {"fixed_images": host.step_alone, "fed_host_crops": host.step_with_data,
            "fixed_indices": device.step_alone, "fed_device_crops": device.step_with_data}
-  for unit in units.values():
-    for _ in range(20):
-      out = unit()
-    jax.block_until_ready(out)
-  times = {kind: [] for kind in units}
-  order = list(units)
-  for round_ in range(rounds):
-    for kind in (order if round_ % 2 == 0 else order[::-1]):
-      start = time.perf_counter()
-      jax.block_until_ready(units[kind]())
-      times[kind].append(time.perf_counter() - start)
-  base = statistics.median(times["fixed_images"])
-  for kind, seconds in times.items():
-    median = statistics.median(seconds)
+  result = loop_parts.measure({kind: steps_of(unit) for kind, unit in units.items()}, 1, rounds)
+  base = result["fixed_images"]["wall_median_s"]
+  for kind, r in result.items():
+    median = r["wall_median_s"]
     print(f"{kind:17s} {median * 1e3:6.2f} ms/step (median of {rounds}), "
           f"{100 * (median / base - 1):+5.1f} % on fixed_images", flush=True)
 
