@@ -99,7 +99,7 @@ class FeedCheck:
   # through `put(batch, mesh)` instead of `parallel.feed_batch` (experiments compare feeds).
   step_fed_by: Callable[[Callable[..., Any]], Callable[[], Any]]
 
-  def measure(self, steps: int, rounds: int = 6) -> dict[str, Any]:
+  def measure(self, steps: int, rounds: int = FEED_ROUNDS) -> dict[str, Any]:
     """Seconds per unit of each kind, `rounds` rounds taken in turns, in order and reverse
     order (machine load drifts), step_with_data / step_alone of the totals, and the median of
     that ratio within each round, which one slow stretch of a shared host does not move
