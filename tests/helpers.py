@@ -94,6 +94,17 @@ def abstract_model(name: str, **options):
   return nnx.eval_shape(lambda: create_model(name, rngs=nnx.Rngs(0), **options))
 
 
+def normal(seed: int, shape, dtype=None):
+  """A standard-normal array drawn in NumPy, for a test's inputs: an eager `jax.random.normal`
+  compiles its threefry hash for each new shape at XLA:CPU's full optimisation, which takes
+  seconds for a shape of several axes (jaxlib 0.10.2), where this compiles nothing. `dtype`:
+  float32 unless given."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  values = np.random.default_rng(seed).standard_normal(tuple(shape), dtype=np.float32)
+  return jnp.asarray(values, jnp.float32 if dtype is None else dtype)
+
+
 def numpy_filled(model, seed: int = 0, *, std: float | None = None):
   """`model` (abstract, or built) with values drawn in NumPy, for a test that needs some
   model's values and not its initialisers': a full-size model's initialiser compiles for

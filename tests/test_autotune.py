@@ -15,6 +15,7 @@ import pytest
 
 from cnn_jax import hostenv
 from cnn_jax.models import autotune, layers, onednn
+from helpers import normal
 
 ZEN3 = ("vendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n"
         "flags\t\t: fpu sse4_2 avx f16c fma avx2 bmi2\n")
@@ -57,8 +58,7 @@ def _depthwise(x, w):
 
 
 def _operands():
-  kx, kw = jax.random.split(jax.random.key(0))
-  return jax.random.normal(kx, (2, 9, 9, 6)), jax.random.normal(kw, (3, 3, 1, 6))
+  return normal(0, (2, 9, 9, 6)), normal(1, (3, 3, 1, 6))
 
 
 def _traced(impl="auto", scale=1.0):
@@ -117,8 +117,7 @@ def test_the_choice_is_per_cpu_model(tuning, monkeypatch):
 
 def _traced_dense(scale=1.0):
   """The jaxpr of a freshly traced jit of a 3x3 conv, a form oneDNN takes."""
-  kx, kw = jax.random.split(jax.random.key(0))
-  x, w = jax.random.normal(kx, (2, 9, 9, 16)), jax.random.normal(kw, (3, 3, 16, 16))
+  x, w = normal(0, (2, 9, 9, 16)), normal(1, (3, 3, 16, 16))
 
   def f(x, w):
     with layers.conv_impl("auto"):
@@ -252,7 +251,7 @@ def test_every_choice_gives_the_same_values_and_gradients(tuning, forward, gradi
                            "gradient": 1.0 if name == gradient else 2.0}
                     for name in autotune.CHOICES}
   x, w = _operands()
-  pooled = jax.random.normal(jax.random.key(1), (2, 11, 11, 6))
+  pooled = normal(1, (2, 11, 11, 6))
 
   def loss(impl, x, w, pooled):
     with layers.conv_impl(impl):

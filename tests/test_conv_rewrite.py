@@ -11,7 +11,7 @@ from flax import nnx
 
 from cnn_jax import summary
 from cnn_jax.models import cpu_ops, layers
-from helpers import abstract_model, numpy_filled
+from helpers import abstract_model, normal, numpy_filled
 
 # (kernel, stride, groups, padding, rewritten?)
 CASES = [
@@ -30,9 +30,8 @@ def _conv_pair(kernel, stride, groups, padding, channels=12, out=8, size=(2, 11,
   in_ch = channels
   groups = in_ch if groups == "depthwise" else groups
   out = in_ch if groups == in_ch else out
-  key_x, key_w = jax.random.split(jax.random.key(0))
-  x = jax.random.normal(key_x, (*size, in_ch), jnp.float32)
-  w = jax.random.normal(key_w, (kernel, kernel, in_ch // groups, out), jnp.float32)
+  x = normal(0, (*size, in_ch))
+  w = normal(1, (kernel, kernel, in_ch // groups, out))
 
   def run(impl):
     def f(x, w):
@@ -72,9 +71,8 @@ def test_rewrite_equals_xla_conv_in_values_and_gradients(kernel, stride, groups,
     (2, (2, 3), ((0, 1), (2, 0))),
 ])
 def test_few_channel_conv_equals_xla_conv_in_values_and_gradients(channels, kernel_hw, padding):
-  key_x, key_w = jax.random.split(jax.random.key(0))
-  x = jax.random.normal(key_x, (9, 11, 13, channels), jnp.float32)
-  w = jax.random.normal(key_w, (*kernel_hw, channels, 5), jnp.float32)
+  x = normal(0, (9, 11, 13, channels))
+  w = normal(1, (*kernel_hw, channels, 5))
 
   def run(impl):
     def f(x, w):
@@ -97,9 +95,8 @@ def test_few_channel_conv_equals_xla_conv_in_values_and_gradients(channels, kern
 def test_cpu_forms_of_stride_1_convs_in_bfloat16_are_as_close_to_float32_as_xlas(channels):
   """Their sums run in float32 as XLA's conv accumulates, so both round alike to bfloat16: the
   few-channel form (1, 6) and the kernel gradient from copies (more channels)."""
-  key_x, key_w = jax.random.split(jax.random.key(0))
-  x = jax.random.normal(key_x, (8, 14, 14, channels))
-  w = jax.random.normal(key_w, (5, 5, channels, 16))
+  x = normal(0, (8, 14, 14, channels))
+  w = normal(1, (5, 5, channels, 16))
 
   def run(impl, dtype):
     def f(x, w):
@@ -146,10 +143,9 @@ def test_strided_conv_by_phases_equals_xla_conv_in_values_and_gradients(kernel, 
     ((3, 3), "VALID", (2, 7, 9)),
 ])
 def test_conv_with_copied_kernel_gradient_equals_xla_conv(kernel_hw, padding, size):
-  key_x, key_w = jax.random.split(jax.random.key(3))
   channels = cpu_ops.FEW_CHANNELS + 4
-  x = jax.random.normal(key_x, (*size, channels), jnp.float32)
-  w = jax.random.normal(key_w, (*kernel_hw, channels, 7), jnp.float32)
+  x = normal(3, (*size, channels))
+  w = normal(4, (*kernel_hw, channels, 7))
 
   def run(impl):
     def f(x, w):
@@ -186,7 +182,7 @@ def test_models_give_the_same_logits_and_gradients_either_way(name, overrides):
   # Eval mode: batch statistics of a 2-image batch on 1x1 maps would amplify rounding.
   model.eval()
   graphdef, state = nnx.split(model)
-  x = jax.random.normal(jax.random.key(1), (2, 32, 32, overrides.get("in_channels", 3)))
+  x = normal(1, (2, 32, 32, overrides.get("in_channels", 3)))
 
   def loss(state, impl):
     with layers.conv_impl(impl):
@@ -214,14 +210,14 @@ def test_summary_counts_conv_macs_whatever_the_default_impl():
 @pytest.mark.parametrize("window,stride,padding,size", [
     (3, 2, 0, (13, 11)), (3, 2, 1, (13, 11)), (2, 2, 0, (12, 10)), (2, 2, 0, (13, 11))])
 def test_max_pool_by_slices_equals_reduce_window(window, stride, padding, size):
-  x = jax.random.normal(jax.random.key(2), (2, *size, 5))  # no ties: gradients are unique
+  x = normal(2, (2, *size, 5))  # no ties: gradients are unique
 
   def run(impl):
     def f(x):
       with layers.conv_impl(impl):
         return layers.max_pool(x, window, stride, padding)
     y, vjp = jax.vjp(f, x)
-    dy = jax.random.normal(jax.random.key(3), y.shape)
+    dy = normal(3, y.shape)
     return y, vjp(dy)[0], str(jax.make_jaxpr(f)(x))
 
   y_ref, dx_ref, jaxpr_ref = run("xla")
@@ -235,8 +231,8 @@ def test_max_pool_by_slices_equals_reduce_window(window, stride, padding, size):
 def test_max_pool_gradient_goes_to_the_first_of_tied_maxima_as_select_and_scatter(window,
                                                                                    padding):
   # ReLU outputs: many windows of zeros (ties), where a split gradient would differ.
-  x = jnp.round(jax.nn.relu(jax.random.normal(jax.random.key(4), (2, 12, 12, 3))))
-  dy = jax.random.normal(jax.random.key(5), (2, 6, 6, 3))
+  x = jnp.round(jax.nn.relu(normal(4, (2, 12, 12, 3))))
+  dy = normal(5, (2, 6, 6, 3))
   grads = {}
   for impl in ("xla", "rewrite"):
     def f(x):
@@ -285,8 +281,7 @@ def test_an_unknown_conv_impl_is_refused_before_the_run(tmp_path):
 @pytest.mark.parametrize("activation", [jax.nn.relu, jax.nn.gelu])
 @pytest.mark.parametrize("rows", [4, 5])
 def test_computed_once_equals_the_plain_function_in_values_and_gradients(activation, rows):
-  keys = jax.random.split(jax.random.key(6), 3)
-  a, b, dy = (jax.random.normal(k, (3, rows, 4, 3)) for k in keys)
+  a, b, dy = (normal(seed, (3, rows, 4, 3)) for seed in (6, 7, 8))
   fn = lambda a, b: activation(a + b)  # noqa: E731
 
   def run(impl):
@@ -317,8 +312,7 @@ def test_computed_once_equals_the_plain_function_in_values_and_gradients(activat
 def test_computed_apart_is_a_conditional_that_xla_cannot_decide_or_remove():
   # The predicate stays hidden behind the barrier: a conditional XLA knew to take one branch
   # would be inlined, and the branch fused into the consumers again.
-  keys = jax.random.split(jax.random.key(10), 2)
-  a, b = (jax.random.normal(k, (2, 6, 6, 3)) for k in keys)
+  a, b = (normal(seed, (2, 6, 6, 3)) for seed in (10, 11))
   fn = lambda a, b: (jnp.sin(a) * b, a + b)  # noqa: E731
   apart = jax.jit(lambda a, b: cpu_ops.computed_apart(fn, a, b))
   for got, want in zip(apart(a, b), fn(a, b)):
@@ -361,7 +355,7 @@ def test_a_deep_residual_stage_is_not_recomputed_block_by_block():
         x = block(x)
       return x
 
-  x = jax.random.normal(jax.random.key(7), (4, 6, 6, 4))
+  x = normal(7, (4, 6, 6, 4))
   # A block's own fusions read its two convs' outputs at most.
   assert _fusions_reading_several_convs(Stage(), x) <= 2
 
@@ -374,8 +368,8 @@ def test_depthwise_taps_are_compiled_once_per_direction():
   # kernels (54 reduce fusions). Now: forward, input gradient, kernel gradient.
   import re
 
-  x = jax.random.normal(jax.random.key(8), (2, 9, 9, 8))
-  w = jax.random.normal(jax.random.key(9), (7, 7, 1, 8))
+  x = normal(8, (2, 9, 9, 8))
+  w = normal(9, (7, 7, 1, 8))
 
   def loss(x, w):
     with layers.conv_impl("rewrite"):

@@ -19,7 +19,7 @@ from cnn_jax import checkpoint, fcmae, train
 # must not clash with them (importing the cnn_jax.convert CLI module would).
 from cnn_jax import summary  # noqa: F401
 from cnn_jax.models import create_model
-from helpers import abstract_model, load_config
+from helpers import abstract_model, load_config, normal
 from helpers import losses as run_losses
 
 # A tiny ConvNeXt V2: stem 1x1, stages at 16/8/4/2 px for 16x16 images, so the mask is a 2x2
@@ -70,10 +70,10 @@ def pixel_mask(visible: jax.Array, patch: int) -> jax.Array:
 
 
 VISIBLE = jnp.array([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [0.0, 0.0]]])
-IMAGES = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+IMAGES = normal(0, (2, 16, 16, 3))
 # Different pixels in the masked patches only.
 OTHER_IMAGES = jnp.where(pixel_mask(VISIBLE, PATCH) > 0, IMAGES,
-                         5.0 * jax.random.normal(jax.random.key(1), IMAGES.shape))
+                         5.0 * normal(1, IMAGES.shape))
 
 
 def test_masked_pixels_do_not_reach_visible_outputs():
@@ -195,7 +195,7 @@ def test_mask_ratio_is_exact_per_image_and_random():
 
 
 def test_patchify_layout_and_inverse():
-  images = jax.random.normal(jax.random.key(0), (2, 8, 12, 3))
+  images = normal(0, (2, 8, 12, 3))
   patches = fcmae.patchify(images, 4)
   assert patches.shape == (2, 2, 3, 48)
   np.testing.assert_array_equal(patches[1, 1, 2], images[1, 4:8, 8:12, :].reshape(-1))
@@ -203,7 +203,7 @@ def test_patchify_layout_and_inverse():
 
 
 def test_targets_are_normalised_per_patch():
-  images = 3.0 + 2.0 * jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+  images = 3.0 + 2.0 * normal(0, (2, 16, 16, 3))
   target = np.asarray(fcmae.patch_targets(images, 8, norm_pix_loss=True))
   np.testing.assert_allclose(target.mean(-1), 0.0, atol=1e-5)
   np.testing.assert_allclose(target.var(-1, ddof=1), 1.0, rtol=1e-4)
@@ -212,10 +212,10 @@ def test_targets_are_normalised_per_patch():
 
 
 def test_loss_counts_masked_patches_only():
-  images = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+  images = normal(0, (2, 16, 16, 3))
   target = fcmae.patch_targets(images, 8, norm_pix_loss=True)
   visible = VISIBLE[..., None]
-  noise = jax.random.normal(jax.random.key(1), target.shape)
+  noise = normal(1, target.shape)
   # Perfect on the masked patches, wrong on the visible ones: zero loss.
   pred = target + visible * noise
   loss = fcmae.reconstruction_loss(pred, images, VISIBLE, patch_size=8, norm_pix_loss=True)

@@ -15,7 +15,7 @@ from cnn_jax.errors import UserError
 from cnn_jax.models import convnext, create_model, roadmap
 from cnn_jax.models.layers import DropPath, count_params
 from helpers import abstract_model as abstract
-from helpers import initialized, numpy_filled
+from helpers import initialized, normal, numpy_filled
 
 # timm 1.0.31: sum(p.numel() for p in timm.create_model(name).parameters()).
 TIMM_PARAM_COUNTS = {
@@ -143,7 +143,7 @@ def test_real_forward_convnextv2_atto_small_resolution():
   # leaves a std of 0.88 x 0.02.
   assert float(jnp.std(w)) == pytest.approx(0.02, rel=0.15)
   assert float(jnp.abs(model.stages[2].blocks[0].fc1.bias[...]).max()) == 0.0
-  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 1))
+  x = normal(1, (2, 32, 32, 1))
   feats, logits = both(model, x)
   assert feats.shape == (2, 2, 2, 320)
   assert logits.shape == (2, 10) and bool(jnp.all(jnp.isfinite(logits)))
@@ -154,7 +154,7 @@ def test_drop_path_active_in_train_identity_in_eval():
                                drop_path_rate=0.6), std=0.05)
   rates = [m.rate for _, m in model.iter_modules() if isinstance(m, DropPath)]
   assert rates == pytest.approx([0.0, 0.2, 0.4, 0.6])  # linear over blocks (timm)
-  x = jax.random.normal(jax.random.key(1), (4, 32, 32, 1))
+  x = normal(1, (4, 32, 32, 1))
   train_a, train_b = forward(model, x), forward(model, x)
   assert not np.allclose(train_a, train_b)  # fresh drop masks each call
   model.eval()
@@ -228,7 +228,7 @@ def test_roadmap_step_forward_and_options():
   # both modes; narrowed so the check stays cheap.
   model = numpy_filled(abstract("convnext_roadmap", step=0, num_classes=3, depths=(1, 2, 1, 1),
                                dims=(32, 64, 128, 256), stem_dim=16), std=0.05)
-  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  x = normal(0, (2, 32, 32, 3))
   stats = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
   train = forward(model, x)
   assert train.shape == (2, 3) and bool(jnp.all(jnp.isfinite(train)))
@@ -266,7 +266,7 @@ def test_bad_image_size_and_small_image_options():
 
 def test_mask_of_ones_equals_no_mask_and_masked_positions_stay_zero():
   model = create_model("convnextv2_atto", **ATTO, depths=(1, 1, 1, 1), rngs=nnx.Rngs(0))
-  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 1))
+  x = normal(0, (2, 32, 32, 1))
   ones = jnp.ones((2, 2, 2, 1))
   np.testing.assert_allclose(features(model, x, ones), features(model, x), atol=1e-6)
   mask = ones.at[:, 0, 0].set(0.0)
@@ -279,7 +279,7 @@ def test_remat_bf16_and_head_init_scale():
   # remat is per block inside Stage; one stage (atto's second, whose parameter shapes are
   # already compiled) keeps the two backward compiles cheap.
   cfg = convnext.BlockConfig(grn=True, layer_scale_init=0.5)
-  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 40))
+  x = normal(0, (2, 8, 8, 40))
 
   def stage(remat):
     return initialized(lambda rngs: convnext.Stage(

@@ -11,7 +11,7 @@ from cnn_jax.errors import UserError
 from cnn_jax.models import create_model, hybrid
 from cnn_jax.models.layers import count_params
 from helpers import abstract_apply, abstract_model, compiled_apply, initialized
-from helpers import load_config
+from helpers import load_config, normal
 from helpers import losses as run_losses
 
 
@@ -74,7 +74,7 @@ def test_an_all_conv_hybrid_is_the_convnext_v2_of_its_stages(norm):
   hyb = create_model("hybrid_micro", stage_types=("conv",) * 4, image_size=32,
                      rngs=nnx.Rngs(0), **kw)
   ref = create_model("convnextv2_atto", rngs=nnx.Rngs(0), **kw)
-  x = jax.random.normal(jax.random.key(1), (4, 32, 32, 1))
+  x = normal(1, (4, 32, 32, 1))
   # Features, not logits: with norm="bn" ConvNeXt's head norm is a BN too, the hybrid's an LN.
   np.testing.assert_allclose(compiled_apply(hyb, x, method="forward_features"),
                              compiled_apply(ref, x, method="forward_features"), rtol=1e-5,
@@ -117,7 +117,7 @@ def test_one_attention_block_mixes_opposite_corners():
 
   # Jitted: one compile per program instead of op-by-op dispatch, several times cheaper on CPU.
   corner_grad = nnx.jit(lambda m, x: jax.grad(lambda x: m.forward_features(x)[0, 0, 0].sum())(x))
-  x = jax.random.normal(jax.random.key(0), (1, 32, 32, 1))
+  x = normal(0, (1, 32, 32, 1))
   grad = corner_grad(model, x)
   assert float(jnp.abs(grad[0, -8:, -8:]).sum()) > 0  # the far corner reaches the first token
   conv_only = build(("conv", "conv"))

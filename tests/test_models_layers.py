@@ -15,6 +15,7 @@ from jax.scipy.special import erf
 from cnn_jax.models import create_model
 from cnn_jax.models import layers
 from cnn_jax.models.layers import ACTIVATIONS, conv2d, get_activation
+from helpers import normal
 
 
 def test_gelu_is_the_exact_erf_form_and_gelu_tanh_the_approximation():
@@ -34,8 +35,8 @@ def _plain_gelu(x):
 @pytest.mark.parametrize("impl", ["auto", "xla"])
 def test_gelu_values_and_gradient_are_the_plain_exact_gelus(impl):
   # Inside a reduction and times a weight, as in a ConvNeXt V2 block (GRN's sum of squares).
-  x = 3.0 * jax.random.normal(jax.random.key(0), (4, 6, 6, 16))
-  w = jax.random.normal(jax.random.key(1), (16,))
+  x = 3.0 * normal(0, (4, 6, 6, 16))
+  w = normal(1, (16,))
 
   def loss(act, x):
     y = act(x)
@@ -76,7 +77,7 @@ def test_unknown_activation_names_the_choices():
 
 
 def test_conv2d_pads_like_pytorch_not_like_same():
-  x = jax.random.normal(jax.random.key(0), (1, 8, 8, 2))
+  x = normal(0, (1, 8, 8, 2))
   conv = conv2d(2, 3, 3, 2, dtype=None, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
   assert conv.padding == ((1, 1), (1, 1))
   torch_like = jax.lax.conv_general_dilated(x, conv.kernel[...], (2, 2), ((1, 1), (1, 1)),
@@ -98,11 +99,9 @@ def _with_params(layer, scale, bias):
 
 def _norm_inputs(shape):
   """x off-centre per channel (so the mean term matters), a scale, a bias and loss weights."""
-  keys = jax.random.split(jax.random.key(0), 4)
   channels = shape[-1]
-  return (2.0 + 3.0 * jax.random.normal(keys[0], shape),
-          1.0 + jax.random.normal(keys[1], (channels,)), jax.random.normal(keys[2], (channels,)),
-          jax.random.normal(keys[3], shape))
+  return (2.0 + 3.0 * normal(0, shape), 1.0 + normal(1, (channels,)), normal(2, (channels,)),
+          normal(3, shape))
 
 
 @pytest.mark.parametrize("impl", ["auto", "xla"])
@@ -127,7 +126,7 @@ def test_layer_norm_values_and_all_gradients_are_nnx_layer_norms(impl, shape):
 
 
 def test_layer_norm_outside_float32_is_nnx_layer_norm():
-  x = jax.random.normal(jax.random.key(0), (2, 3, 8), jnp.bfloat16)
+  x = normal(0, (2, 3, 8), jnp.bfloat16)
   ours = layers.layer_norm(8, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
   theirs = nnx.LayerNorm(8, epsilon=1e-6, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
   with layers.conv_impl("auto"):
@@ -217,9 +216,8 @@ def _plain_attention(q, k, v, scale):
 
 @pytest.mark.parametrize("impl", ["auto", "xla"])
 def test_attention_values_and_gradients_are_the_plain_softmax_attentions(impl):
-  q, k, v = (2.0 * jax.random.normal(key, (2, 3, 9, 4))
-             for key in jax.random.split(jax.random.key(0), 3))
-  w = jax.random.normal(jax.random.key(1), (2, 9, 3, 4))
+  q, k, v = (2.0 * normal(seed, (2, 3, 9, 4)) for seed in (0, 2, 3))
+  w = normal(1, (2, 9, 3, 4))
 
   def loss(attend, q, k, v):
     return jnp.sum(jnp.tanh(attend(q, k, v, 0.5)) * w)

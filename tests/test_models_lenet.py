@@ -6,7 +6,7 @@ from flax import nnx
 from cnn_jax.errors import UserError
 from cnn_jax.models import create_model, list_models
 from cnn_jax.models.layers import count_params
-from helpers import abstract_apply, abstract_model
+from helpers import abstract_apply, abstract_model, normal
 
 
 def test_lenet5_has_exactly_61706_parameters():
@@ -42,7 +42,7 @@ def test_bad_option_is_a_user_error():
 def test_lenet5_gradients_reach_every_parameter():
   model = create_model("lenet5", rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model)
-  x = jax.random.normal(jax.random.key(1), (4, 32, 32, 1))
+  x = normal(1, (4, 32, 32, 1))
 
   def loss(params):
     return jnp.sum(nnx.merge(graphdef, params)(x) ** 2)
@@ -60,7 +60,7 @@ def test_lenet5_pooling_before_relu_gives_the_values_and_gradients_of_relu_then_
 
   model = create_model("lenet5", in_channels=1, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model)
-  x = jnp.round(2 * jax.random.normal(jax.random.key(1), (4, 32, 32, 1))) / 2
+  x = jnp.round(2 * normal(1, (4, 32, 32, 1))) / 2
 
   def reference(model, x):
     for conv in (model.c1, model.c3):

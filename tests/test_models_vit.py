@@ -18,7 +18,7 @@ from cnn_jax.errors import UserError
 from cnn_jax.models import create_model, layers, list_models
 from cnn_jax.models.layers import count_params
 from cnn_jax.models.vit import VisionTransformer
-from helpers import abstract_model, compiled_apply, numpy_filled
+from helpers import abstract_model, compiled_apply, normal, numpy_filled
 
 # timm 1.0's own counts (sum of p.numel() over timm.create_model(name).parameters()).
 TIMM_PARAMS = {
@@ -131,7 +131,7 @@ def test_cifar_variant_forward():
   # Numpy-drawn weights: the 12 blocks' initialiser would cost more to compile than the forward.
   model = numpy_filled(abstract_model("vit_tiny_patch4_32", num_classes=10), std=0.05)
   model.eval()
-  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  x = normal(1, (2, 32, 32, 3))
   # One compiled program for both outputs: op by op, each of the 12 blocks' ops compiles alone.
   logits, tokens = nnx.jit(lambda m, x: (m(x), m.forward_features(x)))(model, x)
   assert logits.shape == (2, 10) and logits.dtype == jnp.float32
@@ -161,7 +161,7 @@ def test_train_and_eval_modes():
   model = tiny_vit(dropout_rate=0.3, drop_path_rate=0.5, attn_dropout_rate=0.2)
   rates = [b.drop_path1.rate for b in model.blocks]
   assert rates == pytest.approx([0.0, 0.5])  # linear over blocks
-  x = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
+  x = normal(0, (4, 16, 16, 3))
   forward = nnx.jit(lambda m, x: m(x))
   model.eval()
   e1, e2 = forward(model, x), forward(model, x)
@@ -176,7 +176,7 @@ def test_train_and_eval_modes():
 
 def test_no_dropout_train_equals_eval():
   model = tiny_vit()
-  x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+  x = normal(0, (2, 16, 16, 3))
   train_out = compiled_apply(model, x)
   model.eval()
   np.testing.assert_allclose(np.asarray(train_out), np.asarray(compiled_apply(model, x)),
@@ -186,7 +186,7 @@ def test_no_dropout_train_equals_eval():
 def test_remat_same_values_and_grads():
   """Remat recomputes the blocks in the backward pass: same loss and grads, dropout included
   (same seeds -> same masks)."""
-  x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+  x = normal(0, (2, 16, 16, 3))
   outs, grads = [], []
   for remat in (False, True):
     model = tiny_vit(remat=remat, dropout_rate=0.1, drop_path_rate=0.3)  # train mode
@@ -258,9 +258,9 @@ def test_attention_layout_same_values_and_grads():
   did: same outputs and gradients for the input and every parameter."""
   block = tiny_vit(embed_dim=32, num_heads=4).blocks[0]
   block.eval()
-  x = jax.random.normal(jax.random.key(0), (3, 17, 32))
+  x = normal(0, (3, 17, 32))
   graphdef, params, rest = nnx.split(block.attn, nnx.Param, ...)
-  weights = jax.random.normal(jax.random.key(1), (3, 17, 32))
+  weights = normal(1, (3, 17, 32))
 
   def loss(forward):
     return lambda p, x: jnp.sum(forward(nnx.merge(graphdef, p, rest), x) * weights)
@@ -279,7 +279,7 @@ def test_cpu_forms_same_loss_and_every_gradient_as_the_plain_forms():
   parameter, train and eval."""
   model = tiny_vit(embed_dim=32, num_heads=4, depth=2)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  x = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
+  x = normal(0, (3, 16, 16, 3))
   labels = jnp.array([0, 3, 4])
 
   def loss(p, x):
@@ -301,7 +301,7 @@ def test_attention_by_jax_nn_same_loss_and_every_gradient_as_the_models_own():
   """attention_impl="xla" calls jax.nn.dot_product_attention (tokens before heads) where "auto"
   calls layers.attention: the same loss and gradients, the same parameters. "cudnn" differs from
   "xla" only in the implementation jax.nn is asked for, which needs a GPU."""
-  x = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
+  x = normal(0, (3, 16, 16, 3))
   labels = jnp.array([0, 3, 4])
   results = {}
   for impl in ("auto", "xla"):

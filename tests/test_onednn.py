@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from cnn_jax.models import layers, onednn
-from helpers import abstract_model, load_config, numpy_filled
+from helpers import abstract_model, load_config, normal, numpy_filled
 
 pytestmark = pytest.mark.skipif(
     shutil.which("c++") is None, reason="no C++ compiler to build oneDNN's handler")
@@ -41,11 +41,10 @@ CASES = [
 @pytest.mark.parametrize("kernel_hw,stride,padding,channels,out,groups,size", CASES)
 def test_onednn_conv_equals_xla_conv_in_values_and_gradients(kernel_hw, stride, padding, channels,
                                                              out, groups, size):
-  kx, kw, ky = jax.random.split(jax.random.key(0), 3)
-  x = jax.random.normal(kx, (*size, channels))
-  w = jax.random.normal(kw, (*kernel_hw, channels // groups, out))
+  x = normal(0, (*size, channels))
+  w = normal(1, (*kernel_hw, channels // groups, out))
   y_ref, vjp_ref = jax.vjp(lambda x, w: _xla_conv(x, w, stride, padding, groups), x, w)
-  dy = jax.random.normal(ky, y_ref.shape)
+  dy = normal(2, y_ref.shape)
 
   def onednn_vjp(x, w, dy):
     y, pullback = jax.vjp(lambda x, w: onednn.conv(x, w, stride, padding, groups), x, w)
@@ -61,7 +60,7 @@ def test_the_onednn_impl_puts_every_conv_on_onednn_as_close_to_float64_as_xla():
   model = numpy_filled(abstract_model("resnet20", num_classes=10))
   model.eval()  # Batch statistics of a 2-image batch would amplify rounding.
   graphdef, state = nnx.split(model)
-  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  x = normal(1, (2, 32, 32, 3))
 
   def loss(state, x, impl):
     with layers.conv_impl(impl):
@@ -139,8 +138,7 @@ def test_batched_matmul_equals_xlas_dot_over_the_leading_axes(spec, transpose_a,
   m, k, n = 13, 9, 7  # Odd sizes: no kernel's favourite.
   a_shape = (2, 3, k, m) if transpose_a else (2, 3, m, k)
   b_shape = (2, 3, n, k) if transpose_b else (2, 3, k, n)
-  ka, kb = jax.random.split(jax.random.key(0))
-  a, b = jax.random.normal(ka, a_shape), jax.random.normal(kb, b_shape)
+  a, b = normal(0, a_shape), normal(1, b_shape)
   got = jax.jit(lambda a, b: onednn.batched_matmul(a, b, transpose_a, transpose_b))(a, b)
   want = jnp.einsum(spec, a, b, precision="highest")
   assert got.shape == (2, 3, m, n)
@@ -151,9 +149,8 @@ def test_the_attention_with_its_backward_on_onednn_is_the_attention():
   """`layers.attention` under "onednn" (its backward's dots by oneDNN) against "xla" (the
   plain softmax attention): the same output and the same gradients of q, k and v."""
   b, heads, n, d = 2, 3, 17, 8
-  kq, kk, kv, kg = jax.random.split(jax.random.key(1), 4)
-  q, k, v = (jax.random.normal(key, (b, heads, n, d)) for key in (kq, kk, kv))
-  cotangent = jax.random.normal(kg, (b, n, heads, d))
+  q, k, v = (normal(seed, (b, heads, n, d)) for seed in (1, 2, 3))
+  cotangent = normal(4, (b, n, heads, d))
 
   def value_and_grads(impl):
     with layers.conv_impl(impl):  # Read when the function is traced.
@@ -187,9 +184,8 @@ def test_over_8_devices_with_a_sharded_batch_it_gives_the_values_of_one():
   from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
   mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
-  kx, kw = jax.random.split(jax.random.key(0))
-  x = jax.random.normal(kx, (16, 8, 8, 4))
-  w = jax.random.normal(kw, (3, 3, 4, 5))
+  x = normal(0, (16, 8, 8, 4))
+  w = normal(1, (3, 3, 4, 5))
 
   def loss(conv, x, w):
     return jnp.sum(jnp.sin(conv(x, w)))

@@ -22,7 +22,7 @@ from cnn_jax.data.sources.images import CorruptImage, decode_image
 from cnn_jax.data.transforms import EvalTransform
 from cnn_jax.errors import UserError
 from cnn_jax.models import create_model
-from helpers import (compiled_apply, cut_short, load_config, numpy_random_model, run_cli,
+from helpers import (compiled_apply, cut_short, load_config, normal, numpy_random_model, run_cli,
                      run_cli_in_process)
 from pretrained_fixtures import PRETRAINED, export_state_dict
 
@@ -99,7 +99,7 @@ def test_grad_cam_is_the_class_activation_map_of_a_resnet():
   data_config.image_size = 64
   loaded = predict.Loaded("resnet18", model, data_config, class_names.indices(4))
   predictor = predict.Predictor(loaded, top_k=1, cam=True)
-  x = jax.random.normal(jax.random.key(0), (3, 64, 64, 3))
+  x = normal(0, (3, 64, 64, 3))
   _, indices, cams = predictor(list(np.asarray(x)))
   features = np.asarray(compiled_apply(model, x, method="forward_features"))
   kernel = np.asarray(model.fc.kernel[...])
