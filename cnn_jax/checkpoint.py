@@ -108,9 +108,10 @@ def _unretrieved_reads_quiet() -> Iterator[None]:
     failed = True
     raise
   finally:
-    with warnings.catch_warnings():
-      warnings.filterwarnings("ignore", _NEVER_AWAITED_READ, RuntimeWarning)
-      gc.collect()  # Collects them now, while they are quiet.
+    if failed:  # A read that succeeded leaves none; a full collection costs seconds in a big heap.
+      with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", _NEVER_AWAITED_READ, RuntimeWarning)
+        gc.collect()  # Collects them now, while they are quiet.
     sys.unraisablehook = previous
     asyncio_logger.setLevel(level)
     if failed:
