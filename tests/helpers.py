@@ -202,13 +202,14 @@ def write_sweep_file(directory, *, workdir: str, overrides: list, points: list,
   return path
 
 
-def initialized(construct, seed: int = 0):
+def initialized(construct, seed: int = 0, **streams: int):
   """`construct(rngs)` with its initialisers compiled as one program, as create_model builds
   (registry.initialize): eagerly, every parameter shape compiles its own initialiser, seconds of
-  CPU for even a small model. The same draw as the eager build, to rounding."""
+  CPU for even a small model. The same draw as the eager build, to rounding. `streams`: more
+  RNG streams' seeds (dropout=1)."""
   from flax import nnx  # pylint: disable=import-outside-toplevel
   from cnn_jax.models import registry  # pylint: disable=import-outside-toplevel
-  return registry.initialize(construct, nnx.Rngs(seed))
+  return registry.initialize(construct, nnx.Rngs(seed, **streams))
 
 
 # ------------------------------------------------------------------ runs shared by test files

@@ -19,6 +19,7 @@ from cnn_jax.errors import UserError
 from cnn_jax.models import create_model, get_constructor, list_models
 from cnn_jax.models.layers import ACTIVATIONS, count_params
 from cnn_jax.models.resnet import BasicBlock, Bottleneck, ResNet
+from helpers import initialized
 
 # torchvision's own counts (and REFERENCE.md).
 IMAGENET_PARAMS = {
@@ -83,11 +84,10 @@ def forward(model: nnx.Module, x: jax.Array) -> jax.Array:
 
 def tiny_resnet(**kwargs) -> ResNet:
   """Two one-block stages with a projection shortcut: cheap to compile, all code paths.
-
-  Its shapes are those of resnet20 with option B, so initialisers compile only once.
-  """
-  return ResNet("basic", (1, 1), (16, 32), stem="small", stem_width=16, num_classes=10,
-                rngs=nnx.Rngs(0, dropout=1), **kwargs)
+  Its initialisers compile as one program, as create_model's do."""
+  return initialized(lambda rngs: ResNet("basic", (1, 1), (16, 32), stem="small",
+                                         stem_width=16, num_classes=10, rngs=rngs, **kwargs),
+                     0, dropout=1)
 
 
 def images(shape: tuple[int, ...], seed: int = 0) -> jax.Array:
@@ -279,13 +279,13 @@ def test_batchnorm_train_vs_eval():
 
 @pytest.mark.parametrize("block_cls,cin,planes", [(BasicBlock, 16, 16), (Bottleneck, 64, 16)])
 def test_zero_init_last_bn_makes_block_identity_plus_relu(block_cls, cin, planes):
-  block = block_cls(cin, planes, zero_init_last_bn=True, rngs=nnx.Rngs(0))
+  block = initialized(lambda rngs: block_cls(cin, planes, zero_init_last_bn=True, rngs=rngs))
   x = images((2, 8, 8, cin))
   np.testing.assert_allclose(forward(block, x), nnx.relu(x), atol=1e-6)  # train mode
   block.eval()
   np.testing.assert_allclose(forward(block, x), nnx.relu(x), atol=1e-6)
   # Without the option the block is far from the identity.
-  default = block_cls(cin, planes, rngs=nnx.Rngs(0))
+  default = initialized(lambda rngs: block_cls(cin, planes, rngs=rngs))
   default.eval()
   assert not np.allclose(forward(default, x), nnx.relu(x), atol=1e-2)
 
