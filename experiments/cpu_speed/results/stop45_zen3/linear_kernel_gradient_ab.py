@@ -7,7 +7,7 @@ copy (autotuned per shape) against XLA's dot, alternated rounds. Needs the probe
       '{"in_channels": 1}'
 """
 import os, sys, json, time
-sys.path.insert(0, "/work/main")
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), *[".."] * 4)))
 from cnn_jax import hostenv
 hostenv.set_xla_flags()
 hostenv.run_cpu_inline_if_the_heap_keeps_temporaries()

@@ -4,10 +4,11 @@ and vit_micro's (batch 64, 96 px) kernel-gradient shapes, 10 alternated calls.
 
   GLIBC_TUNABLES=... python weight_gradient_copy_probe.py [NAME_PART ...]
 """
+import os
 import sys
 import time
 
-sys.path.insert(0, "/work/main")
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), *[".."] * 4)))
 from cnn_jax import hostenv  # noqa: E402
 
 hostenv.set_xla_flags()
