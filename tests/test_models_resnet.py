@@ -19,7 +19,7 @@ from cnn_jax.errors import UserError
 from cnn_jax.models import create_model, get_constructor, list_models
 from cnn_jax.models.layers import ACTIVATIONS, count_params
 from cnn_jax.models.resnet import BasicBlock, Bottleneck, ResNet
-from helpers import initialized
+from helpers import initialized, normal
 
 # torchvision's own counts (and REFERENCE.md).
 IMAGENET_PARAMS = {
@@ -88,11 +88,6 @@ def tiny_resnet(**kwargs) -> ResNet:
   return initialized(lambda rngs: ResNet("basic", (1, 1), (16, 32), stem="small",
                                          stem_width=16, num_classes=10, rngs=rngs, **kwargs),
                      0, dropout=1)
-
-
-def images(shape: tuple[int, ...], seed: int = 0) -> jax.Array:
-  # numpy, not jax.random: a jitted sampler would compile once per shape.
-  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape, dtype=np.float32))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,7 +187,7 @@ def test_cifar_forward_features():
 def test_cifar_real_forward(name, kwargs):
   model = create_model(name, rngs=nnx.Rngs(0), **kwargs)
   model.eval()
-  y = forward(model, images((2, 32, 32, 3)))
+  y = forward(model, normal(0, (2, 32, 32, 3)))
   assert y.shape == (2, 10)
   assert bool(jnp.all(jnp.isfinite(y)))
 
@@ -252,7 +247,7 @@ def test_batchnorm_train_vs_eval():
   model = create_model("resnet20", rngs=nnx.Rngs(0))
   bn = model.layer2[0].bn1
   assert bn.momentum == pytest.approx(0.9) and bn.epsilon == pytest.approx(1e-5)
-  x = images((2, 32, 32, 3)) * 2.0 + 1.0
+  x = normal(0, (2, 32, 32, 3)) * 2.0 + 1.0
   mean0, var0 = np.asarray(bn.mean[...]), np.asarray(bn.var[...])
 
   model.eval()
@@ -280,7 +275,7 @@ def test_batchnorm_train_vs_eval():
 @pytest.mark.parametrize("block_cls,cin,planes", [(BasicBlock, 16, 16), (Bottleneck, 64, 16)])
 def test_zero_init_last_bn_makes_block_identity_plus_relu(block_cls, cin, planes):
   block = initialized(lambda rngs: block_cls(cin, planes, zero_init_last_bn=True, rngs=rngs))
-  x = images((2, 8, 8, cin))
+  x = normal(0, (2, 8, 8, cin))
   np.testing.assert_allclose(forward(block, x), nnx.relu(x), atol=1e-6)  # train mode
   block.eval()
   np.testing.assert_allclose(forward(block, x), nnx.relu(x), atol=1e-6)
@@ -297,7 +292,7 @@ def test_zero_init_last_bn_reaches_every_block():
   assert all(np.all(block.bn1.scale[...] == 1) for block in blocks)
   # A downsampling block starts as relu(shortcut(x)), here option A's padded subsample.
   block = model.layer2[0]
-  x = nnx.relu(images((2, 16, 16, 16)))
+  x = nnx.relu(normal(0, (2, 16, 16, 16)))
   np.testing.assert_allclose(forward(block, x), nnx.relu(block.downsample(x)), atol=1e-6)
 
 
@@ -323,7 +318,7 @@ def test_drop_path_rates_rise_linearly():
 
 def test_drop_path_is_random_in_train_and_off_in_eval():
   model = tiny_resnet(drop_path_rate=0.5)
-  x = images((8, 8, 8, 3))
+  x = normal(0, (8, 8, 8, 3))
   # Same batch, so BN's batch statistics agree: only the dropped samples differ.
   first, second = forward(model, x), forward(model, x)
   assert not np.allclose(first, second)
@@ -336,7 +331,7 @@ def test_remat_matches_plain_call():
     return jnp.mean(model(x) ** 2)
 
   grad_fn = nnx.jit(nnx.grad(loss))
-  x = images((4, 8, 8, 3))
+  x = normal(0, (4, 8, 8, 3))
   reference, remat = tiny_resnet(drop_path_rate=0.3), tiny_resnet(drop_path_rate=0.3, remat=True)
   g_ref, g_remat = grad_fn(reference, x), grad_fn(remat, x)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
@@ -360,7 +355,7 @@ def test_activation_option():
     model = nnx.eval_shape(lambda: tiny_resnet(activation=act))
     block = model.layer2[0]
     assert model.stem.act is block.act is ACTIVATIONS[act]
-  x = images((2, 8, 8, 3))
+  x = normal(0, (2, 8, 8, 3))
   relu, tanh = tiny_resnet(), tiny_resnet(activation="tanh")
   relu.eval()
   tanh.eval()
